@@ -1,0 +1,336 @@
+"""Settings: keyword arguments > ``AGENT_SUPERVISOR_*`` environment > TOML config file > defaults.
+
+The config file is ``$AGENT_SUPERVISOR_CONFIG`` when set, else ``config.toml`` in the
+platformdirs user config dir (``~/.config/agent-supervisor/config.toml`` on Linux). A missing
+file is fine; a malformed one is a ``ConfigError`` naming the file. Agent kinds are TOML tables::
+
+    concurrency = 4
+
+    [kinds.summarize]
+    argv = ["summarize-agent", "--in", "{payload_file}", "--out", "{result_file}"]
+    timeout_s = 600
+
+Use ``load_settings()``: it turns every validation error into one ``ConfigError`` line. A config
+file that holds a secret (a ``*_key``/``*password``/``*secret``/``*token`` key, or a store URL
+with a password) is refused while group or others may read or write it (DESIGN.md, "Settings").
+
+This module is imported by plugin hosts at start-up, so it imports nothing heavier than
+pydantic, pydantic-settings and platformdirs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Final
+from urllib.parse import quote, urlsplit
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from supervisor.errors import ConfigError
+
+__all__ = ["CONFIG_ENV", "PLACEHOLDERS", "KindConfig", "Settings", "config_path", "load_settings"]
+
+APP_NAME: Final = "agent-supervisor"
+CONFIG_ENV: Final = "AGENT_SUPERVISOR_CONFIG"
+"""Environment variable naming the TOML config file (overrides the platformdirs location)."""
+
+PLACEHOLDERS: Final = frozenset({"payload_file", "result_file", "job_id", "attempt"})
+"""The only ``{name}`` placeholders an argv template may use; ``{{`` and ``}}`` are literal braces."""
+
+MAX_NAME_CHARS: Final = 200  # the same bound as lifecycle.MAX_KEY_CHARS for job kinds
+MIB: Final = 1024 * 1024
+
+# `{{`, `}}`, `{name}`, or a lone brace (an error). One left-to-right pass, so a substituted
+# value is never scanned again: a payload path that contains "{job_id}" stays verbatim.
+_TOKEN: Final = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
+_SECRET_SUFFIXES: Final = ("_key", "password", "secret", "token")
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Grace = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def config_path() -> Path:
+    """The TOML config file to read: ``$AGENT_SUPERVISOR_CONFIG`` or the platformdirs default."""
+    explicit = os.environ.get(CONFIG_ENV, "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+def _check_name(what: str, name: str) -> str:
+    if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
+        raise ValueError(f"{what} must be 1 to {MAX_NAME_CHARS} printable characters, got {name!r:.60}")
+    return name
+
+
+class KindConfig(BaseModel):
+    """A registered agent type: an argv template and its limits. Never run through a shell."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    argv: list[str] = Field(min_length=1)
+    """The agent's argv; elements may use {payload_file}, {result_file}, {job_id}, {attempt}."""
+    timeout_s: Seconds | None = None
+    """Wall-clock limit of one attempt (default: the global default_timeout_s)."""
+    idle_timeout_s: Seconds | None = None
+    """Kill an attempt that prints nothing for this long."""
+    max_concurrent: int | None = Field(default=None, ge=1)
+    """At most this many agents of this kind at once on this supervisor."""
+    stuck_after_s: Seconds | None = None
+    """Report an attempt as stuck after this long (health), without killing it."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for the agent."""
+    cwd: str | None = None
+    """Working directory of the agent (default: the supervisor's)."""
+
+    @field_validator("argv")
+    @classmethod
+    def _check_argv(cls, argv: list[str]) -> list[str]:
+        if not argv[0]:
+            raise ValueError("argv[0] (the program) must not be empty")
+        for index, arg in enumerate(argv):
+            if "\0" in arg:
+                raise ValueError(f"argv[{index}] contains a NUL character")
+            for match in _TOKEN.finditer(arg):
+                token, name = match.group(0), match.group(1)
+                if token in ("{{", "}}"):
+                    continue
+                if name is None:
+                    raise ValueError(f"argv[{index}] has a lone {token!r}; write {token * 2!r} for a brace")
+                if name not in PLACEHOLDERS:
+                    known = ", ".join("{" + p + "}" for p in sorted(PLACEHOLDERS))
+                    raise ValueError(f"argv[{index}] uses unknown placeholder {{{name}}}; known: {known}")
+        return argv
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f"invalid environment variable name or value for {name!r:.60}")
+        return env
+
+    def render(self, job_id: int, attempt: int, payload_file: str, result_file: str) -> list[str]:
+        """The argv of one attempt, placeholders filled in.
+
+        Values are inserted verbatim, never re-scanned and never given to ``str.format`` (a
+        format spec such as ``{0.__class__}`` in data must not be evaluated); no shell is
+        involved, so spaces and quotes need no escaping.
+        """
+        values = {
+            "payload_file": payload_file,
+            "result_file": result_file,
+            "job_id": str(job_id),
+            "attempt": str(attempt),
+        }
+
+        def substitute(match: re.Match[str]) -> str:
+            piece = match.group(0)
+            if piece == "{{":
+                return "{"
+            if piece == "}}":
+                return "}"
+            return values[match.group(1)]  # validated at load: only known names get here
+
+        return [_TOKEN.sub(substitute, arg) for arg in self.argv]
+
+
+class _CheckedTomlSource(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source, plus our checks on the same open file: a malformed or
+    unreadable file becomes one ConfigError line, a loosely permissioned secret is refused."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        import tomllib  # stdlib, but only needed when a config file exists
+
+        try:
+            with file_path.open("rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode  # fstat: the file we parse, not a swapped one
+                data = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file_path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # TOMLDecodeError, or UnicodeDecodeError for non-UTF-8 bytes
+            detail = " ".join(str(exc).split())  # one line, whatever the parser's message
+            raise ConfigError(f"malformed config file {file_path}: {detail}") from exc
+        secret = _find_secret(data)
+        if secret is not None and stat.S_IMODE(mode) & 0o077:
+            raise ConfigError(
+                f"config file {file_path} holds a secret ({secret}) but others can access it "
+                f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {file_path}"
+            )
+        return data
+
+
+def _find_secret(data: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first secret-looking key, or None. Looks into nested tables
+    such as ``[kinds.x.env]`` too, where an agent's API key is most likely to sit."""
+    if not isinstance(data, dict):
+        return None
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        lowered = str(key).lower()
+        if lowered == "key" or lowered.endswith(_SECRET_SUFFIXES):
+            return name
+        if key == "store" and isinstance(value, str) and _url_password(value):
+            return name
+        found = _find_secret(value, f"{name}.")
+        if found is not None:
+            return found
+    return None
+
+
+def _url_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # a malformed URL: the store validator reports it
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything a supervisor can be told. Build it with ``load_settings()``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENT_SUPERVISOR_",
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
+    """State file, SQLite store, logs, outbox and quarantine live here."""
+    store: str | None = Field(default=None, repr=False)  # may carry a password: keep it out of repr
+    """Job store URL: sqlite:///path, postgresql://…, or supabase (default: SQLite in data_dir)."""
+    concurrency: int = Field(default=2, ge=1, le=256)
+    """At most this many agents at once."""
+    lease_s: Seconds = 30.0
+    """How long a claimed job stays ours without a heartbeat."""
+    heartbeat_s: Seconds = 10.0
+    """Heartbeat period; must be under half the lease so one missed beat does not lose it."""
+    reap_grace_s: Grace = 5.0
+    """Extra time past an expired lease before another supervisor's job is reaped."""
+    stop_grace_s: Grace = 5.0
+    """Time between SIGTERM and SIGKILL when stopping an agent."""
+    drain_timeout_s: Grace = 10.0
+    """On a graceful stop, how long running agents may finish before they are stopped."""
+    default_timeout_s: Seconds = 3600.0
+    """Wall-clock limit of an attempt when neither the job nor its kind sets one."""
+    stuck_after_s: Seconds = 900.0
+    """Report an attempt as stuck (health) after this long without progress."""
+    log_cap_bytes: int = Field(default=10 * MIB, ge=4096)
+    """Per-attempt log size cap; beyond it the log is truncated with a marker."""
+    output_tail_bytes: int = Field(default=4096, ge=0, le=MIB)
+    """How much of the output's end is kept with the outcome."""
+    backoff_cap_s: Seconds = 3600.0
+    """Upper bound of the retry backoff."""
+    wake_poll_s: Seconds = 0.05
+    """How often an idle supervisor checks the store for new work."""
+    kinds: dict[str, KindConfig] = Field(default_factory=dict)
+    """Registered agent kinds, as TOML tables [kinds.<name>]."""
+    claim_kinds: list[str] | None = None
+    """Take only jobs of these kinds (default: any job)."""
+    # The remote-store release adds: supabase_url: str | None, supabase_key: SecretStr | None
+    # (SecretStr so that it never shows in a repr or a log line; _find_secret already refuses a
+    # loosely permissioned config file that holds it).
+
+    @property
+    def store_url(self) -> str:
+        """The store URL: ``store`` if set, else ``sqlite:///<data_dir>/jobs.sqlite3``.
+
+        The path is absolute and percent-quoted (``sqlite://`` + ``/home/…``, three slashes in
+        all), so a data dir containing ``?``, ``#`` or ``%`` survives ``urlsplit`` + ``unquote``.
+        """
+        if self.store is not None:
+            return self.store
+        return "sqlite://" + quote(str(self.data_dir / "jobs.sqlite3"), safe="/")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        value = value.expanduser()
+        if not value.is_absolute():  # a plugin host's cwd is arbitrary: a relative dir would wander
+            raise ValueError("must be an absolute path (or start with ~)")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str | None) -> str | None:
+        if value is None or value == "supabase":
+            return value
+        scheme = value.split(":", 1)[0].lower()
+        if ":" not in value or scheme not in ("sqlite", "postgresql", "postgres"):
+            # never echo the URL: it may hold a password
+            raise ValueError("must be sqlite:///path, postgresql://…, or supabase")
+        return value
+
+    @field_validator("heartbeat_s")
+    @classmethod
+    def _beat_within_lease(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_s")  # absent when lease_s itself failed validation
+        if lease is not None and not value < lease / 2:
+            raise ValueError(f"must be less than half of lease_s ({lease:g} s), got {value:g}")
+        return value
+
+    @field_validator("kinds")
+    @classmethod
+    def _check_kind_names(cls, kinds: dict[str, KindConfig]) -> dict[str, KindConfig]:
+        for name in kinds:
+            _check_name("a kind name", name)
+        return kinds
+
+    @field_validator("claim_kinds")
+    @classmethod
+    def _check_claim_kinds(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if names is None:
+            return None
+        if not names:
+            raise ValueError("must not be empty (leave it unset to take every kind)")
+        kinds = info.data.get("kinds")
+        for name in names:
+            _check_name("a kind name", name)
+            if kinds is not None and name not in kinds:  # a typo here would silently starve the kind
+                raise ValueError(f"names kind {name!r}, which is not registered in [kinds]")
+        return names
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """kwargs > env > TOML file; no .env and no secrets dir. Called on every construction,
+        so the file path follows ``$AGENT_SUPERVISOR_CONFIG`` as it is at that moment."""
+        return (init_settings, env_settings, _CheckedTomlSource(settings_cls, toml_file=config_path()))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; any problem is a ``ConfigError`` with one line that names the setting.
+
+    ``overrides`` take precedence over the environment and the config file (e.g. the CLI's
+    ``--concurrency``).
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0]
+        loc = ".".join(str(part) for part in first["loc"]) or "settings"
+        msg = " ".join(first["msg"].removeprefix("Value error, ").split())
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        # from None: pydantic's own text spans several lines, and the CLI prints the cause
+        # chain on one line; the first error and the count are all a person needs.
+        raise ConfigError(f"invalid setting {loc}: {msg}{more}") from None
+    except SettingsError as exc:  # e.g. AGENT_SUPERVISOR_KINDS that is not JSON
+        raise ConfigError("invalid setting: " + " ".join(str(exc).split())) from exc
