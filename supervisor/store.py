@@ -12,6 +12,7 @@ later" and is the only one a caller should retry.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -143,7 +144,7 @@ class JobStore(Protocol):
         statuses: Collection[Status] | None = None,
         lease_owner: str | None = None,
         limit: int | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Jobs, newest first, optionally filtered by status and lease owner."""
         ...
 
@@ -162,7 +163,7 @@ class JobStore(Protocol):
         cancelled first, a live one gets a cancel request and stays until it has stopped."""
         ...
 
-    def events(self, job_id: int) -> list[Event]:
+    def events(self, job_id: int) -> builtins.list[Event]:
         """The job's event log, oldest first."""
         ...
 

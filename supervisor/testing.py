@@ -7,6 +7,7 @@ It is thread-safe (one lock) so that a supervisor thread and a test can share it
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import random
 import threading
@@ -77,16 +78,19 @@ class MemoryStore:
             now = self.now()
             ids: list[int] = []
             staged: dict[str, int] = {}
+            new: list[tuple[Job, Event]] = []
             for spec in specs:
                 existing = self._find_dedup(spec.dedup_key, staged)
                 if existing is not None:
                     ids.append(existing)
                     continue
                 job, event = lc.new_job(spec, job_id=next(self._ids), now=now)
-                self._put(job, event)
+                new.append((job, event))
                 if spec.dedup_key is not None:
                     staged[spec.dedup_key] = job.id
                 ids.append(job.id)
+            for job, event in new:  # all or nothing: store only once every spec has its row
+                self._put(job, event)
             return ids
 
     def _find_dedup(self, key: str | None, staged: dict[str, int]) -> int | None:
@@ -270,7 +274,7 @@ class MemoryStore:
             self._writes += 1
             return PurgeResult(tuple(sorted(deleted)), tuple(sorted(flagged)))
 
-    def events(self, job_id: int) -> list[Event]:
+    def events(self, job_id: int) -> builtins.list[Event]:
         with self._lock:
             self._get(job_id)
             return list(self._events.get(job_id, []))
