@@ -1,0 +1,59 @@
+"""The composition root: the one place that turns settings into a store and a supervisor.
+
+Remote-store clients are imported here only when such a store is configured, so the default
+(SQLite) path never pays for supabase, httpx or psycopg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from supervisor.errors import ConfigError
+from supervisor.runner import JobChange, Supervisor
+from supervisor.settings import Settings
+from supervisor.store import JobStore
+
+__all__ = ["build_store", "build_supervisor", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///absolute/path`` URL (``sqlite:///~/x`` expands the home)."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path:
+        raise ConfigError(f"invalid SQLite store URL {url!r}: use sqlite:///absolute/path/jobs.sqlite3")
+    path = Path(unquote(parts.path)).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(f"invalid SQLite store URL {url!r}: the path must be absolute")
+    return path
+
+
+def build_store(settings: Settings) -> JobStore:
+    """The store named by ``settings.store_url``."""
+    url = settings.store_url
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from bridge.sqlite_store import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url), backoff_cap_s=settings.backoff_cap_s)
+    raise ConfigError(
+        f"unsupported store {scheme!r}: this version supports sqlite:///path "
+        "(Postgres and Supabase stores come with the remote-store release)"
+    )
+
+
+def build_supervisor(
+    settings: Settings,
+    *,
+    store: JobStore | None = None,
+    on_change: Callable[[JobChange], None] | None = None,
+    install_signal_handlers: bool = True,
+) -> Supervisor:
+    """A supervisor on the configured store (or on ``store``, which the caller then owns)."""
+    return Supervisor(
+        settings,
+        store if store is not None else build_store(settings),
+        on_change=on_change,
+        install_signal_handlers=install_signal_handlers,
+    )

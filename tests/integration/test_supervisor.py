@@ -1,0 +1,219 @@
+"""The supervisor end to end with real agent processes on a real SQLite store."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bridge.sqlite_store import SQLiteStore
+from supervisor.lifecycle import ErrorKind, JobSpec, Status
+from supervisor.runner import JobChange, Supervisor
+from supervisor.settings import Settings
+from tests.support import agent_code, kill_tagged, tagged_processes, wait_until
+
+
+def make(tmp_path: Path, **overrides: object) -> Supervisor:
+    fields: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "concurrency": 2,
+        "stop_grace_s": 0.5,
+        "heartbeat_s": 0.5,
+        "lease_s": 3.0,
+        "wake_poll_s": 0.02,
+        "drain_timeout_s": 1.0,
+        **overrides,
+    }
+    settings = Settings(**fields)  # type: ignore[arg-type]
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    return Supervisor(settings, store, install_signal_handlers=False)
+
+
+@pytest.fixture(autouse=True)
+def _reap_agents(tmp_path: Path):
+    yield
+    kill_tagged(tmp_path)
+
+
+def test_agent_ignoring_sigterm_and_its_grandchild_are_killed_after_timeout(tmp_path: Path) -> None:
+    """An agent that ignores SIGTERM, with a grandchild that does too, is gone with it within
+    timeout + grace + 1 s, and the job records error_kind timeout."""
+    pids_file = tmp_path / "pids"
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'])\n"
+        f"open({str(pids_file)!r} + '.tmp', 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        f"os.rename({str(pids_file)!r} + '.tmp', {str(pids_file)!r})\n"
+        "time.sleep(300)\n"
+    )
+    sup = make(tmp_path)
+    job_id = sup.submit(JobSpec(command=tuple(agent_code(code)), timeout_s=1.0, max_attempts=1))
+    sup.start(until_idle=True)
+    try:
+        wait_until(pids_file.exists, 10, message="the agent to start its grandchild")
+        started = time.monotonic()
+        pids = [int(p) for p in pids_file.read_text().split()]
+        procs = [psutil.Process(p) for p in pids]
+        wait_until(
+            lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs),
+            1.0 + 0.5 + 1.0 + 0.5,
+            message="agent and grandchild to be gone",
+        )
+        assert time.monotonic() - started <= 1.0 + 0.5 + 1.0
+        sup.stop(timeout=10)
+        job = sup.store.get(job_id)
+        assert (job.status, job.error_kind) == (Status.FAILED, ErrorKind.TIMEOUT)
+        facts = sup.store.events(job_id)[-1].facts
+        assert [s["signal"] for s in facts["signals"]] == ["SIGTERM", "SIGKILL"]
+    finally:
+        sup.stop(drain=False, timeout=10)
+        sup.store.close()
+
+
+def test_crashing_agent_is_retried_with_backoff_then_fails(tmp_path: Path) -> None:
+    """A crash is retried after a jittered backoff until max_attempts, then the job fails."""
+    sup = make(tmp_path)
+    job_id = sup.submit(JobSpec(command=("sh", "-c", "echo crash; exit 3"), max_attempts=3, backoff_s=0.2))
+    sup.run(until_idle=True)
+    job = sup.store.get(job_id)
+    events = sup.store.events(job_id)
+    try:
+        assert (job.status, job.error_kind, job.exit_code, job.attempt) == (
+            Status.FAILED,
+            ErrorKind.EXIT_CODE,
+            3,
+            3,
+        )
+        retries = [e for e in events if e.to_status is Status.WAITING_RETRY]
+        assert [e.attempt for e in retries] == [1, 2]
+        for event in retries:
+            assert 0 <= event.facts["retry_delay_s"] <= 0.2 * 2 ** (event.attempt - 1)
+        assert "crash" in (job.output_tail or "")
+    finally:
+        sup.store.close()
+
+
+def test_result_file_and_progress_are_recorded(tmp_path: Path) -> None:
+    """The agent's result file becomes the job's result; every transition is reported."""
+    changes: list[JobChange] = []
+    sup = make(tmp_path)
+    sup._on_change = changes.append
+    code = (
+        "import json, os\nprint('hi')\n"
+        "json.dump({'answer': 42}, open(os.environ['AGENT_SUPERVISOR_RESULT_FILE'], 'w'))\n"
+    )
+    job_id = sup.submit(JobSpec(command=tuple(agent_code(code)), payload={"q": "life"}))
+    sup.run(until_idle=True)
+    try:
+        job = sup.store.get(job_id)
+        assert (job.status, job.result, job.exit_code) == (Status.COMPLETED, {"answer": 42}, 0)
+        assert job.output_tail == "hi\n"
+        assert [(c.from_status, c.to_status) for c in changes] == [
+            (Status.PENDING, Status.PREPARING),
+            (Status.PREPARING, Status.RUNNING),
+            (Status.RUNNING, Status.COMPLETED),
+        ]
+        started = next(e for e in sup.store.events(job_id) if e.to_status is Status.RUNNING)
+        assert started.facts["pid"] > 0
+        assert not tagged_processes(tmp_path)
+    finally:
+        sup.store.close()
+
+
+def test_priority_order_and_one_running_per_key(tmp_path: Path) -> None:
+    """Jobs start by priority then age, and two jobs of one key never overlap."""
+    ledger = tmp_path / "ledger"
+    code = (
+        "import os, sys, time\n"
+        f"f = open({str(ledger)!r}, 'a')\n"
+        "f.write(f'start {sys.argv[1]} {time.time()}\\n'); f.flush(); time.sleep(0.15)\n"
+        "f.write(f'end {sys.argv[1]} {time.time()}\\n')\n"
+    )
+    sup = make(tmp_path, concurrency=3)
+    plan = [("a", 1, "k"), ("b", 5, "k"), ("c", 3, "k"), ("d", 5, "k"), ("e", 0, None), ("f", 9, None)]
+    for name, priority, key in plan:
+        sup.submit(JobSpec(command=(*agent_code(code), name), priority=priority, concurrency_key=key))
+    sup.run(until_idle=True)
+    sup.store.close()
+    rows = [line.split() for line in ledger.read_text().splitlines()]
+    starts = [name for kind, name, _ in rows if kind == "start"]
+    keyed = [n for n in starts if n in "abcd"]
+    assert keyed == ["b", "d", "c", "a"]
+    assert starts.index("f") < starts.index("e")
+    spans = {name: [float(t) for kind, n, t in rows if n == name] for name in "abcd"}
+    ordered = sorted(spans.values())
+    for (_, end), (start, _) in itertools.pairwise(ordered):
+        assert end <= start, "two jobs of one concurrency key ran at once"
+
+
+def test_garbage_state_file_is_quarantined_and_the_supervisor_runs(tmp_path: Path) -> None:
+    """A corrupt running-agents.json is moved to quarantine/ and the supervisor still works."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "running-agents.json").write_bytes(b"\x00garbage{{{")
+    sup = make(tmp_path)
+    job_id = sup.submit(JobSpec(command=("true",)))
+    sup.run(until_idle=True)
+    try:
+        assert sup.store.get(job_id).status is Status.COMPLETED
+        assert [p.name for p in (data / "quarantine").iterdir()]
+        assert json.loads((data / "running-agents.json").read_text())["agents"] == []
+    finally:
+        sup.store.close()
+
+
+def test_orphan_left_by_a_killed_supervisor_is_killed_and_retried(tmp_path: Path) -> None:
+    """An agent recorded in the state file by a dead supervisor is killed on the next start
+    (first-version reconcile) and its job retried."""
+    sup = make(tmp_path)
+    job_id = sup.submit(JobSpec(command=("sleep", "300"), max_attempts=2, backoff_s=0))
+    sup.start()
+    wait_until(lambda: sup.store.get(job_id).status is Status.RUNNING, 10, message="agent running")
+    agent_pid = sup.store.get(job_id).pid
+    assert agent_pid is not None
+    # Simulate the supervisor vanishing: stop its thread without touching its agents.
+    sup._agents.clear()
+    sup.stop(timeout=10)
+    assert psutil.pid_exists(agent_pid)
+    sup2 = make(tmp_path)
+    sup2.reconcile()
+    try:
+        assert not psutil.pid_exists(agent_pid) or psutil.Process(agent_pid).status() == psutil.STATUS_ZOMBIE
+        job = sup2.store.get(job_id)
+        assert (job.status, job.error_kind) == (Status.WAITING_RETRY, ErrorKind.LOST)
+    finally:
+        sup.store.close()
+        sup2.store.close()
+
+
+def test_unknown_kind_and_missing_command_fail_without_retry(tmp_path: Path) -> None:
+    """A job whose command does not exist fails as invalid at once (no pointless retries)."""
+    sup = make(tmp_path)
+    missing = sup.submit(JobSpec(command=("/nonexistent/agent",), max_attempts=3))
+    sup.run(until_idle=True)
+    try:
+        job = sup.store.get(missing)
+        assert (job.status, job.error_kind, job.attempt) == (Status.FAILED, ErrorKind.INVALID, 1)
+        assert "command not found" in (job.error or "")
+    finally:
+        sup.store.close()
+
+
+def test_no_sigpipe_needed_output_goes_to_a_file(tmp_path: Path) -> None:
+    """Agent output is written to the per-attempt log file, not through the supervisor."""
+    sup = make(tmp_path)
+    job_id = sup.submit(JobSpec(command=(sys.executable, "-c", "print('x' * 10)")))
+    sup.run(until_idle=True)
+    try:
+        log = tmp_path / "data" / "logs" / f"{job_id}-1.log"
+        assert log.read_text() == "x" * 10 + "\n"
+        assert log.stat().st_mode & 0o077 == 0
+    finally:
+        sup.store.close()
