@@ -73,6 +73,7 @@ select * from (
     from jobs
     where status = 'pending' and run_after <= :now
       and (:kinds is null or kind in (select value from json_each(:kinds)))
+      and (kind is null or kind not in (select value from json_each(:exclude)))
       and (concurrency_key is null or concurrency_key not in (
           select concurrency_key from jobs
           where status in ('preparing', 'running') and concurrency_key is not null))
@@ -103,6 +104,8 @@ class SQLiteStore:
     draws the retry backoff jitter; ``busy_timeout_s`` is how long a write waits for another
     process's lock before ``StoreUnavailableError``.
     """
+
+    shared = False  # jobs in a local file come from this machine's user
 
     def __init__(
         self,
@@ -316,6 +319,7 @@ class SQLiteStore:
         *,
         lease_s: float,
         kinds: Collection[str] | None = None,
+        exclude_kinds: Collection[str] = (),
     ) -> list[Job]:
         """Promote due retries, then take up to ``limit`` pending jobs (see ``JobStore.claim``)."""
         with self._transaction() as (db, now):
@@ -326,7 +330,8 @@ class SQLiteStore:
                 return []
             wanted = None if kinds is None else json.dumps(list(kinds))
             limit = min(limit, 1 << 62)  # sqlite integers are 64-bit
-            ready = self._fetch(db, _CLAIM, {"now": now, "limit": limit, "kinds": wanted})
+            params = {"now": now, "limit": limit, "kinds": wanted, "exclude": json.dumps(list(exclude_kinds))}
+            ready = self._fetch(db, _CLAIM, params)
             return [self._put(db, *lc.claim(job, worker=worker, now=now, lease_s=lease_s)) for job in ready]
 
     def mark_running(

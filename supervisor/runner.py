@@ -59,6 +59,10 @@ _POLL_S: Final = 1.0
 """How often an idle supervisor claims even without a change hint (backoffs ending)."""
 _CHANGE_BEAT_MIN_S: Final = 0.2
 """Least gap between two heartbeats sent early because the store changed (a cancel)."""
+_CHECK_S: Final = 0.1
+_FAST_CHECK_S: Final = 0.01
+_RACING_LOG_BYTES: Final = 1 << 20
+"""Growth between two checks above which a log counts as growing fast."""
 _MAX_RESULT_BYTES: Final = 1 << 20
 _MAX_PROGRESS_BYTES: Final = 64 << 10
 # Our own settings and secrets must never reach an agent's environment.
@@ -175,6 +179,7 @@ class Supervisor:
         self._next_claim = 0.0
         self._next_reap = 0.0
         self._store_down_until = 0.0
+        self._logs_racing = False
 
     # -- public API ----------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> int:
@@ -408,7 +413,9 @@ class Supervisor:
         elif not self._stopping:
             due = min(due, now + self.settings.wake_poll_s)
         if self._agents:
-            due = min(due, now + 0.1)  # log caps and idle output are checked at least 10x a second
+            # Log caps are enforced by checking: 10x a second, 100x while a log grows fast, so
+            # an agent writing 1 GB/s overshoots the cap on disk by ~10 MB, not ~100 MB.
+            due = min(due, now + (_FAST_CHECK_S if self._logs_racing else _CHECK_S))
         return max(0.0, due - self._clock())
 
     def _queue_idle(self) -> bool:
@@ -433,23 +440,51 @@ class Supervisor:
                 self._next_reap = now + self.settings.heartbeat_s
                 for job in self.store.reap_stale(self.settings.reap_grace_s):
                     log.warning("reaped job %d: %s", job.id, job.error)
+            saturated, limit = self._kind_limits(free)
             jobs = self.store.claim(
-                self.worker_id, free, lease_s=self.settings.lease_s, kinds=self.settings.claim_kinds
+                self.worker_id,
+                limit,
+                lease_s=self.settings.lease_s,
+                kinds=self.settings.claim_kinds,
+                exclude_kinds=saturated,
             )
         except StoreUnavailableError as exc:
             log.warning("store unavailable, not claiming for %.0f s: %s", self.settings.heartbeat_s, exc)
             self._store_down_until = now + self.settings.heartbeat_s
             return
-        if len(jobs) == free:
+        if jobs and len(jobs) == limit:
             self._next_claim = 0.0  # there may be more: look again on the next tick
         for job in jobs:
             self._emit(job, Status.PENDING, "claimed")
             self._launch(job)
 
+    def _kind_limits(self, free: int) -> tuple[set[str], int]:
+        """Kinds at their ``max_concurrent`` (excluded from the claim), and a claim size that
+        cannot overshoot the tightest remaining per-kind limit."""
+        running: dict[str, int] = {}
+        for agent in self._agents.values():
+            if agent.job.kind is not None:
+                running[agent.job.kind] = running.get(agent.job.kind, 0) + 1
+        saturated, limit = set(), free
+        for name, kind in self.settings.kinds.items():
+            if kind.max_concurrent is None:
+                continue
+            room = kind.max_concurrent - running.get(name, 0)
+            if room <= 0:
+                saturated.add(name)
+            else:
+                limit = min(limit, room)
+        return saturated, limit
+
     def _launch(self, job: Job) -> None:
         assert self._datadir is not None
         try:
             kind = _kind_config(self.settings, job.kind)
+            if kind is None and self.store.shared and not self.settings.allow_remote_commands:
+                raise InvalidJobError(
+                    "raw commands from a shared store are refused: register a kind for it "
+                    "(or set allow_remote_commands)"
+                )
         except InvalidJobError as exc:
             self._fail_before_start(job, ErrorKind.INVALID, str(exc))
             return
@@ -544,9 +579,13 @@ class Supervisor:
 
     # -- watching agents -----------------------------------------------------------------
     def _watch_output(self, now: float) -> None:
+        self._logs_racing = False
         for agent in self._agents.values():
+            before = agent.logcap.size + agent.logcap.dropped
             if agent.logcap.check():
                 agent.last_output = now
+                grown = agent.logcap.size + agent.logcap.dropped - before
+                self._logs_racing |= grown >= _RACING_LOG_BYTES
 
     def _act_on_stops(self, now: float) -> None:
         views = [a.view() for a in self._agents.values()]

@@ -238,6 +238,9 @@ class Settings(BaseSettings):
     """Registered agent kinds, as TOML tables [kinds.<name>]."""
     claim_kinds: list[str] | None = None
     """Take only jobs of these kinds (default: any job)."""
+    allow_remote_commands: bool = False
+    """Run raw ``command`` jobs that come from a shared (remote) store. Off: anyone who can
+    insert a row would otherwise run any program on this machine."""
     # The remote-store release adds: supabase_url: str | None, supabase_key: SecretStr | None
     # (SecretStr so that it never shows in a repr or a log line; _find_secret already refuses a
     # loosely permissioned config file that holds it).

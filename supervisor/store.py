@@ -61,6 +61,10 @@ class QueueCounts:
 class JobStore(Protocol):
     """A job store. All operations are atomic; all times are the store's clock."""
 
+    shared: bool
+    """True when other people or machines can insert jobs (Postgres, Supabase): then only
+    registered kinds run, never a raw command (unless ``allow_remote_commands``)."""
+
     def now(self) -> float:
         """The store's current time, seconds since the epoch."""
         ...
@@ -80,13 +84,15 @@ class JobStore(Protocol):
         *,
         lease_s: float,
         kinds: Collection[str] | None = None,
+        exclude_kinds: Collection[str] = (),
     ) -> list[Job]:
         """Atomically take up to ``limit`` pending jobs: pending → preparing, attempt += 1.
 
         First promotes waiting_retry jobs whose ``run_after`` has come. Order: priority
         descending, then oldest first. A job whose ``concurrency_key`` is held by a preparing
         or running job (anywhere) is skipped, and one claim never takes two jobs of one key.
-        ``kinds`` None means any job. Two concurrent claims never return the same job.
+        ``kinds`` None means any job; ``exclude_kinds`` are skipped (kinds at their local
+        concurrency limit). Two concurrent claims never return the same job.
         """
         ...
 

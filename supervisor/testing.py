@@ -43,9 +43,12 @@ class ManualClock:
 class MemoryStore:
     """A ``JobStore`` in a dict, for unit tests and as the reference model."""
 
-    def __init__(self, clock: Callable[[], float] | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, clock: Callable[[], float] | None = None, seed: int | None = None, *, shared: bool = False
+    ) -> None:
         import time
 
+        self.shared = shared
         self._clock = clock or time.time
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -110,6 +113,7 @@ class MemoryStore:
         *,
         lease_s: float,
         kinds: Collection[str] | None = None,
+        exclude_kinds: Collection[str] = (),
     ) -> list[Job]:
         with self._lock:
             now = self.now()
@@ -128,6 +132,7 @@ class MemoryStore:
                     if j.status is Status.PENDING
                     and j.run_after <= now
                     and (kinds is None or j.kind in kinds)
+                    and (j.kind is None or j.kind not in exclude_kinds)
                 ),
                 key=lambda j: (-j.priority, j.created_at, j.id),
             )

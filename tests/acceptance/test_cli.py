@@ -240,3 +240,30 @@ def test_demo_runs_in_under_30_seconds(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
     for needle in ("completed", "cancelled", "timed out", "retry in", "{'answer': 42}"):
         assert needle in out.stdout
+
+
+def test_huge_output_is_capped_and_supervisor_memory_stays_small(tmp_path: Path) -> None:
+    """An agent writing 500 MB leaves a log of at most cap + marker, and the supervisor's RSS
+    stays under 100 MB meanwhile."""
+    data = tmp_path / "d"
+    cap = 1 << 20
+    env = cli_env(data, AGENT_SUPERVISOR_LOG_CAP_BYTES=str(cap))
+    job_id = submit(data, "--", "sh", "-c", "head -c 500000000 /dev/zero; echo; echo the end")
+    peak = 0
+    with supervisor_process(data, "--until-idle", env=env) as proc:
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.02)  # sampling RSS while it runs: there is nothing to await
+        assert proc.wait(timeout=60) == 0
+    log = data / "logs" / f"{job_id}-1.log"
+    size = log.stat().st_size
+    assert cap < size <= cap + 200
+    assert b"output truncated" in log.read_bytes()[cap:]
+    assert peak < 100 * 1024 * 1024, f"supervisor RSS peaked at {peak / 2**20:.0f} MB"
+    job = show(data, job_id)
+    assert job["status"] == "completed"
+    assert str(job["output_tail"]).endswith("the end\n")

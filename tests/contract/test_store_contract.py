@@ -236,6 +236,13 @@ def test_claim_filters_by_kinds(store: JobStore) -> None:
     assert [j.id for j in store.claim(W, 10, lease_s=LEASE)] == [a, cmd]
 
 
+def test_claim_skips_excluded_kinds_but_not_commands(store: JobStore) -> None:
+    """``exclude_kinds`` skips those kinds (saturated locally) and still takes raw commands."""
+    a, b, cmd = store.enqueue([spec(kind="a"), spec(kind="b"), spec(command=("true",))])
+    assert [j.id for j in store.claim(W, 10, lease_s=LEASE, exclude_kinds={"a"})] == [b, cmd]
+    assert [j.id for j in store.claim(W, 10, lease_s=LEASE)] == [a]
+
+
 def test_claim_never_returns_a_job_twice(store: JobStore) -> None:
     """Claiming (and finishing) in rounds until the queue is empty yields every job exactly once."""
     keys = ["k1", "k2", None, "k3", None]

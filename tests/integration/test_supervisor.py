@@ -127,30 +127,42 @@ def test_result_file_and_progress_are_recorded(tmp_path: Path) -> None:
         sup.store.close()
 
 
-def test_priority_order_and_one_running_per_key(tmp_path: Path) -> None:
-    """Jobs start by priority then age, and two jobs of one key never overlap."""
+LEDGER_AGENT = (
+    "import os, sys, time\n"
+    "f = open(sys.argv[2], 'a')\n"
+    "f.write(f'start {sys.argv[1]} {time.time()}\\n'); f.flush(); time.sleep(0.15)\n"
+    "f.write(f'end {sys.argv[1]} {time.time()}\\n')\n"
+)
+
+
+def test_jobs_start_by_priority_then_age(tmp_path: Path) -> None:
+    """With one slot, jobs start strictly by priority (higher first), then oldest first."""
     ledger = tmp_path / "ledger"
-    code = (
-        "import os, sys, time\n"
-        f"f = open({str(ledger)!r}, 'a')\n"
-        "f.write(f'start {sys.argv[1]} {time.time()}\\n'); f.flush(); time.sleep(0.15)\n"
-        "f.write(f'end {sys.argv[1]} {time.time()}\\n')\n"
-    )
+    sup = make(tmp_path, concurrency=1)
+    for name, priority in [("a", 1), ("b", 5), ("c", 3), ("d", 5), ("e", 0), ("f", 9)]:
+        sup.submit(JobSpec(command=(*agent_code(LEDGER_AGENT), name, str(ledger)), priority=priority))
+    sup.run(until_idle=True)
+    sup.store.close()
+    starts = [line.split()[1] for line in ledger.read_text().splitlines() if line.startswith("start")]
+    assert starts == ["f", "b", "d", "c", "a", "e"]
+
+
+def test_one_running_job_per_concurrency_key(tmp_path: Path) -> None:
+    """Two jobs of one key never overlap, while jobs of other keys use the free slots."""
+    ledger = tmp_path / "ledger"
     sup = make(tmp_path, concurrency=3)
-    plan = [("a", 1, "k"), ("b", 5, "k"), ("c", 3, "k"), ("d", 5, "k"), ("e", 0, None), ("f", 9, None)]
-    for name, priority, key in plan:
-        sup.submit(JobSpec(command=(*agent_code(code), name), priority=priority, concurrency_key=key))
+    plan = [("a", "k"), ("b", "k"), ("c", "k"), ("d", "k"), ("e", None), ("f", "other")]
+    for name, key in plan:
+        sup.submit(JobSpec(command=(*agent_code(LEDGER_AGENT), name, str(ledger)), concurrency_key=key))
     sup.run(until_idle=True)
     sup.store.close()
     rows = [line.split() for line in ledger.read_text().splitlines()]
-    starts = [name for kind, name, _ in rows if kind == "start"]
-    keyed = [n for n in starts if n in "abcd"]
-    assert keyed == ["b", "d", "c", "a"]
-    assert starts.index("f") < starts.index("e")
-    spans = {name: [float(t) for kind, n, t in rows if n == name] for name in "abcd"}
-    ordered = sorted(spans.values())
-    for (_, end), (start, _) in itertools.pairwise(ordered):
+    spans = {name: [float(t) for _, n, t in rows if n == name] for name, _ in plan}
+    keyed = sorted(spans[n] for n in "abcd")
+    for (_, end), (start, _) in itertools.pairwise(keyed):
         assert end <= start, "two jobs of one concurrency key ran at once"
+    overlaps_k = any(spans["e"][0] < end and start < spans["e"][1] for start, end in keyed)
+    assert overlaps_k, "the unkeyed job should have run beside the keyed ones"
 
 
 def test_garbage_state_file_is_quarantined_and_the_supervisor_runs(tmp_path: Path) -> None:
@@ -217,3 +229,44 @@ def test_no_sigpipe_needed_output_goes_to_a_file(tmp_path: Path) -> None:
         assert log.stat().st_mode & 0o077 == 0
     finally:
         sup.store.close()
+
+
+def test_per_kind_max_concurrent_is_respected(tmp_path: Path) -> None:
+    """A kind with max_concurrent 1 never runs two agents at once, even with free slots."""
+    ledger = tmp_path / "ledger"
+    code = (
+        "import sys, time\n"
+        f"f = open({str(ledger)!r}, 'a')\n"
+        "f.write(f'{time.time()} 1\\n'); f.flush(); time.sleep(0.1); f.write(f'{time.time()} -1\\n')\n"
+    )
+    template = code.replace("{", "{{").replace("}", "}}")  # argv templates escape literal braces
+    sup = make(
+        tmp_path,
+        concurrency=4,
+        kinds={"solo": {"argv": [sys.executable, "-c", template], "max_concurrent": 1}},
+    )
+    for _ in range(4):
+        sup.submit(JobSpec(kind="solo"))
+    sup.run(until_idle=True)
+    sup.store.close()
+    running = peak = 0
+    for _, delta in sorted(tuple(map(float, line.split())) for line in ledger.read_text().splitlines()):
+        running += int(delta)
+        peak = max(peak, running)
+    assert peak == 1
+    assert len(ledger.read_text().splitlines()) == 8
+
+
+def test_raw_command_from_a_shared_store_is_refused(tmp_path: Path) -> None:
+    """A raw command row in a shared (remote) store fails as invalid instead of running."""
+    from supervisor.testing import MemoryStore
+
+    marker = tmp_path / "ran"
+    store = MemoryStore(shared=True)
+    [job_id] = store.enqueue([JobSpec(command=("touch", str(marker)))])
+    settings = Settings(data_dir=tmp_path / "data", wake_poll_s=0.02, heartbeat_s=0.5, lease_s=3.0)
+    Supervisor(settings, store, install_signal_handlers=False).run(until_idle=True)
+    job = store.get(job_id)
+    assert (job.status, job.error_kind) == (Status.FAILED, ErrorKind.INVALID)
+    assert "shared store" in (job.error or "")
+    assert not marker.exists()
