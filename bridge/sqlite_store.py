@@ -375,6 +375,8 @@ class SQLiteStore:
         """Record the attempt's outcome and apply the retry policy; fenced by (worker, attempt)."""
         with self._transaction() as (db, now):
             job = self._get(db, job_id)
+            if lc.is_replayed_finish(job, worker, attempt):
+                return job
             return self._put(
                 db, *lc.settle(job, outcome, worker=worker, attempt=attempt, now=now, **self._policy)
             )

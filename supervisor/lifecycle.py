@@ -43,6 +43,7 @@ __all__ = [
     "claim",
     "fence",
     "heartbeat",
+    "is_replayed_finish",
     "is_retryable",
     "manual_retry",
     "new_job",
@@ -314,6 +315,9 @@ class Job:
     progress: Any = None
     started_at: float | None = None
     finished_at: float | None = None
+    finished_by: str | None = None
+    """Who settled the last attempt: a worker id, or ``reaper``. Makes a replayed finish
+    (its first response lost) recognisable as already done."""
     version: int = 1
 
     @property
@@ -568,6 +572,17 @@ def settle(
         result=outcome.result,
         output_tail=outcome.output_tail,
         finished_at=now,
+        finished_by=worker if worker is not None else "reaper",
+    )
+
+
+def is_replayed_finish(job: Job, worker: str, attempt: int) -> bool:
+    """True when (worker, attempt) already settled this job and nothing has moved it since:
+    a finish retried after its first response was lost then succeeds without writing twice."""
+    return (
+        job.attempt == attempt
+        and job.finished_by == worker
+        and job.status in (*TERMINAL, Status.WAITING_RETRY)
     )
 
 

@@ -55,8 +55,6 @@ __all__ = ["JobChange", "Supervisor", "read_worker_id", "resolve_spec"]
 
 log = logging.getLogger("agent_supervisor")
 
-_POLL_S: Final = 1.0
-"""How often an idle supervisor claims even without a change hint (backoffs ending)."""
 _CHANGE_BEAT_MIN_S: Final = 0.2
 """Least gap between two heartbeats sent early because the store changed (a cancel)."""
 _CHECK_S: Final = 0.1
@@ -434,7 +432,7 @@ class Supervisor:
             return
         if not changed and now < self._next_claim:
             return
-        self._next_claim = now + _POLL_S
+        self._next_claim = now + self.settings.poll_s
         try:
             if now >= self._next_reap:
                 self._next_reap = now + self.settings.heartbeat_s

@@ -233,7 +233,10 @@ class Settings(BaseSettings):
     backoff_cap_s: Seconds = 3600.0
     """Upper bound of the retry backoff."""
     wake_poll_s: Seconds = 0.05
-    """How often an idle supervisor checks the store for new work."""
+    """How often an idle supervisor asks the store whether anything changed (a cheap hint)."""
+    poll_s: Seconds = 1.0
+    """How often an idle supervisor claims even without a change hint (backoffs ending, and
+    stores without change hints, such as Supabase)."""
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     """Registered agent kinds, as TOML tables [kinds.<name>]."""
     claim_kinds: list[str] | None = None

@@ -115,7 +115,9 @@ class JobStore(Protocol):
         """Record an attempt's outcome and apply the retry policy (see ``lifecycle.settle``).
 
         Fenced by (worker, attempt): raises ``LeaseLostError`` and writes nothing when the
-        pair no longer holds the lease.
+        pair no longer holds the lease. Idempotent: a finish repeated after (worker, attempt)
+        already settled the job (a retry whose first response was lost, an outbox replay)
+        returns the job as it is and writes nothing.
         """
         ...
 

@@ -183,6 +183,8 @@ class MemoryStore:
     def finish(self, job_id: int, worker: str, attempt: int, outcome: Outcome) -> Job:
         with self._lock:
             job = self._get(job_id)
+            if lc.is_replayed_finish(job, worker, attempt):
+                return job
             return self._put(
                 *lc.settle(job, outcome, worker=worker, attempt=attempt, now=self.now(), rng=self._rng)
             )

@@ -45,6 +45,7 @@ create table if not exists jobs (
     progress text,              -- JSON
     started_at real,
     finished_at real,
+    finished_by text,
     version integer not null default 1
 );
 

@@ -407,14 +407,18 @@ def test_finish_success_records_the_outcome(store: JobStore, clock: ManualClock)
     assert store.get(job.id) == done
 
 
-def test_finish_twice_is_lease_lost(store: JobStore) -> None:
-    """A second finish of the same attempt raises LeaseLostError and keeps the first outcome."""
+def test_finish_replayed_by_the_same_attempt_is_idempotent(store: JobStore) -> None:
+    """A finish repeated by the attempt that already settled the job (its first response lost)
+    returns the recorded job and writes nothing; any other writer gets LeaseLostError."""
     submit(store)
     job = start_one(store)
     done = succeed(store, job, result=1)
-    with pytest.raises(LeaseLostError):
-        fail(store, job)
+    events = len(store.events(job.id))
+    assert fail(store, job) == done
     assert store.get(job.id) == done
+    assert len(store.events(job.id)) == events
+    with pytest.raises(LeaseLostError):
+        store.finish(job.id, W2, job.attempt, Outcome())
 
 
 def test_failures_are_retried_with_backoff_then_failed(store: JobStore, clock: ManualClock) -> None:
