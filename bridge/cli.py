@@ -126,6 +126,16 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true")
 
     sub.add_parser("reconcile", help="settle agents left behind by a crashed supervisor")
+
+    db = sub.add_parser("db", help="the SQL schema of the Postgres/Supabase stores")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    db_sub.add_parser("schema", help="print the SQL (schema, then functions)")
+    apply = db_sub.add_parser("apply", help="apply the SQL to a Postgres database")
+    apply.add_argument("--dsn", required=True, help="postgresql://user@host/db (password from PGPASSWORD)")
+
+    rpc = sub.add_parser("bridge", help="stdio JSON-RPC 2.0 server for plugin hosts")
+    rpc.add_argument("--no-run", action="store_true", help="answer requests; run no agents")
+    rpc.add_argument("--schema", action="store_true", help="print the JSON Schema and exit")
     demo = sub.add_parser("demo", help="run sample agents on a fresh data dir (< 30 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data dir")
     return p
@@ -185,14 +195,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bridge.demo import run_demo
 
         return run_demo(keep=args.keep, data_dir=args.data_dir)
+    if args.command == "db":
+        from bridge.sqlcli import run_db
+
+        return run_db(args, sys.stdout)
+    if args.command == "bridge":
+        from bridge.stdio import run_bridge
+
+        return run_bridge(args, lambda **extra: _settings(args, **extra))
     settings = _settings(args, concurrency=getattr(args, "concurrency", None))
     if args.command in ("run", "reconcile"):
         from bridge.compose import build_supervisor
 
-        supervisor = build_supervisor(settings)
+        supervisor = build_supervisor(settings, subreaper=True)
         try:
             if args.command == "reconcile":
-                supervisor.reconcile()
+                for d in supervisor.reconcile():
+                    print(f"job {d.job_id} attempt {d.attempt}: {d.action.value} — {d.why}")
+                print(f"reconciled; outbox depth {supervisor.outbox_depth}")
             else:
                 supervisor.run(until_idle=args.until_idle)
         finally:
@@ -400,9 +420,11 @@ def _purge(args: argparse.Namespace, store: Any, settings: Any, out: TextIO) -> 
 
 def _health(args: argparse.Namespace, store: Any, settings: Any, out: TextIO) -> int:
     from supervisor.health import check_health
+    from supervisor.outbox import outbox_depth
     from supervisor.runner import read_worker_id
 
-    report = check_health(store, settings, worker_id=read_worker_id(settings))
+    depth = outbox_depth(Path(settings.data_dir) / "outbox.jsonl")
+    report = check_health(store, settings, worker_id=read_worker_id(settings), outbox_depth=depth)
     if args.json:
         json.dump(health_json(report), out, indent=2)
         out.write("\n")

@@ -49,11 +49,17 @@ def build_supervisor(
     store: JobStore | None = None,
     on_change: Callable[[JobChange], None] | None = None,
     install_signal_handlers: bool = True,
+    subreaper: bool = False,
 ) -> Supervisor:
-    """A supervisor on the configured store (or on ``store``, which the caller then owns)."""
+    """A supervisor on the configured store (or on ``store``, which the caller then owns).
+
+    ``subreaper`` only for a process that is nothing but the supervisor (the CLI's ``run``,
+    the stdio bridge): it makes this process adopt and reap its agents' escaped descendants.
+    """
     return Supervisor(
         settings,
         store if store is not None else build_store(settings),
         on_change=on_change,
         install_signal_handlers=install_signal_handlers,
+        subreaper=subreaper,
     )

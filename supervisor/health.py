@@ -20,7 +20,7 @@ class Alert:
     """Something wrong with the queue, in one sentence."""
 
     kind: str
-    """``stuck`` | ``lease_expired`` | ``queue_backlog``"""
+    """``stuck`` | ``lease_expired`` | ``queue_backlog`` | ``unsynced_outbox``"""
     message: str
     job_id: int | None = None
 
@@ -43,10 +43,14 @@ class HealthReport:
     oldest_running_age_s: float | None
     oldest_pending_age_s: float | None
     worker_id: str | None
+    outbox_depth: int = 0
+    """Outcomes this data dir's supervisor holds until the store answers again."""
     alerts: list[Alert] = field(default_factory=list)
 
 
-def check_health(store: JobStore, settings: Settings, *, worker_id: str | None) -> HealthReport:
+def check_health(
+    store: JobStore, settings: Settings, *, worker_id: str | None, outbox_depth: int = 0
+) -> HealthReport:
     """The health of the queue as seen from the store, for ``worker_id``'s supervisor."""
     counts = store.counts()
     now = counts.now
@@ -82,6 +86,13 @@ def check_health(store: JobStore, settings: Settings, *, worker_id: str | None) 
                 f"{by.get(Status.PENDING, 0)} jobs pending; the oldest has waited {_age(oldest_pending)}",
             )
         )
+    if outbox_depth:
+        alerts.append(
+            Alert(
+                "unsynced_outbox",
+                f"{outbox_depth} outcomes wait in the outbox for the store to answer again",
+            )
+        )
     here = sum(1 for j in live if worker_id is not None and j.lease_owner == worker_id)
     oldest_running = now - counts.oldest_running_started_at if counts.oldest_running_started_at else None
     return HealthReport(
@@ -97,6 +108,7 @@ def check_health(store: JobStore, settings: Settings, *, worker_id: str | None) 
         oldest_running_age_s=round(oldest_running, 3) if oldest_running is not None else None,
         oldest_pending_age_s=round(oldest_pending, 3) if oldest_pending is not None else None,
         worker_id=worker_id,
+        outbox_depth=outbox_depth,
         alerts=alerts,
     )
 

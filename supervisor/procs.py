@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -362,6 +362,29 @@ def set_child_subreaper(enabled: bool) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(rc == 0)
+
+
+def reap_orphans(keep: Collection[int]) -> list[int]:
+    """As a subreaper, reap exited children that are not agents we wait for ourselves
+    (descendants of agents re-parented to us), without ever reaping one of ``keep``.
+
+    ``waitid(WNOWAIT)`` peeks at the next waitable child without reaping it; a child in
+    ``keep`` stops the sweep (the loop reaps it with its exit status, then sweeps again).
+    Never call this in a host process that has children of its own.
+    """
+    reaped: list[int] = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # ECHILD: no children at all
+            return reaped
+        if info is None or info.si_pid in keep:
+            return reaped
+        try:
+            os.waitpid(info.si_pid, 0)
+        except ChildProcessError:
+            return reaped
+        reaped.append(info.si_pid)
 
 
 # ---------------------------------------------------------------- agents

@@ -2,18 +2,17 @@
 
 One thread drives everything (the caller's, or one the host starts with ``start()``): each
 tick collects exits, enforces log caps, asks ``scheduler.plan_stops`` what to stop, renews the
-leases of all running jobs in one store call, reaps stale leases of other workers, claims work
-for free slots, and saves the state file when it changed. Between ticks it blocks in
-``procs.Waiter`` until an agent exits, another thread (or a signal) wakes it, a deadline comes,
-or it is time to look at the store again — it never busy-polls.
+leases of all running jobs in one store call, replays the outbox, reaps stale leases of other
+workers, claims work for free slots, and saves the state file when it changed. Between ticks
+it blocks in ``procs.Waiter`` until an agent exits, another thread (or a signal) wakes it, a
+deadline comes, or it is time to look at the store again — it never busy-polls.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
+import queue
 import random
 import secrets
 import signal
@@ -21,14 +20,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from supervisor import procs
+from supervisor import procs, reconcile
+from supervisor.attempt import Attempt, exit_outcome, kind_config, prepare, read_result, resolve_spec
 from supervisor.datadir import DataDir, DataDirLock, prepare_data_dir, write_private
 from supervisor.errors import (
+    ConfigError,
     InvalidJobError,
     LeaseLostError,
     SpawnError,
@@ -36,22 +37,18 @@ from supervisor.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from supervisor.lifecycle import CancelMode, DecidedBy, ErrorKind, Job, JobSpec, Outcome, Status
-from supervisor.scheduler import (
-    AgentView,
-    Kill,
-    StopReason,
-    StopState,
-    Terminate,
-    next_due,
-    outcome_for,
-    plan_stops,
-)
-from supervisor.settings import KindConfig, Settings
+from supervisor.lifecycle import LIVE, DecidedBy, ErrorKind, Job, JobSpec, Outcome, Status
+from supervisor.outbox import Outbox, OutboxEntry
+from supervisor.reconcile import Action, Decision, OrphanPolicy
+from supervisor.scheduler import Kill, StopReason, StopState, Terminate, next_due, outcome_for, plan_stops
+from supervisor.settings import Settings
 from supervisor.statefile import AgentEntry, State, StateFile
 from supervisor.store import Beat, JobStore
 
-__all__ = ["JobChange", "Supervisor", "read_worker_id", "resolve_spec"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["JobChange", "Subscription", "Supervisor", "read_worker_id", "resolve_spec"]
 
 log = logging.getLogger("agent_supervisor")
 
@@ -61,10 +58,10 @@ _CHECK_S: Final = 0.1
 _FAST_CHECK_S: Final = 0.01
 _RACING_LOG_BYTES: Final = 1 << 20
 """Growth between two checks above which a log counts as growing fast."""
-_MAX_RESULT_BYTES: Final = 1 << 20
-_MAX_PROGRESS_BYTES: Final = 64 << 10
-# Our own settings and secrets must never reach an agent's environment.
-_PRIVATE_ENV_PREFIXES: Final = ("AGENT_SUPERVISOR_", "SUPABASE_")
+_STRAY_SCAN_S: Final = 1.0
+"""How often to look for escaped descendants of finished agents (a process scan)."""
+_OUTBOX_RETRY_MAX_S: Final = 30.0
+_WORKER_ID_FILE: Final = "worker-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,70 +76,78 @@ class JobChange:
     progress: Any = None
 
 
-def resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
-    """Check a local submission against the kinds registry and fill in its defaults.
+class Subscription:
+    """A stream of ``JobChange``s from ``Supervisor.subscribe()``.
 
-    Raises ``InvalidJobError`` for an unregistered kind, so the mistake is reported at submit
-    time, not when an agent fails to start.
+    Iterate it (blocking) in a thread, or ``async for`` it when it was made with an asyncio
+    loop. A slow reader loses the oldest changes, never blocks the supervisor.
     """
-    kind = _kind_config(settings, spec.kind)
-    timeout = spec.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
-    idle = spec.idle_timeout_s or (kind.idle_timeout_s if kind else None)
-    stuck = spec.stuck_after_s or (kind.stuck_after_s if kind else None)
-    return replace(spec, timeout_s=timeout, idle_timeout_s=idle, stuck_after_s=stuck)
 
+    def __init__(self, owner: Supervisor, maxsize: int, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._owner = owner
+        self._queue: queue.Queue[JobChange | None] = queue.Queue(maxsize)
+        self._loop = loop
+        self._aqueue: asyncio.Queue[JobChange | None] | None = None
+        if loop is not None:
+            import asyncio
 
-def _kind_config(settings: Settings, kind: str | None) -> KindConfig | None:
-    if kind is None:
-        return None
-    try:
-        return settings.kinds[kind]
-    except KeyError:
-        known = ", ".join(sorted(settings.kinds)) or "none"
-        raise InvalidJobError(f"unknown kind {kind!r} (registered kinds: {known})") from None
+            self._aqueue = asyncio.Queue(maxsize)
 
+    def _put(self, change: JobChange | None) -> None:
+        if self._loop is not None and self._aqueue is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
+                self._loop.call_soon_threadsafe(self._aput, change)
+            return
+        with contextlib.suppress(queue.Full):
+            if self._queue.full():
+                self._queue.get_nowait()
+            self._queue.put_nowait(change)
 
-@dataclass(eq=False)
-class _Agent:
-    """A running attempt: the job as claimed, its process, and the stop bookkeeping."""
+    def _aput(self, change: JobChange | None) -> None:
+        assert self._aqueue is not None
+        if self._aqueue.full():
+            self._aqueue.get_nowait()
+        self._aqueue.put_nowait(change)
 
-    job: Job
-    proc: procs.AgentProcess
-    logcap: procs.LogCap
-    entry: AgentEntry
-    timeout_s: float | None
-    idle_timeout_s: float | None
-    last_output: float
-    stop: StopState | None = None
-    cancel_requested: CancelMode | None = None
-    lease_lost: bool = False
-    signals: list[dict[str, Any]] = field(default_factory=list)
-    progress: Any = None
-    progress_mtime: float = 0.0
+    def get(self, timeout: float | None = None) -> JobChange | None:
+        """The next change, or None on timeout or after ``close()``."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.entry.run_dir)
+    def __iter__(self) -> Iterator[JobChange]:
+        while (change := self._queue.get()) is not None:
+            yield change
 
-    def view(self) -> AgentView:
-        return AgentView(
-            job_id=self.job.id,
-            started=self.proc.started_mono,
-            last_output=self.last_output,
-            timeout_s=self.timeout_s,
-            idle_timeout_s=self.idle_timeout_s,
-            cancel_requested=self.cancel_requested,
-            lease_lost=self.lease_lost,
-            stop=self.stop,
-        )
+    def __aiter__(self) -> Subscription:
+        if self._aqueue is None:
+            raise TypeError("subscribe(loop=...) to iterate asynchronously")
+        return self
+
+    async def __anext__(self) -> JobChange:
+        assert self._aqueue is not None
+        change = await self._aqueue.get()
+        if change is None:
+            raise StopAsyncIteration
+        return change
+
+    def close(self) -> None:
+        """Stop receiving; a blocked iteration ends."""
+        self._owner._subscriptions.discard(self)
+        self._put(None)
 
 
 class Supervisor:
     """Runs agents for jobs from ``store`` under ``settings``; one per data dir.
 
     ``run()`` blocks until stopped (or until the queue is empty with ``until_idle``);
-    ``start()`` runs the same loop in a background thread for hosts. ``request_stop()`` is
-    safe from any thread and from signal handlers.
+    ``start()`` runs the same loop in a background thread and ``run_async()`` awaits it from
+    an asyncio loop. ``request_stop()``, ``stop()``, ``reload()``, ``submit()`` and ``wake()``
+    are safe from any thread. Signal handlers are installed only by ``run()`` on the main
+    thread, and restored when it returns. ``subreaper`` (Linux) makes escaped descendants of
+    agents re-parent to this process so they are reaped; enable it only when this process is
+    not a host with children of its own (the CLI and the stdio bridge do).
     """
 
     def __init__(
@@ -153,30 +158,42 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[JobChange], None] | None = None,
         install_signal_handlers: bool = True,
+        subreaper: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self._clock = clock
         self._on_change = on_change
         self._install_signals = install_signal_handlers
+        self._subreaper = subreaper
         self._rng = random.Random()
-        self._agents: dict[int, _Agent] = {}
-        self._unrecorded: list[tuple[_Agent, Outcome]] = []
+        self._subscriptions: set[Subscription] = set()
+        self._agents: dict[int, Attempt] = {}
         self._waiter: procs.Waiter | None = None
         self._lock: DataDirLock | None = None
         self._datadir: DataDir | None = None
         self._statefile: StateFile | None = None
+        self._outbox: Outbox | None = None
+        self._unsaved: list[OutboxEntry] = []
+        self._thread: threading.Thread | None = None
         self.worker_id = ""
+        self.last_reconcile: list[Decision] = []
+        self._reset_timers()
+
+    def _reset_timers(self) -> None:
         self._stopping = False
+        self._leave_agents = False
         self._drain_deadline = 0.0
         self._shutdown_sent = False
-        self._thread: threading.Thread | None = None
         self._state_dirty = False
         self._next_beat = 0.0
         self._last_beat = 0.0
         self._next_claim = 0.0
         self._next_reap = 0.0
+        self._next_stray_scan = 0.0
         self._store_down_until = 0.0
+        self._outbox_fails = 0
+        self._next_outbox_try = 0.0
         self._logs_racing = False
 
     # -- public API ----------------------------------------------------------------------
@@ -192,12 +209,14 @@ class Supervisor:
         if self._waiter is not None:
             self._waiter.wake()
 
-    def request_stop(self, *, drain: bool = True) -> None:
-        """Stop claiming; let running agents finish for up to ``drain_timeout_s`` (or not at
-        all with ``drain=False``), then stop them and record their outcome."""
+    def request_stop(self, *, drain: bool = True, leave_agents: bool = False) -> None:
+        """Stop claiming, then stop. Running agents get ``drain_timeout_s`` to finish (none
+        with ``drain=False``) and are then stopped and recorded — or, with ``leave_agents``,
+        are left running for the next start to adopt (a host reload)."""
         now = self._clock()
         deadline = now + (self.settings.drain_timeout_s if drain else 0.0)
         self._drain_deadline = min(self._drain_deadline, deadline) if self._stopping else deadline
+        self._leave_agents = leave_agents
         self._stopping = True
         if self._waiter is not None:
             self._waiter.wake()
@@ -206,15 +225,35 @@ class Supervisor:
         """Run the loop in a daemon thread (for hosts); ``stop()`` ends it."""
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("this supervisor is already running")
-        self._thread = threading.Thread(
-            target=self.run, kwargs={"until_idle": until_idle}, name="agent-supervisor", daemon=True
-        )
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                self._open()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            try:
+                self._loop(until_idle)
+            except Exception:
+                log.exception("supervisor loop crashed")
+            finally:
+                self._close()
+
+        self._thread = threading.Thread(target=main, name="agent-supervisor", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failure:  # e.g. DataDirLockedError: the caller learns at once, in its own thread
+            self._thread.join()
+            raise failure[0]
         return self._thread
 
-    def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+    def stop(self, *, drain: bool = True, leave_agents: bool = False, timeout: float | None = None) -> None:
         """``request_stop`` and wait for the background thread to end."""
-        self.request_stop(drain=drain)
+        self.request_stop(drain=drain, leave_agents=leave_agents)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -227,36 +266,95 @@ class Supervisor:
         finally:
             self._close()
 
-    def reconcile(self) -> None:
-        """Only reconcile: settle what a previous run left behind, then release the data dir."""
+    async def run_async(self, *, until_idle: bool = False) -> None:
+        """``run`` for an asyncio host: the loop runs in its own thread; cancelling this
+        coroutine stops the supervisor gracefully and waits for it."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        thread = self.start(until_idle=until_idle)
+
+        def join() -> None:
+            thread.join()
+            loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=join, name="agent-supervisor-join", daemon=True).start()
+        try:
+            await done.wait()
+        except asyncio.CancelledError:
+            self.request_stop()
+            await asyncio.shield(done.wait())
+            raise
+
+    def reload(self, settings: Settings) -> None:
+        """Apply new settings (intervals, concurrency, kinds, limits) to the running loop.
+
+        The data dir and the store cannot change while running: stop, then start anew.
+        """
+        if (
+            Path(settings.data_dir) != Path(self.settings.data_dir)
+            or settings.store_url != self.settings.store_url
+        ):
+            raise ConfigError("data_dir and store cannot change on reload; stop and start a new supervisor")
+        self.settings = settings
+        self._next_beat = self._next_claim = 0.0
+        self.wake()
+
+    def subscribe(
+        self, *, maxsize: int = 1000, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Subscription:
+        """A stream of the job changes this supervisor causes (see ``Subscription``)."""
+        sub = Subscription(self, maxsize, loop)
+        self._subscriptions.add(sub)
+        return sub
+
+    def reconcile(self) -> list[Decision]:
+        """Only reconcile: settle what a previous run left behind, then release the data dir.
+        Agents that would be adopted keep running and stay in the state file."""
         self._open()
+        self._leave_agents = True
         self._close()
+        return self.last_reconcile
 
     @property
     def running_jobs(self) -> list[int]:
         return sorted(self._agents)
 
+    @property
+    def outbox_depth(self) -> int:
+        return len(self._outbox or ()) + len(self._unsaved)
+
     # -- open / close --------------------------------------------------------------------
     def _open(self) -> None:
-        self._stopping = False
-        self._shutdown_sent = False
+        self._reset_timers()
         self._datadir = prepare_data_dir(self.settings.data_dir)
         self._lock = DataDirLock(self._datadir)
         self._lock.acquire()
         try:
             self._statefile = StateFile(self._datadir.state_file, self._datadir.quarantine)
+            self._outbox = Outbox(self._datadir.root / "outbox.jsonl")
             self._waiter = procs.Waiter()
-            self._reconcile_on_start()
+            if self._subreaper:
+                self._subreaper = procs.set_child_subreaper(True)
+            self.last_reconcile = self._reconcile_on_start()
         except BaseException:
             self._close()
             raise
 
     def _close(self) -> None:
-        if self._statefile is not None and self._state_dirty:
+        if self._statefile is not None and (self._state_dirty or self._leave_agents):
             self._save_state()
+        for attempt in list(self._agents.values()):
+            if self._waiter is not None:
+                self._waiter.unregister(attempt.proc)
+            attempt.proc.close()
+        self._agents.clear()
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
+        if self._subreaper:
+            procs.set_child_subreaper(False)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -280,99 +378,178 @@ class Supervisor:
                 signal.signal(sig, old)
 
     # -- reconciliation ------------------------------------------------------------------
-    def _reconcile_on_start(self) -> None:
-        """Agree with the state file and the store before claiming anything.
-
-        First version (the reload issue adds adoption): a recorded agent that is still alive
-        is killed, one that is gone has its exit status recorded; jobs leased to us that have
-        no recorded agent are settled as lost; tagged processes of ours are killed.
-        """
-        assert self._statefile is not None
+    def _reconcile_on_start(self) -> list[Decision]:
+        """Make the state file, the store's leases and the live processes agree before
+        claiming anything (``supervisor.reconcile`` decides; this carries it out)."""
+        assert self._statefile is not None and self._datadir is not None
         state = self._statefile.load().state  # a bad file is quarantined and logged by load()
-        self.worker_id = state.worker_id if state else _new_worker_id()
-        boot = procs.boot_id()
-        for entry in state.agents if state else []:
-            self._reconcile_entry(entry, same_boot=state is not None and state.boot_id == boot)
-        recorded = {e.job_id for e in state.agents} if state else set()
+        self.worker_id = self._load_worker_id(state)
+        self._replay_outbox(self._clock())
+        entries = state.agents if state else []
+        same_boot = state is not None and state.boot_id == procs.boot_id()
+        alive = {e.job_id for e in entries if same_boot and procs.same_process(e.pid, e.start_identity)}
         try:
-            leased = self.store.list(statuses={Status.PREPARING, Status.RUNNING}, lease_owner=self.worker_id)
+            jobs = {j.id: j for j in self.store.list(statuses=LIVE, lease_owner=self.worker_id)}
+            leased = {j.id: j.attempt for j in jobs.values()}
         except StoreError as exc:
-            log.warning("reconcile: cannot list our leases: %s", exc)
-            leased = []
-        for job in leased:
-            if job.id not in recorded:
-                outcome = Outcome(
-                    error_kind=ErrorKind.LOST,
-                    error="supervisor stopped before its agent was recorded",
-                    decided_by=DecidedBy.RECONCILE,
-                )
-                self._record(job, job.attempt, outcome, note="no agent recorded")
-        for tagged in procs.scan_tagged(self.worker_id):
-            if procs.signal_process(tagged.pid, tagged.identity, signal.SIGKILL):
-                log.warning("reconcile: killed stray agent pid %d of job %s", tagged.pid, tagged.job_id)
-        self._save_state()
+            # Cannot see our leases: act as if we still hold those we recorded. Safe, because
+            # every write is fenced; the first heartbeat tells which leases are really gone.
+            log.warning("reconcile: store unreachable (%s); keeping recorded agents", exc)
+            jobs, leased = {}, {e.job_id: e.attempt for e in entries}
+        tagged = procs.scan_tagged(self.worker_id)
+        found = reconcile.findings(entries, leased, alive, {t.job_id: t.attempt for t in tagged})
 
-    def _reconcile_entry(self, entry: AgentEntry, *, same_boot: bool) -> None:
-        proc = procs.AgentProcess.attach(
-            pid=entry.pid,
-            pgid=entry.pgid,
-            identity=entry.start_identity,
-            started_mono=entry.started_mono,
-            log_path=Path(entry.log_path),
-            run_dir=Path(entry.run_dir),
-            job_id=entry.job_id,
-            attempt=entry.attempt,
-            worker=entry.worker,
-        )
-        try:
-            facts: dict[str, Any] = {"pid": entry.pid, "reconciled": True}
-            if same_boot and procs.same_process(entry.pid, entry.start_identity):
-                killed = proc.kill_tree()
-                facts["signals"] = [{"signal": "SIGKILL", "pids": killed, "why": "orphan"}]
-                outcome = Outcome(
-                    error_kind=ErrorKind.LOST,
-                    error="agent orphaned by a supervisor restart; killed",
-                    decided_by=DecidedBy.RECONCILE,
-                    facts=facts,
+        def policy(f: reconcile.Finding) -> OrphanPolicy:
+            job = jobs.get(f.job_id)
+            kind = self.settings.kinds.get(job.kind) if job and job.kind else None
+            return OrphanPolicy((kind.orphan_policy if kind else None) or self.settings.orphan_policy)
+
+        decisions = reconcile.decide(found, policy)
+        by_job = {e.job_id: e for e in entries}
+        for d in decisions:
+            log.info("reconcile: job %d attempt %d: %s (%s)", d.job_id, d.attempt, d.action, d.why)
+            self._carry_out(d, by_job.get(d.job_id), jobs.get(d.job_id), tagged)
+        adopted = {(a.job.id, a.job.attempt) for a in self._agents.values()}
+        for t in tagged:  # tagged processes that belong to no agent we keep
+            if (t.job_id, t.attempt) not in adopted and procs.signal_process(
+                t.pid, t.identity, signal.SIGKILL
+            ):
+                log.warning(
+                    "reconcile: killed stray process %d (job %s attempt %s)", t.pid, t.job_id, t.attempt
                 )
-                note = "orphan killed"
-            else:
-                status = proc.poll() if same_boot else None
-                code = status.exit_code if status else None
-                sig = status.signal if status else None
-                try:
-                    result = _read_result(Path(entry.run_dir)) if code == 0 else None
-                except InvalidJobError as exc:
-                    result, facts["result_error"] = None, str(exc)
-                kind, error, _, _ = outcome_for(
-                    exit_code=code,
-                    signal_number=sig,
-                    stop=None,
-                    timeout_s=entry.timeout_s,
-                    idle_timeout_s=entry.idle_timeout_s,
-                )
-                tail = procs.LogCap(
-                    Path(entry.log_path), self.settings.log_cap_bytes, self.settings.output_tail_bytes
-                ).finish()
-                outcome = Outcome(
-                    error_kind=kind,
-                    error=error,
-                    exit_code=code,
-                    signal=sig,
-                    result=result,
-                    output_tail=tail,
-                    decided_by=DecidedBy.RECONCILE,
-                    facts=facts,
-                )
-                note = "agent had ended" if code is not None or sig is not None else "agent lost"
-        finally:
-            proc.close()
-        try:
-            job = self.store.get(entry.job_id)
-        except StoreError as exc:
-            log.warning("reconcile: job %d: %s", entry.job_id, exc)
+        self._save_state()
+        return decisions
+
+    def _carry_out(
+        self, d: Decision, entry: AgentEntry | None, job: Job | None, tagged: list[procs.TaggedProcess]
+    ) -> None:
+        proc = None
+        if entry is not None:
+            proc = procs.AgentProcess.attach(
+                pid=entry.pid,
+                pgid=entry.pgid,
+                identity=entry.start_identity,
+                started_mono=entry.started_mono,
+                log_path=Path(entry.log_path),
+                run_dir=Path(entry.run_dir),
+                job_id=entry.job_id,
+                attempt=entry.attempt,
+                worker=entry.worker,
+            )
+        if d.action is Action.ADOPT and proc is not None and entry is not None:
+            self._adopt(proc, entry, job)
             return
-        self._record(job, entry.attempt, outcome, note=note, worker=entry.worker)
+        facts: dict[str, Any] = {"reconcile": d.action.value, "why": d.why}
+        if d.action in (Action.KILL_AND_RECORD, Action.KILL_ONLY):
+            if proc is not None:
+                facts["killed_pids"] = proc.kill_tree()
+            else:
+                facts["killed_pids"] = [
+                    t.pid
+                    for t in tagged
+                    if t.job_id == d.job_id and procs.signal_process(t.pid, t.identity, signal.SIGKILL)
+                ]
+        outcome: Outcome | None = None
+        if d.action is Action.KILL_AND_RECORD:
+            why = f"agent orphaned by a restart; killed ({d.why})"
+            outcome = Outcome(
+                error_kind=ErrorKind.LOST, error=why, decided_by=DecidedBy.RECONCILE, facts=facts
+            )
+        elif d.action is Action.RECORD_EXIT and proc is not None and entry is not None:
+            outcome = self._ended_while_away(proc, entry, facts)
+        elif d.action is Action.RECORD_LOST:
+            outcome = Outcome(
+                error_kind=ErrorKind.LOST,
+                error=f"agent lost ({d.why})",
+                decided_by=DecidedBy.RECONCILE,
+                facts=facts,
+            )
+        if proc is not None:
+            proc.close()
+        if outcome is not None:
+            self._record(
+                d.job_id,
+                entry.worker if entry else self.worker_id,
+                d.attempt,
+                outcome,
+                before=job.status if job else None,
+            )
+
+    def _adopt(self, proc: procs.AgentProcess, entry: AgentEntry, job: Job | None) -> None:
+        assert self._waiter is not None
+        now = self._clock()
+        if job is None:  # store unreachable at start: carry on; the first heartbeat decides
+            job = Job(
+                id=entry.job_id,
+                status=Status.RUNNING,
+                created_at=0.0,
+                updated_at=0.0,
+                attempt=entry.attempt,
+                lease_owner=self.worker_id,
+                pid=entry.pid,
+            )
+        logcap = procs.LogCap(
+            Path(entry.log_path), self.settings.log_cap_bytes, self.settings.output_tail_bytes
+        )
+        logcap.check()
+        self._agents[job.id] = Attempt(
+            job=job, proc=proc, logcap=logcap, entry=entry, last_output=now, adopted=True
+        )
+        self._waiter.register(proc)
+        self._next_beat = 0.0  # renew the lease at once: the restart may have eaten most of it
+        self._emit(job, job.status, f"agent adopted (pid {entry.pid})")
+
+    def _ended_while_away(
+        self, proc: procs.AgentProcess, entry: AgentEntry, facts: dict[str, Any]
+    ) -> Outcome:
+        status = proc.poll()
+        code = status.exit_code if status else None
+        sig = status.signal if status else None
+        result = None
+        if code == 0:
+            try:
+                result = read_result(Path(entry.run_dir))
+            except InvalidJobError as exc:
+                facts["result_error"] = str(exc)
+        kind, error, _, _ = outcome_for(
+            exit_code=code,
+            signal_number=sig,
+            stop=None,
+            timeout_s=entry.timeout_s,
+            idle_timeout_s=entry.idle_timeout_s,
+        )
+        tail = self._logcap(Path(entry.log_path)).finish()
+        facts.update({"pid": entry.pid, "exit_code": code, "signal": sig})
+        return Outcome(
+            error_kind=kind,
+            error=error,
+            exit_code=code,
+            signal=sig,
+            result=result,
+            output_tail=tail,
+            decided_by=DecidedBy.RECONCILE,
+            facts=facts,
+        )
+
+    def _logcap(self, path: Path) -> procs.LogCap:
+        return procs.LogCap(path, self.settings.log_cap_bytes, self.settings.output_tail_bytes)
+
+    def _load_worker_id(self, state: State | None) -> str:
+        """The worker id from the state file, else from its backup file (a quarantined state
+        file must not cost us our leases), else a new one."""
+        assert self._datadir is not None
+        backup = self._datadir.root / _WORKER_ID_FILE
+        worker = state.worker_id if state else None
+        if worker is None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                worker = backup.read_text().strip() or None
+        worker = worker or _new_worker_id()
+        try:
+            if not backup.exists() or backup.read_text().strip() != worker:
+                write_private(backup, worker.encode(), durable=True)
+        except OSError as exc:
+            log.warning("cannot keep the worker id backup %s: %s", backup, exc.strerror)
+        return worker
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self, until_idle: bool) -> None:
@@ -381,39 +558,40 @@ class Supervisor:
             now = self._clock()
             changed = self.store.changed()
             self._collect_exits()
-            self._retry_unrecorded()
             self._watch_output(now)
             self._act_on_stops(now)
             self._heartbeat_if_due(now, changed)
+            self._replay_outbox(now)
+            self._reap_strays(now)
             if self._stopping:
-                if not self._agents:
+                if not self._agents or self._leave_agents:
                     return
                 if now >= self._drain_deadline and not self._shutdown_sent:
                     self._shutdown_sent = True
-                    for agent in list(self._agents.values()):
-                        if agent.stop is None:
-                            self._terminate(agent, StopReason.SHUTDOWN, now)
+                    for attempt in list(self._agents.values()):
+                        if attempt.stop is None:
+                            self._terminate(attempt, StopReason.SHUTDOWN, now)
             else:
                 self._claim_if_due(now, changed)
-                if until_idle and not self._agents and not self._unrecorded and self._queue_idle():
+                if until_idle and not self._agents and not self.outbox_depth and self._queue_idle():
                     return
             if self._state_dirty:
                 self._save_state()
             self._waiter.wait(self._next_wake(now))
 
     def _next_wake(self, now: float) -> float:
-        due = min(
-            next_due((a.view() for a in self._agents.values()), self.settings.stop_grace_s),
-            self._next_beat if self._agents else float("inf"),
-        )
+        due = next_due((a.view() for a in self._agents.values()), self.settings.stop_grace_s)
+        if self._agents:
+            due = min(due, self._next_beat)
+            # Log caps are enforced by checking: 10x a second, 100x while a log grows fast, so
+            # an agent writing 1 GB/s overshoots the cap on disk by ~10 MB, not ~100 MB.
+            due = min(due, now + (_FAST_CHECK_S if self._logs_racing else _CHECK_S))
+        if self.outbox_depth:
+            due = min(due, self._next_outbox_try)
         if self._stopping and not self._shutdown_sent:
             due = min(due, self._drain_deadline)
         elif not self._stopping:
             due = min(due, now + self.settings.wake_poll_s)
-        if self._agents:
-            # Log caps are enforced by checking: 10x a second, 100x while a log grows fast, so
-            # an agent writing 1 GB/s overshoots the cap on disk by ~10 MB, not ~100 MB.
-            due = min(due, now + (_FAST_CHECK_S if self._logs_racing else _CHECK_S))
         return max(0.0, due - self._clock())
 
     def _queue_idle(self) -> bool:
@@ -421,15 +599,13 @@ class Supervisor:
             counts = self.store.counts().by_status
         except StoreError:
             return False
-        return not any(
-            counts.get(s, 0) for s in (Status.PENDING, Status.PREPARING, Status.RUNNING, Status.WAITING_RETRY)
-        )
+        return not any(counts.get(s, 0) for s in (Status.PENDING, *LIVE, Status.WAITING_RETRY))
 
     # -- claiming and spawning -----------------------------------------------------------
     def _claim_if_due(self, now: float, changed: bool) -> None:
         free = self.settings.concurrency - len(self._agents)
-        if free <= 0 or now < self._store_down_until:
-            return
+        if free <= 0 or now < self._store_down_until or self.outbox_depth:
+            return  # full, or the store is down: running agents carry on, nothing new starts
         if not changed and now < self._next_claim:
             return
         self._next_claim = now + self.settings.poll_s
@@ -460,9 +636,9 @@ class Supervisor:
         """Kinds at their ``max_concurrent`` (excluded from the claim), and a claim size that
         cannot overshoot the tightest remaining per-kind limit."""
         running: dict[str, int] = {}
-        for agent in self._agents.values():
-            if agent.job.kind is not None:
-                running[agent.job.kind] = running.get(agent.job.kind, 0) + 1
+        for attempt in self._agents.values():
+            if attempt.job.kind is not None:
+                running[attempt.job.kind] = running.get(attempt.job.kind, 0) + 1
         saturated, limit = set(), free
         for name, kind in self.settings.kinds.items():
             if kind.max_concurrent is None:
@@ -475,58 +651,33 @@ class Supervisor:
         return saturated, limit
 
     def _launch(self, job: Job) -> None:
-        assert self._datadir is not None
+        assert self._datadir is not None and self._waiter is not None
         try:
-            kind = _kind_config(self.settings, job.kind)
+            kind = kind_config(self.settings, job.kind)
             if kind is None and self.store.shared and not self.settings.allow_remote_commands:
                 raise InvalidJobError(
                     "raw commands from a shared store are refused: register a kind for it "
                     "(or set allow_remote_commands)"
                 )
-        except InvalidJobError as exc:
-            self._fail_before_start(job, ErrorKind.INVALID, str(exc))
-            return
-        run_dir = self._datadir.attempt_dir(job.id, job.attempt)
-        payload_file, result_file = run_dir / "payload.json", run_dir / "result.json"
-        progress_file = run_dir / "progress.json"
-        for stale in (result_file, progress_file, run_dir / "exit"):
-            stale.unlink(missing_ok=True)
-        write_private(payload_file, json.dumps(job.payload if job.payload is not None else {}).encode())
-        argv = (
-            kind.render(job.id, job.attempt, str(payload_file), str(result_file))
-            if kind
-            else list(job.command or ())
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
-        env.update(kind.env if kind else {})
-        env.update(
-            {
-                procs.TAG_JOB: str(job.id),
-                procs.TAG_ATTEMPT: str(job.attempt),
-                procs.TAG_WORKER: self.worker_id,
-                "AGENT_SUPERVISOR_PAYLOAD_FILE": str(payload_file),
-                "AGENT_SUPERVISOR_RESULT_FILE": str(result_file),
-                "AGENT_SUPERVISOR_PROGRESS_FILE": str(progress_file),
-            }
-        )
-        log_path = self._datadir.log_path(job.id, job.attempt)
-        try:
+            launch = prepare(job, kind, self.settings, self._datadir, self.worker_id)
             proc = procs.spawn(
-                argv,
-                env=env,
-                run_dir=run_dir,
-                log_path=log_path,
-                cwd=kind.cwd if kind else None,
+                launch.argv,
+                env=launch.env,
+                run_dir=launch.run_dir,
+                log_path=launch.log_path,
+                cwd=launch.cwd,
                 job_id=job.id,
                 attempt=job.attempt,
                 worker=self.worker_id,
             )
-        except SpawnError as exc:
-            permanent = exc.errno in (2, 13)  # ENOENT, EACCES: retrying cannot help
+        except (InvalidJobError, SpawnError) as exc:
+            # ENOENT/EACCES (no such command) and invalid jobs: another attempt cannot help.
+            permanent = not isinstance(exc, SpawnError) or exc.errno in (2, 13)
             self._fail_before_start(job, ErrorKind.INVALID if permanent else ErrorKind.SPAWN_ERROR, str(exc))
             return
-        timeout = job.timeout_s or (kind.timeout_s if kind else None) or self.settings.default_timeout_s
-        idle = job.idle_timeout_s or (kind.idle_timeout_s if kind else None)
+        except OSError as exc:  # the data dir could not take the payload file
+            self._fail_before_start(job, ErrorKind.SPAWN_ERROR, f"cannot prepare the attempt: {exc}")
+            return
         entry = AgentEntry(
             job_id=job.id,
             attempt=job.attempt,
@@ -534,176 +685,169 @@ class Supervisor:
             pid=proc.pid,
             pgid=proc.pgid,
             start_identity=proc.identity,
-            command=list(argv),
+            command=list(launch.argv),
             started_at=time.time(),
             started_mono=proc.started_mono,
-            timeout_s=timeout,
-            idle_timeout_s=idle,
-            log_path=str(log_path),
-            run_dir=str(run_dir),
+            timeout_s=launch.timeout_s,
+            idle_timeout_s=launch.idle_timeout_s,
+            log_path=str(launch.log_path),
+            run_dir=str(launch.run_dir),
         )
-        agent = _Agent(
-            job=job,
-            proc=proc,
-            entry=entry,
-            timeout_s=timeout,
-            idle_timeout_s=idle,
-            logcap=procs.LogCap(log_path, self.settings.log_cap_bytes, self.settings.output_tail_bytes),
-            last_output=proc.started_mono,
-        )
-        self._agents[job.id] = agent
-        assert self._waiter is not None
+        logcap = self._logcap(launch.log_path)
+        attempt = Attempt(job=job, proc=proc, logcap=logcap, entry=entry, last_output=proc.started_mono)
+        self._agents[job.id] = attempt
         self._waiter.register(proc)
         self._save_state()  # the pid is on disk before anything else can go wrong
+        facts = {"pgid": proc.pgid, "command": list(launch.argv), "log_path": str(launch.log_path)}
         try:
-            agent.job = self.store.mark_running(
-                job.id,
-                self.worker_id,
-                job.attempt,
-                proc.pid,
-                {"pgid": proc.pgid, "command": list(argv), "log_path": str(log_path)},
-            )
-            self._emit(agent.job, Status.PREPARING, f"agent started (pid {proc.pid})")
+            attempt.job = self.store.mark_running(job.id, self.worker_id, job.attempt, proc.pid, facts)
+            self._emit(attempt.job, Status.PREPARING, f"agent started (pid {proc.pid})")
         except LeaseLostError:
-            agent.lease_lost = True
+            attempt.lease_lost = True
         except StoreError as exc:
-            log.warning(
-                "job %d: could not mark running (%s); it runs on and is recorded at exit", job.id, exc
-            )
+            log.warning("job %d: not marked running (%s); it runs on, recorded at exit", job.id, exc)
 
     def _fail_before_start(self, job: Job, kind: ErrorKind, error: str) -> None:
         log.warning("job %d not started: %s", job.id, error)
-        self._record(job, job.attempt, Outcome(error_kind=kind, error=error, decided_by=DecidedBy.SPAWN))
+        outcome = Outcome(error_kind=kind, error=error, decided_by=DecidedBy.SPAWN)
+        self._record(job.id, self.worker_id, job.attempt, outcome, before=job.status)
 
     # -- watching agents -----------------------------------------------------------------
     def _watch_output(self, now: float) -> None:
         self._logs_racing = False
-        for agent in self._agents.values():
-            before = agent.logcap.size + agent.logcap.dropped
-            if agent.logcap.check():
-                agent.last_output = now
-                grown = agent.logcap.size + agent.logcap.dropped - before
+        for attempt in self._agents.values():
+            before = attempt.logcap.size + attempt.logcap.dropped
+            if attempt.logcap.check():
+                attempt.last_output = now
+                grown = attempt.logcap.size + attempt.logcap.dropped - before
                 self._logs_racing |= grown >= _RACING_LOG_BYTES
 
     def _act_on_stops(self, now: float) -> None:
         views = [a.view() for a in self._agents.values()]
         for action in plan_stops(views, now, self.settings.stop_grace_s):
-            agent = self._agents[action.job_id]
+            attempt = self._agents[action.job_id]
             if isinstance(action, Terminate):
-                self._terminate(agent, action.reason, now)
+                self._terminate(attempt, action.reason, now)
             elif isinstance(action, Kill):
-                self._kill(agent, action.reason, now)
+                self._kill(attempt, action.reason, now)
 
-    def _terminate(self, agent: _Agent, reason: StopReason, now: float) -> None:
-        sent = agent.proc.signal_group(signal.SIGTERM)
-        agent.stop = StopState(reason, term_at=now)
-        agent.signals.append(self._signal_fact("SIGTERM", reason, now, agent, delivered=sent))
-        log.info("job %d: SIGTERM (%s)", agent.job.id, reason)
+    def _terminate(self, attempt: Attempt, reason: StopReason, now: float) -> None:
+        sent = attempt.proc.signal_group(signal.SIGTERM)
+        attempt.stop = StopState(reason, term_at=now)
+        attempt.signals.append(self._signal_fact("SIGTERM", reason, now, attempt, delivered=sent))
+        log.info("job %d: SIGTERM (%s)", attempt.job.id, reason)
 
-    def _kill(self, agent: _Agent, reason: StopReason, now: float) -> None:
-        pids = agent.proc.kill_tree()
-        term_at = agent.stop.term_at if agent.stop else None
-        agent.stop = StopState(agent.stop.reason if agent.stop else reason, term_at=term_at, kill_at=now)
-        fact = self._signal_fact("SIGKILL", reason, now, agent, delivered=bool(pids))
+    def _kill(self, attempt: Attempt, reason: StopReason, now: float) -> None:
+        pids = attempt.proc.kill_tree()
+        stop = attempt.stop
+        attempt.stop = StopState(
+            stop.reason if stop else reason, term_at=stop.term_at if stop else None, kill_at=now
+        )
+        fact = self._signal_fact("SIGKILL", reason, now, attempt, delivered=bool(pids))
         fact["pids"] = pids
-        agent.signals.append(fact)
-        log.info("job %d: SIGKILL (%s) to %s", agent.job.id, reason, pids)
+        attempt.signals.append(fact)
+        log.info("job %d: SIGKILL (%s) to %s", attempt.job.id, reason, pids)
 
     def _signal_fact(
-        self, name: str, reason: StopReason, now: float, agent: _Agent, *, delivered: bool
+        self, name: str, reason: StopReason, now: float, attempt: Attempt, *, delivered: bool
     ) -> dict[str, Any]:
         return {
             "signal": name,
             "why": reason.value,
-            "at_s": round(now - agent.proc.started_mono, 3),
+            "at_s": round(now - attempt.entry.started_mono, 3),
             "delivered": delivered,
         }
 
     def _collect_exits(self) -> None:
-        for agent in list(self._agents.values()):
-            # Background children of a finished agent die with its attempt.
-            status = agent.proc.poll(kill_remnants=True)
-            if status is not None:
-                self._finish(agent, status)
-
-    def _finish(self, agent: _Agent, status: procs.ExitStatus) -> None:
         assert self._waiter is not None
-        self._waiter.unregister(agent.proc)
-        agent.proc.close()
-        del self._agents[agent.job.id]
-        self._state_dirty = True
-        tail = agent.logcap.finish()
-        kind, error, decided_by, forgive = outcome_for(
-            exit_code=status.exit_code,
-            signal_number=status.signal,
-            stop=agent.stop,
-            timeout_s=agent.timeout_s,
-            idle_timeout_s=agent.idle_timeout_s,
-        )
-        facts: dict[str, Any] = {
-            "pid": agent.proc.pid,
-            "exit_code": status.exit_code,
-            "signal": status.signal,
-            "peak_rss_bytes": status.peak_rss_bytes,
-            "signals": agent.signals,
-            "runtime_s": round(self._clock() - agent.proc.started_mono, 3),
-            "log_bytes": agent.logcap.size,
-            "log_dropped_bytes": agent.logcap.dropped,
-        }
-        result = None
-        if kind is None:
-            try:
-                result = _read_result(agent.run_dir)
-            except InvalidJobError as exc:
-                facts["result_error"] = str(exc)
-        outcome = Outcome(
-            error_kind=kind,
-            error=error,
-            exit_code=status.exit_code,
-            signal=status.signal,
-            result=result,
-            output_tail=tail,
-            decided_by=decided_by,
-            facts=facts,
-            forgive=forgive,
-        )
-        self._record(agent.job, agent.job.attempt, outcome, agent=agent)
+        for attempt in list(self._agents.values()):
+            # Background children of a finished agent die with its attempt.
+            status = attempt.proc.poll(kill_remnants=True)
+            if status is None:
+                continue
+            self._waiter.unregister(attempt.proc)
+            attempt.proc.close()
+            del self._agents[attempt.job.id]
+            self._state_dirty = True
+            self._next_stray_scan = 0.0  # look for its setsid escapees soon
+            outcome = exit_outcome(attempt, status, self._clock())
+            self._record(
+                attempt.job.id, self.worker_id, attempt.job.attempt, outcome, before=attempt.job.status
+            )
 
+    def _reap_strays(self, now: float) -> None:
+        """Kill escaped descendants (setsid, double fork) of attempts that have ended, found
+        by their env tag; as a subreaper, also reap those re-parented to us."""
+        if self._subreaper:
+            procs.reap_orphans({a.proc.pid for a in self._agents.values()})
+        if now < self._next_stray_scan:
+            return
+        self._next_stray_scan = now + _STRAY_SCAN_S
+        live = {(a.job.id, a.job.attempt) for a in self._agents.values()}
+        for t in procs.scan_tagged(self.worker_id):
+            if (t.job_id, t.attempt) not in live and procs.signal_process(t.pid, t.identity, signal.SIGKILL):
+                log.warning("killed escaped process %d of job %s attempt %s", t.pid, t.job_id, t.attempt)
+
+    # -- recording outcomes --------------------------------------------------------------
     def _record(
-        self,
-        job: Job,
-        attempt: int,
-        outcome: Outcome,
-        *,
-        note: str | None = None,
-        agent: _Agent | None = None,
-        worker: str | None = None,
+        self, job_id: int, worker: str, attempt: int, outcome: Outcome, *, before: Status | None
     ) -> None:
-        """Write an attempt's outcome, fenced; keep it for a later tick if the store is down."""
+        """Write an attempt's outcome, fenced; into the durable outbox if the store is down."""
         try:
-            new = self.store.finish(job.id, worker or self.worker_id, attempt, outcome)
+            new = self.store.finish(job_id, worker, attempt, outcome)
         except LeaseLostError as exc:
-            log.warning("job %d: outcome not recorded, %s", job.id, exc)
+            log.warning("job %d: outcome not recorded, %s", job_id, exc)
             return
         except StoreUnavailableError as exc:
-            log.warning("job %d: store unavailable, outcome kept for retry: %s", job.id, exc)
-            if agent is not None:
-                self._unrecorded.append((agent, outcome))
+            log.warning("job %d: store unavailable, outcome kept in the outbox: %s", job_id, exc)
+            self._keep(OutboxEntry(job_id, worker, attempt, outcome))
             return
-        if note:
-            log.info("reconcile: job %d attempt %d: %s → %s", job.id, attempt, note, new.status)
         reason = new.error or str(new.status)
         if new.status is Status.WAITING_RETRY:
             reason += (
                 f"; retry in {max(0.0, new.run_after - new.updated_at):.1f} s "
                 f"({new.attempts_used} of {new.max_attempts} attempts used)"
             )
-        self._emit(new, job.status, reason)
+        self._emit(new, before, reason)
 
-    def _retry_unrecorded(self) -> None:
-        pending, self._unrecorded = self._unrecorded, []
-        for agent, outcome in pending:
-            self._record(agent.job, agent.job.attempt, outcome, agent=agent)
+    def _keep(self, entry: OutboxEntry) -> None:
+        assert self._outbox is not None
+        try:
+            self._outbox.append(entry)
+        except StateFileError as exc:  # disk full: keep it in memory, and say so loudly
+            log.error("outbox not durable: %s", exc)
+            self._unsaved.append(entry)
+        self._next_outbox_try = min(self._next_outbox_try or float("inf"), self._clock() + 1.0)
+
+    def _replay_outbox(self, now: float) -> None:
+        """Replay kept outcomes in order once the store answers; back off while it does not."""
+        if not self.outbox_depth or now < self._next_outbox_try:
+            return
+        assert self._outbox is not None
+        done = 0
+        pending = [*self._outbox.entries, *self._unsaved]
+        for entry in pending:
+            try:
+                new = self.store.finish(entry.job_id, entry.worker, entry.attempt, entry.outcome)
+                self._emit(new, None, f"{new.error or new.status} (synced from the outbox)")
+            except LeaseLostError as exc:
+                log.warning("outbox: job %d: %s; dropped", entry.job_id, exc)
+            except StoreError as exc:
+                self._outbox_fails += 1
+                delay = min(_OUTBOX_RETRY_MAX_S, 0.5 * 2**self._outbox_fails)
+                self._next_outbox_try = now + self._rng.uniform(delay / 2, delay)
+                log.warning("outbox: %d outcomes wait for the store (%s)", len(pending) - done, exc)
+                break
+            done += 1
+        else:
+            self._outbox_fails = 0
+        saved = min(done, len(self._outbox))
+        if saved:
+            try:
+                self._outbox.drop_first(saved)
+            except StateFileError as exc:  # replayed again later: finish is idempotent
+                log.error("outbox: %s", exc)
+        del self._unsaved[: done - saved]
 
     # -- heartbeats ----------------------------------------------------------------------
     def _heartbeat_if_due(self, now: float, changed: bool) -> None:
@@ -714,7 +858,7 @@ class Supervisor:
             return
         self._next_beat = now + self.settings.heartbeat_s
         self._last_beat = now
-        beats = [Beat(a.job.id, a.job.attempt, self._read_progress(a)) for a in self._agents.values()]
+        beats = [Beat(a.job.id, a.job.attempt, a.read_progress()) for a in self._agents.values()]
         for beat in beats:
             if beat.progress is not None:
                 job = self._agents[beat.job_id].job
@@ -727,25 +871,13 @@ class Supervisor:
             log.warning("heartbeat failed: %s", exc)
             return
         for reply in replies:
-            agent = self._agents.get(reply.job_id)
-            if agent is None:
+            attempt = self._agents.get(reply.job_id)
+            if attempt is None:
                 continue
-            agent.cancel_requested = reply.cancel_requested
-            if reply.lease_lost and not agent.lease_lost:
+            attempt.cancel_requested = reply.cancel_requested
+            if reply.lease_lost and not attempt.lease_lost:
                 log.warning("job %d: lease lost; stopping its agent", reply.job_id)
-                agent.lease_lost = True
-
-    def _read_progress(self, agent: _Agent) -> Any:
-        path = agent.run_dir / "progress.json"
-        try:
-            st = path.stat()
-            if st.st_mtime == agent.progress_mtime or st.st_size > _MAX_PROGRESS_BYTES:
-                return None
-            agent.progress_mtime = st.st_mtime
-            agent.progress = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return None
-        return agent.progress
+                attempt.lease_lost = True
 
     # -- state file ----------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -766,9 +898,11 @@ class Supervisor:
 
     # -- notifications -------------------------------------------------------------------
     def _emit(self, job: Job, before: Status | None, reason: str) -> None:
+        change = JobChange(job.id, before, job.status, reason, job.attempt, job.progress)
+        for sub in list(self._subscriptions):
+            sub._put(change)
         if self._on_change is None:
             return
-        change = JobChange(job.id, before, job.status, reason, job.attempt, job.progress)
         try:
             self._on_change(change)
         except Exception:
@@ -776,36 +910,15 @@ class Supervisor:
 
 
 def read_worker_id(settings: Settings) -> str | None:
-    """The worker id recorded in the data dir's state file, read without locking or repair
-    (for ``health`` in another process); None when there is no readable one."""
+    """The worker id of the data dir's supervisor, read without locking or repair (for
+    ``health`` in another process); None when there is none yet."""
     try:
-        data = json.loads((Path(settings.data_dir) / "running-agents.json").read_bytes())
-    except (OSError, ValueError):
+        worker = (Path(settings.data_dir) / _WORKER_ID_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    worker = data.get("worker_id") if isinstance(data, dict) else None
-    return worker if isinstance(worker, str) else None
+    return worker or None
 
 
 def _new_worker_id() -> str:
     host = socket.gethostname().split(".")[0] or "host"
     return f"{host}-{secrets.token_hex(4)}"
-
-
-def _read_result(run_dir: Path) -> Any:
-    """The JSON the agent wrote to its result file, or None when it wrote none."""
-    path = run_dir / "result.json"
-    try:
-        with path.open("rb") as f:
-            data = f.read(_MAX_RESULT_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise InvalidJobError(f"result file unreadable: {exc.strerror}") from exc
-    if len(data) > _MAX_RESULT_BYTES:
-        raise InvalidJobError(f"result file is larger than {_MAX_RESULT_BYTES} bytes; not stored")
-    if not data.strip():
-        return None
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise InvalidJobError(f"result file is not JSON: {exc}") from exc

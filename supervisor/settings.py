@@ -24,7 +24,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 import platformdirs
@@ -92,6 +92,8 @@ class KindConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for the agent."""
     cwd: str | None = None
+    orphan_policy: Literal["adopt", "kill"] | None = None
+    """Overrides the global ``orphan_policy`` for agents of this kind."""
     """Working directory of the agent (default: the supervisor's)."""
 
     @field_validator("argv")
@@ -241,6 +243,10 @@ class Settings(BaseSettings):
     """Registered agent kinds, as TOML tables [kinds.<name>]."""
     claim_kinds: list[str] | None = None
     """Take only jobs of these kinds (default: any job)."""
+    orphan_policy: Literal["adopt", "kill"] = "adopt"
+    """What a restarted supervisor does with its own agents that are still running: keep
+    supervising them (their deadlines, heartbeats and outcomes carry on), or kill and retry.
+    A kind can override it."""
     allow_remote_commands: bool = False
     """Run raw ``command`` jobs that come from a shared (remote) store. Off: anyone who can
     insert a row would otherwise run any program on this machine."""

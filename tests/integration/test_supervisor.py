@@ -181,30 +181,6 @@ def test_garbage_state_file_is_quarantined_and_the_supervisor_runs(tmp_path: Pat
         sup.store.close()
 
 
-def test_orphan_left_by_a_killed_supervisor_is_killed_and_retried(tmp_path: Path) -> None:
-    """An agent recorded in the state file by a dead supervisor is killed on the next start
-    (first-version reconcile) and its job retried."""
-    sup = make(tmp_path)
-    job_id = sup.submit(JobSpec(command=("sleep", "300"), max_attempts=2, backoff_s=0))
-    sup.start()
-    wait_until(lambda: sup.store.get(job_id).status is Status.RUNNING, 10, message="agent running")
-    agent_pid = sup.store.get(job_id).pid
-    assert agent_pid is not None
-    # Simulate the supervisor vanishing: stop its thread without touching its agents.
-    sup._agents.clear()
-    sup.stop(timeout=10)
-    assert psutil.pid_exists(agent_pid)
-    sup2 = make(tmp_path)
-    sup2.reconcile()
-    try:
-        assert not psutil.pid_exists(agent_pid) or psutil.Process(agent_pid).status() == psutil.STATUS_ZOMBIE
-        job = sup2.store.get(job_id)
-        assert (job.status, job.error_kind) == (Status.WAITING_RETRY, ErrorKind.LOST)
-    finally:
-        sup.store.close()
-        sup2.store.close()
-
-
 def test_unknown_kind_and_missing_command_fail_without_retry(tmp_path: Path) -> None:
     """A job whose command does not exist fails as invalid at once (no pointless retries)."""
     sup = make(tmp_path)

@@ -1,0 +1,209 @@
+"""One attempt of a job: how it is prepared, watched, and how its outcome is put together.
+
+The supervisor loop (``runner``) owns the when; this module owns the what: the files and
+environment an agent gets (the agent contract in README), the bookkeeping of a running
+attempt, and the ``Outcome`` built from its exit status, result file and log tail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+from supervisor import procs
+from supervisor.datadir import DataDir, write_private
+from supervisor.errors import InvalidJobError
+from supervisor.lifecycle import CancelMode, DecidedBy, Job, JobSpec, Outcome
+from supervisor.scheduler import AgentView, StopState, outcome_for
+from supervisor.settings import KindConfig, Settings
+from supervisor.statefile import AgentEntry
+
+__all__ = ["Attempt", "Launch", "exit_outcome", "kind_config", "prepare", "read_result", "resolve_spec"]
+
+MAX_RESULT_BYTES: Final = 1 << 20
+MAX_PROGRESS_BYTES: Final = 64 << 10
+# Our own settings and secrets must never reach an agent's environment.
+_PRIVATE_ENV_PREFIXES: Final = ("AGENT_SUPERVISOR_", "SUPABASE_")
+
+
+def kind_config(settings: Settings, kind: str | None) -> KindConfig | None:
+    """The registered kind (None for a raw command); ``InvalidJobError`` if unregistered."""
+    if kind is None:
+        return None
+    try:
+        return settings.kinds[kind]
+    except KeyError:
+        known = ", ".join(sorted(settings.kinds)) or "none"
+        raise InvalidJobError(f"unknown kind {kind!r} (registered kinds: {known})") from None
+
+
+def resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
+    """Check a local submission against the kinds registry and fill in its defaults, so a
+    mistake is reported at submit time and ``show`` displays the limits that will apply."""
+    kind = kind_config(settings, spec.kind)
+    timeout = spec.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
+    idle = spec.idle_timeout_s or (kind.idle_timeout_s if kind else None)
+    stuck = spec.stuck_after_s or (kind.stuck_after_s if kind else None)
+    return replace(spec, timeout_s=timeout, idle_timeout_s=idle, stuck_after_s=stuck)
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything needed to spawn one attempt."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    run_dir: Path
+    log_path: Path
+    timeout_s: float
+    idle_timeout_s: float | None
+
+
+def prepare(job: Job, kind: KindConfig | None, settings: Settings, datadir: DataDir, worker: str) -> Launch:
+    """Write the payload file, clear stale result/exit files, and build argv and env.
+
+    The payload reaches the agent as a file and argv comes from a registered template (or a
+    local raw command): nothing from a job row ever passes through a shell.
+    """
+    run_dir = datadir.attempt_dir(job.id, job.attempt)
+    payload_file, result_file, progress_file = (
+        run_dir / n for n in ("payload.json", "result.json", "progress.json")
+    )
+    for stale in (result_file, progress_file, run_dir / "exit"):
+        stale.unlink(missing_ok=True)
+    write_private(payload_file, json.dumps(job.payload if job.payload is not None else {}).encode())
+    if kind is not None:
+        argv = kind.render(job.id, job.attempt, str(payload_file), str(result_file))
+    else:
+        argv = list(job.command or ())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+    env.update(kind.env if kind else {})
+    env.update(
+        {
+            procs.TAG_JOB: str(job.id),
+            procs.TAG_ATTEMPT: str(job.attempt),
+            procs.TAG_WORKER: worker,
+            "AGENT_SUPERVISOR_PAYLOAD_FILE": str(payload_file),
+            "AGENT_SUPERVISOR_RESULT_FILE": str(result_file),
+            "AGENT_SUPERVISOR_PROGRESS_FILE": str(progress_file),
+        }
+    )
+    timeout = job.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
+    idle = job.idle_timeout_s or (kind.idle_timeout_s if kind else None)
+    return Launch(
+        argv, env, kind.cwd if kind else None, run_dir, datadir.log_path(job.id, job.attempt), timeout, idle
+    )
+
+
+@dataclass(eq=False)
+class Attempt:
+    """A running attempt: the job as claimed, its process, and the stop bookkeeping."""
+
+    job: Job
+    proc: procs.AgentProcess
+    logcap: procs.LogCap
+    entry: AgentEntry
+    last_output: float
+    stop: StopState | None = None
+    cancel_requested: CancelMode | None = None
+    lease_lost: bool = False
+    adopted: bool = False
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    progress: Any = None
+    progress_mtime: float = 0.0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.entry.run_dir)
+
+    def view(self) -> AgentView:
+        return AgentView(
+            job_id=self.job.id,
+            started=self.entry.started_mono,
+            last_output=self.last_output,
+            timeout_s=self.entry.timeout_s,
+            idle_timeout_s=self.entry.idle_timeout_s,
+            cancel_requested=self.cancel_requested,
+            lease_lost=self.lease_lost,
+            stop=self.stop,
+        )
+
+    def read_progress(self) -> Any:
+        """New progress the agent wrote to its progress file since the last call, else None."""
+        path = self.run_dir / "progress.json"
+        try:
+            st = path.stat()
+            if st.st_mtime == self.progress_mtime or st.st_size > MAX_PROGRESS_BYTES:
+                return None
+            self.progress_mtime = st.st_mtime
+            self.progress = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return self.progress
+
+
+def exit_outcome(attempt: Attempt, status: procs.ExitStatus, now: float) -> Outcome:
+    """The outcome of an attempt whose agent has ended, with the process facts behind it."""
+    tail = attempt.logcap.finish()
+    entry = attempt.entry
+    kind, error, decided_by, forgive = outcome_for(
+        exit_code=status.exit_code,
+        signal_number=status.signal,
+        stop=attempt.stop,
+        timeout_s=entry.timeout_s,
+        idle_timeout_s=entry.idle_timeout_s,
+    )
+    if attempt.adopted and decided_by is DecidedBy.EXIT:
+        decided_by = DecidedBy.RECONCILE
+    facts: dict[str, Any] = {
+        "pid": entry.pid,
+        "exit_code": status.exit_code,
+        "signal": status.signal,
+        "peak_rss_bytes": status.peak_rss_bytes,
+        "signals": attempt.signals,
+        "runtime_s": round(now - entry.started_mono, 3),
+        "log_bytes": attempt.logcap.size,
+        "log_dropped_bytes": attempt.logcap.dropped,
+        "adopted": attempt.adopted,
+    }
+    result = None
+    if kind is None:
+        try:
+            result = read_result(attempt.run_dir)
+        except InvalidJobError as exc:
+            facts["result_error"] = str(exc)
+    return Outcome(
+        error_kind=kind,
+        error=error,
+        exit_code=status.exit_code,
+        signal=status.signal,
+        result=result,
+        output_tail=tail,
+        decided_by=decided_by,
+        facts=facts,
+        forgive=forgive,
+    )
+
+
+def read_result(run_dir: Path) -> Any:
+    """The JSON the agent wrote to its result file, or None when it wrote none."""
+    path = run_dir / "result.json"
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_RESULT_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidJobError(f"result file unreadable: {exc.strerror}") from exc
+    if len(data) > MAX_RESULT_BYTES:
+        raise InvalidJobError(f"result file is larger than {MAX_RESULT_BYTES} bytes; not stored")
+    if not data.strip():
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise InvalidJobError(f"result file is not JSON: {exc}") from exc

@@ -1,0 +1,351 @@
+"""A restart of the supervisor is a non-event: adopt or kill orphans, never run a job twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bridge.sqlite_store import SQLiteStore
+from supervisor import procs
+from supervisor.lifecycle import ErrorKind, JobSpec, Status
+from supervisor.runner import Supervisor
+from supervisor.settings import Settings
+from supervisor.statefile import AgentEntry, State, StateFile
+from tests.support import ROOT, cli, cli_env, kill_tagged, tagged_processes, wait_until
+
+AGENT = (
+    "import json, os, sys, time\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "json.dump({'job': os.environ['AGENT_SUPERVISOR_JOB_ID']},"
+    " open(os.environ['AGENT_SUPERVISOR_RESULT_FILE'], 'w'))\n"
+    "sys.exit(int(sys.argv[2]))\n"
+)
+
+
+@pytest.fixture(autouse=True)
+def _reap_agents(tmp_path: Path):
+    yield
+    kill_tagged(tmp_path)
+
+
+def show(data: Path, job_id: int) -> dict[str, object]:
+    out = cli(data, "show", str(job_id), "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def start_and_sigkill(data: Path, env: dict[str, str], job_ids: list[int]) -> list[int]:
+    """Run a supervisor until every job's agent runs, then SIGKILL it; the agents' pids."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: all(show(data, i)["status"] == "running" for i in job_ids),
+            20,
+            message="both agents running",
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    return [int(show(data, i)["pid"]) for i in job_ids]  # type: ignore[arg-type]
+
+
+def settle_events(data: Path, job_id: int) -> list[dict[str, object]]:
+    return [
+        e
+        for e in show(data, job_id)["events"]
+        if e["from"] in ("running", "preparing")  # type: ignore[union-attr]
+        and e["to"] not in ("running", "preparing")
+    ]
+
+
+def test_sigkilled_supervisor_adopts_its_agents_and_records_them_once(tmp_path: Path) -> None:
+    """After a SIGKILL of the supervisor, the next start adopts both live agents; their exit
+    codes and results are recorded exactly once, and no tagged process is left."""
+    data = tmp_path / "d"
+    env = cli_env(data, AGENT_SUPERVISOR_HEARTBEAT_S="0.5", AGENT_SUPERVISOR_LEASE_S="5")
+    ids = [
+        int(cli(data, "submit", "--max-attempts", "1", "--", sys.executable, "-c", AGENT, "2", code).stdout)
+        for code in ("0", "3")
+    ]
+    wrappers = start_and_sigkill(data, env, ids)
+    assert all(psutil.pid_exists(p) for p in wrappers)
+    second = cli(data, "run", "--until-idle", env=env)
+    assert second.returncode == 0, second.stderr
+    done, crashed = show(data, ids[0]), show(data, ids[1])
+    assert (done["status"], done["exit_code"], done["result"]) == ("completed", 0, {"job": str(ids[0])})
+    assert (crashed["status"], crashed["exit_code"], crashed["error_kind"]) == ("failed", 3, "exit_code")
+    for job_id in ids:
+        assert len(settle_events(data, job_id)) == 1, "an outcome was recorded twice"
+        assert show(data, job_id)["attempt"] == 1
+    assert "adopt" in second.stderr
+    assert not tagged_processes(tmp_path)
+
+
+def test_sigkilled_supervisor_with_kill_policy_kills_orphans_and_retries(tmp_path: Path) -> None:
+    """With orphan_policy kill, the orphans are gone within grace + 1 s of the restart and
+    their jobs are retried."""
+    data = tmp_path / "d"
+    env = cli_env(
+        data,
+        AGENT_SUPERVISOR_HEARTBEAT_S="0.5",
+        AGENT_SUPERVISOR_LEASE_S="5",
+        AGENT_SUPERVISOR_ORPHAN_POLICY="kill",
+        AGENT_SUPERVISOR_STOP_GRACE_S="1",
+    )
+    ids = [
+        int(cli(data, "submit", "--backoff", "0", "--", sys.executable, "-c", AGENT, "30", "0").stdout)
+        for _ in range(2)
+    ]
+    pids = start_and_sigkill(data, env, ids)
+    agents = [psutil.Process(p) for p in pids]
+    restarted = time.monotonic()
+    out = cli(data, "reconcile", env=env)
+    assert out.returncode == 0, out.stderr
+    wait_until(
+        lambda: not any(a.is_running() and a.status() != psutil.STATUS_ZOMBIE for a in agents),
+        2,
+        message="orphans gone",
+    )
+    assert time.monotonic() - restarted <= 1 + 1 + 3  # grace + 1 s, plus the CLI's own start-up
+    assert out.stdout.count("kill_and_record") == 2
+    for job_id in ids:
+        job = show(data, job_id)
+        assert (job["status"], job["error_kind"]) == ("waiting_retry", "lost")
+    assert not tagged_processes(tmp_path)
+
+
+def test_setsid_grandchild_dies_with_its_agent_at_timeout(tmp_path: Path) -> None:
+    """An agent whose grandchild calls setsid and sleeps: after the agent's timeout both are gone."""
+    pids = tmp_path / "pids"
+    code = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, '-c',
+            'import os, time; os.setsid(); time.sleep(300)'])
+        open({str(pids)!r} + '.tmp', 'w').write(f'{{os.getpid()}} {{child.pid}}')
+        os.rename({str(pids)!r} + '.tmp', {str(pids)!r})
+        time.sleep(300)
+    """)
+    settings = Settings(
+        data_dir=tmp_path / "data", stop_grace_s=0.5, heartbeat_s=0.5, lease_s=3.0, wake_poll_s=0.02
+    )
+    sup = Supervisor(settings, SQLiteStore(tmp_path / "jobs.sqlite3"), install_signal_handlers=False)
+    job_id = sup.submit(JobSpec(command=(sys.executable, "-c", code), timeout_s=1.0, max_attempts=1))
+    sup.start(until_idle=True)
+    try:
+        wait_until(pids.exists, 10, message="agent and escaped grandchild up")
+        agent, grandchild = (psutil.Process(int(p)) for p in pids.read_text().split())
+        wait_until(lambda: os.getpgid(grandchild.pid) != os.getpgid(agent.pid), 5, message="setsid")
+        gone = lambda p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        wait_until(lambda: gone(agent) and gone(grandchild), 1.0 + 0.5 + 2, message="both gone")
+        sup.stop(timeout=10)
+        assert sup.store.get(job_id).error_kind is ErrorKind.TIMEOUT
+    finally:
+        sup.stop(drain=False, timeout=10)
+        sup.store.close()
+
+
+def test_reused_pid_in_state_file_is_never_killed(tmp_path: Path) -> None:
+    """A state file entry whose pid now belongs to an unrelated process (same pid, other start
+    identity) never leads to signalling that process."""
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, heartbeat_s=0.5, lease_s=3.0)
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    [job_id] = store.enqueue([JobSpec(command=("true",))])
+    [job] = store.claim("w-old", 1, lease_s=30)
+    unrelated = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        store.mark_running(job_id, "w-old", job.attempt, unrelated.pid)
+        real = procs.identity_of(unrelated.pid)
+        assert real is not None
+        fake = real.rsplit(":", 1)[0] + ":1"  # same boot, another start time: PID reuse
+        data.mkdir(mode=0o700)
+        entry = AgentEntry(
+            job_id=job_id,
+            attempt=job.attempt,
+            worker="w-old",
+            pid=unrelated.pid,
+            pgid=unrelated.pid,
+            start_identity=fake,
+            command=["x"],
+            started_at=time.time(),
+            started_mono=time.monotonic(),
+            timeout_s=60,
+            idle_timeout_s=None,
+            log_path=str(data / "x.log"),
+            run_dir=str(data / "runs" / "x"),
+        )
+        StateFile(data / "running-agents.json", data / "quarantine").save(
+            State(
+                format="agent-supervisor/running-agents",
+                version=1,
+                worker_id="w-old",
+                boot_id=procs.boot_id(),
+                updated_at=time.time(),
+                agents=[entry],
+            )
+        )
+        decisions = Supervisor(settings, store, install_signal_handlers=False).reconcile()
+        assert unrelated.poll() is None, "an unrelated process was signalled"
+        assert [d.action.value for d in decisions] == ["record_exit"]
+        assert store.get(job_id).error_kind is ErrorKind.LOST
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+        store.close()
+
+
+def test_embedded_start_stop_reload_cycles_leak_nothing(tmp_path: Path) -> None:
+    """50 start/reload/stop cycles of an embedded Supervisor leave threads, fds and children
+    where they started."""
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    me = psutil.Process()
+    base = Settings(data_dir=tmp_path / "data", heartbeat_s=0.5, lease_s=3.0, wake_poll_s=0.01)
+    faster = base.model_copy(update={"heartbeat_s": 0.2, "concurrency": 3})
+
+    def footprint() -> tuple[int, int, int]:
+        # An OS thread outlives its Thread.join() by a moment: wait until the kernel agrees.
+        wait_until(lambda: me.num_threads() == threading.active_count(), 5, message="threads settled")
+        return me.num_threads(), me.num_fds(), len(me.children())
+
+    try:
+        sup = Supervisor(base, store, install_signal_handlers=False)
+        sup.start()
+        sup.stop()
+        before = footprint()
+        for i in range(50):
+            sup = Supervisor(base, store, install_signal_handlers=False)
+            sub = sup.subscribe()
+            sup.start()
+            if i % 10 == 0:
+                job_id = sup.submit(JobSpec(command=("true",)))
+                wait_until(lambda j=job_id: store.get(j).status is Status.COMPLETED, 10, message="job done")
+            sup.reload(faster)
+            sup.stop(timeout=10)
+            sub.close()
+        assert footprint() == before
+    finally:
+        store.close()
+
+
+def test_subscription_streams_changes_sync_and_async(tmp_path: Path) -> None:
+    """A host sees every state change of its jobs through subscribe(), blocking or async."""
+    import asyncio
+
+    settings = Settings(data_dir=tmp_path / "data", heartbeat_s=0.5, lease_s=3.0, wake_poll_s=0.01)
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+
+    async def main() -> list[str]:
+        sup = Supervisor(settings, store, install_signal_handlers=False)
+        sub = sup.subscribe(loop=asyncio.get_running_loop())
+        sync_sub = sup.subscribe()
+        sup.submit(JobSpec(command=("true",)))
+        runner = asyncio.create_task(sup.run_async(until_idle=True))
+        seen = []
+        async for change in sub:
+            seen.append(change.to_status.value)
+            if change.to_status is Status.COMPLETED:
+                break
+        await runner
+        sync_seen = [c.to_status.value for c in iter(lambda: sync_sub.get(timeout=0), None)]
+        assert sync_seen == seen
+        return seen
+
+    try:
+        assert asyncio.run(main()) == ["preparing", "running", "completed"]
+    finally:
+        store.close()
+
+
+def test_stop_leaving_agents_lets_the_next_start_adopt_them(tmp_path: Path) -> None:
+    """A host reload (stop with leave_agents) keeps the agent running; the next supervisor
+    adopts it with its original deadline and records its result."""
+    settings = Settings(data_dir=tmp_path / "data", heartbeat_s=0.5, lease_s=5.0, wake_poll_s=0.01)
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    try:
+        first = Supervisor(settings, store, install_signal_handlers=False)
+        job_id = first.submit(JobSpec(command=(sys.executable, "-c", AGENT, "1", "0")))
+        first.start()
+        wait_until(lambda: store.get(job_id).status is Status.RUNNING, 10, message="running")
+        pid = store.get(job_id).pid
+        first.stop(leave_agents=True, timeout=10)
+        assert pid is not None and psutil.pid_exists(pid)
+        second = Supervisor(settings, store, install_signal_handlers=False)
+        second.run(until_idle=True)
+        assert [d.action.value for d in second.last_reconcile] == ["adopt"]
+        job = store.get(job_id)
+        assert (job.status, job.result, job.attempt) == (Status.COMPLETED, {"job": str(job_id)}, 1)
+    finally:
+        store.close()
+
+
+RACE = textwrap.dedent("""
+    import os, sys, tempfile
+    sys.path.insert(0, {root!r})
+    from supervisor.runner import Supervisor
+    from supervisor.settings import Settings
+    from supervisor.testing import MemoryStore
+    from supervisor.errors import DataDirLockedError
+    base = tempfile.mkdtemp()
+    for round_ in range(100):
+        settings = Settings(data_dir=os.path.join(base, str(round_)), wake_poll_s=0.01)
+        res_r, res_w = os.pipe()
+        kids = []
+        for _ in range(2):
+            go_r, go_w = os.pipe()      # per child: "start now", then "you may stop"
+            pid = os.fork()
+            if pid == 0:
+                os.read(go_r, 1)
+                sup = Supervisor(settings, MemoryStore(), install_signal_handlers=False)
+                try:
+                    sup.start()
+                except DataDirLockedError as exc:
+                    os.write(res_w, b"L" + str(exc).encode()[:200] + b"\\n")
+                    os._exit(0)
+                os.write(res_w, b"W\\n")
+                os.read(go_r, 1)  # hold the lock until the loser has answered
+                sup.stop()
+                os._exit(0)
+            kids.append((pid, go_w))
+        for _, go_w in kids:
+            os.write(go_w, b"x")
+        answers = b""
+        while answers.count(b"\\n") < 2:  # both answers may arrive in one read
+            answers += os.read(res_r, 600)
+        for pid, go_w in kids:
+            os.write(go_w, b"x")
+            os.waitpid(pid, 0)
+        text = answers.decode()
+        print(text.count("W"), text.count("another supervisor is running"), flush=True)
+""")
+
+
+def test_two_supervisors_started_at_once_on_one_data_dir(tmp_path: Path) -> None:
+    """Two supervisors started at the same instant on one data dir: exactly one runs and the
+    other gets a clear error — 100 times."""
+    out = subprocess.run(
+        [sys.executable, "-c", RACE.format(root=str(ROOT))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    rounds = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+    assert len(rounds) == 100
+    assert set(rounds) == {(1, 1)}
