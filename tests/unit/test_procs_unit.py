@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor import procs
+from supervisor import procs, proctable
 from supervisor.logcap import LogCap
 from supervisor.procs import ExitStatus
 
@@ -40,13 +40,13 @@ def _stat_line(comm: bytes) -> bytes:
 @pytest.mark.parametrize("comm", [b"sleep", b"(a) b)", b"a b c", b") ) (", b"x\nS 9 9", b""])
 def test_proc_stat_parsing_survives_weird_comm_names(comm: bytes) -> None:
     """Fields are read after the last ')' so spaces and parens in comm cannot shift them."""
-    stat = procs._parse_proc_stat(_stat_line(comm))
-    assert stat == procs._Stat("S", 5, 22)
+    stat = proctable._parse_proc_stat(_stat_line(comm))
+    assert stat == proctable._Stat("S", 5, 22)
 
 
 def test_read_stat_of_self_matches_the_kernel() -> None:
     """Our own /proc stat gives our process group and a running state."""
-    stat = procs._read_stat(os.getpid())
+    stat = proctable._read_stat(os.getpid())
     assert stat is not None
     assert stat.pgrp == os.getpgrp()
     assert stat.state in ("R", "S")

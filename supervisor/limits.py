@@ -1,0 +1,273 @@
+"""Per-agent limits: what each limit means, how it is enforced, and what an agent broke.
+
+- **memory** (``memory_max_bytes``, the whole tree): cgroup ``memory.max`` (v2) or
+  ``memory.limit_in_bytes`` (v1), swap capped too so that the limit is not a swap quota; the
+  kernel OOM-kills inside the cgroup. Without a memory cgroup the supervisor's loop samples the
+  tree (``TreeStats.rss_bytes``) and kills it.
+- **processes** (``pids_max``, the whole tree, the wrapper shell included, threads counted):
+  cgroup ``pids.max``; a refused fork fails with EAGAIN and is counted in ``pids.events``.
+  Without a pids cgroup, RLIMIT_NPROC, which is per *user*: it is set to the user's current
+  task count plus ``pids_max``, an approximation; the kernel does not enforce it at all for
+  root or CAP_SYS_RESOURCE/CAP_SYS_ADMIN (kernel/fork.c), so there the loop samples instead.
+- **CPU time** (``cpu_time_s``, per process): RLIMIT_CPU, soft limit rounded up to whole
+  seconds and the hard limit one second above it: with soft == hard the kernel sends SIGKILL
+  straight away (posix-cpu-timers.c checks the hard limit first) and the cause is lost; with
+  the gap the agent gets SIGXCPU, which ``limit_breach`` names.
+- **address space** (``address_space_bytes``, per process): RLIMIT_AS (``ulimit -v``, KiB).
+
+The rlimits are set by the sh wrapper with ``ulimit`` before it runs the agent. A cgroup is
+joined before the agent can fork: the wrapper first waits for one line on its stdin (a pipe
+only we hold); meanwhile the supervisor writes the wrapper's pid into each ``cgroup.procs`` and
+then sends the line, so it knows exactly which cgroups hold the tree, with no race and no
+polling. The line carries the RLIMIT_NPROC fallback when the pids cgroup could not be joined;
+on EOF (the supervisor died mid-spawn) the agent still runs, with the rlimits only.
+
+Where cgroups are found and made: ``supervisor.cgroups``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Final
+
+from supervisor.cgroups import AgentCgroup, Enforcement, agent_name, current, sweep
+
+__all__ = [
+    "Limits",
+    "Setup",
+    "TreeStats",
+    "breach_of",
+    "describe",
+    "enforcement",
+    "nproc_flag",
+    "size",
+    "user_tasks",
+    "wrapper_script",
+]
+
+MIB: Final = 1 << 20
+_EXIT_TAIL: Final = '"$@"; rc=$?; printf %s "$rc" > "$AGENT_SUPERVISOR_EXIT_FILE"; exit "$rc"'
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one agent's tree may use; None means no limit."""
+
+    memory_max_bytes: int | None = None
+    pids_max: int | None = None
+    cpu_time_s: float | None = None
+    address_space_bytes: int | None = None
+
+    def any(self) -> bool:
+        """True when at least one limit is set."""
+        values = (self.memory_max_bytes, self.pids_max, self.cpu_time_s, self.address_space_bytes)
+        return any(v is not None for v in values)
+
+
+@dataclass(frozen=True)
+class TreeStats:
+    """One sample of an agent's whole tree."""
+
+    rss_bytes: int
+    """cgroup: usage minus inactive page cache (as ``docker stats``); else the sum of RSS."""
+    cpu_percent: float
+    """CPU time used since the previous sample over wall time, in percent of one CPU."""
+    processes: int
+    """cgroup: pids.current (tasks, threads included: what pids.max limits); else processes."""
+
+
+def size(n: int) -> str:
+    """``"256 MiB"``, or ``"200.5 MiB"`` when not whole."""
+    return f"{n // MIB} MiB" if n % MIB == 0 else f"{n / MIB:.1f} MiB"
+
+
+def enforcement() -> str:
+    """How limits are enforced on this machine, in one line (health shows it); detected once.
+
+    ``cgroup-v2 (memory, pids)``, ``cgroup-v1 (memory, pids)``, or ``rlimit; memory: sampled
+    by the supervisor; processes: ...`` (``supervisor.cgroups.current().reason`` says why).
+    """
+    return current().describe()
+
+
+# ---------------------------------------------------------------- wrapper
+
+
+@lru_cache(maxsize=1)
+def nproc_flag() -> str:
+    """The ``ulimit`` letter for RLIMIT_NPROC of this /bin/sh: dash/ash/busybox ``-p``;
+    bash, zsh and ksh ``-u`` (bash's ``-p`` is the pipe size, read-only). macOS's /bin/sh is
+    bash unless /private/var/select/sh points elsewhere."""
+    target = "/private/var/select/sh" if sys.platform == "darwin" else "/bin/sh"
+    name = os.path.basename(os.path.realpath(target))
+    if sys.platform == "darwin" and name in ("sh", "select"):
+        return "u"
+    return "u" if name.startswith(("bash", "zsh", "ksh", "mksh")) else "p"
+
+
+def _ulimit(args: str) -> str:
+    # dash takes one limit per ulimit; a refusal (a hard limit below ours) leaves the
+    # stricter inherited limit, and a line in the agent's log says so
+    return f'ulimit {args} 2>/dev/null || echo "$0: cannot set ulimit {args}" >&2'
+
+
+def wrapper_script(
+    limits: Limits, *, handshake: bool, nproc: int | None = None, flag: str | None = None
+) -> str:
+    """The sh wrapper text: optional cgroup handshake, ulimits, the agent, the exit file.
+
+    ``handshake``: wait for one line on stdin (the supervisor puts us in the cgroups
+    meanwhile); the line is the RLIMIT_NPROC to set, 0 for none. ``nproc``: a fixed
+    RLIMIT_NPROC (no handshake). Soft/hard order matters to dash: lowering the hard limit
+    alone below the soft one fails with EINVAL.
+    """
+    flag = flag or nproc_flag()
+    steps = ["trap : TERM INT HUP"]
+    if handshake:
+        steps += [
+            "read -r n",
+            "exec </dev/null",
+            f"case $n in [1-9]*) {_ulimit(f'-{flag} $n')};; esac",  # $n: digits from us only
+        ]
+    elif nproc is not None:
+        steps.append(_ulimit(f"-{flag} {nproc}"))
+    if limits.cpu_time_s is not None:
+        soft = max(1, math.ceil(limits.cpu_time_s))
+        steps += [_ulimit(f"-S -t {soft}"), _ulimit(f"-H -t {soft + 1}")]
+    if limits.address_space_bytes is not None:
+        steps.append(_ulimit(f"-v {max(1, limits.address_space_bytes // 1024)}"))
+    return "; ".join([*steps, _EXIT_TAIL])
+
+
+def user_tasks(uid: int) -> int:
+    """Tasks (threads) of ``uid`` now: what RLIMIT_NPROC counts on Linux; processes elsewhere."""
+    if sys.platform != "linux":
+        import psutil
+
+        return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if entry.stat().st_uid == uid:
+                    raw = Path(f"/proc/{entry.name}/stat").read_bytes()
+                    count += int(raw[raw.rindex(b")") + 2 :].split()[17])  # field 20: num_threads
+    return count
+
+
+# ---------------------------------------------------------------- spawn-time plan
+
+
+@dataclass
+class Setup:
+    """Everything ``procs.spawn`` needs to apply ``limits`` to one agent."""
+
+    limits: Limits
+    enforcement: Enforcement
+    cgroup: AgentCgroup | None
+    script: str
+
+    @classmethod
+    def prepare(
+        cls, limits: Limits, job_id: int, attempt: int, worker: str, enf: Enforcement | None = None
+    ) -> Setup:
+        """Create the agent's cgroup (if any) and build the wrapper; never raises for limits.
+
+        Also sweeps: cgroups that were busy at ``close`` and empty ones this worker left behind.
+        """
+        enf = enf or current()
+        cgroup = None
+        if enf.bases():
+            sweep(enf, worker)
+            name = agent_name(job_id, attempt, worker)
+            # a partial failure (one hierarchy refused) shows as that limit's fallback in describe()
+            cgroup, _ = AgentCgroup.create(enf, name, limits.memory_max_bytes, limits.pids_max)
+        if cgroup is not None:
+            return cls(limits, enf, cgroup, wrapper_script(limits, handshake=True))
+        nproc = None
+        if limits.pids_max is not None and not enf.nproc_exempt:
+            nproc = user_tasks(os.getuid()) + limits.pids_max
+        return cls(limits, enf, None, wrapper_script(limits, handshake=False, nproc=nproc))
+
+    @property
+    def handshake(self) -> bool:
+        """True when the wrapper waits for a line on stdin."""
+        return self.cgroup is not None
+
+    def start(self, pid: int, pipe: IO[bytes] | None) -> None:
+        """Join the waiting wrapper to the cgroups and release it with the RLIMIT_NPROC fallback."""
+        line = b"0\n"
+        if self.cgroup is not None:
+            pids_max, exempt = self.limits.pids_max, self.enforcement.nproc_exempt
+            if "pids" not in self.cgroup.join(pid) and pids_max is not None and not exempt:
+                line = f"{user_tasks(os.getuid()) + pids_max}\n".encode()
+        if pipe is not None:
+            with contextlib.suppress(OSError):  # EPIPE: the wrapper is already gone
+                pipe.write(line)
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    def abandon(self) -> None:
+        """The spawn failed: remove the cgroup again."""
+        if self.cgroup is not None:
+            self.cgroup.remove()
+
+    def describe(self) -> str:
+        """What is in force for this agent, e.g. ``memory 200 MiB: cgroup-v1; CPU time 2 s: RLIMIT_CPU``."""
+        return describe(self.limits, self.cgroup, self.enforcement)
+
+
+def describe(limits: Limits, cgroup: AgentCgroup | None, enf: Enforcement) -> str:
+    """One line of per-limit facts for one agent."""
+    joined = cgroup.joined if cgroup is not None else set()
+    where = f"cgroup-v{cgroup.version}" if cgroup is not None else ""
+    facts = []
+    if limits.memory_max_bytes is not None:
+        file = "memory.max" if cgroup is not None and cgroup.version == 2 else "memory.limit_in_bytes"
+        how = f"{where} {file}" if "memory" in joined else "sampled by the supervisor"
+        facts.append(f"memory {size(limits.memory_max_bytes)}: {how}")
+    if limits.pids_max is not None:
+        if "pids" in joined:
+            how = f"{where} pids.max"
+        else:
+            how = "not enforced for root, sampled" if enf.nproc_exempt else "RLIMIT_NPROC (per user)"
+        facts.append(f"processes {limits.pids_max}: {how}")
+    if limits.cpu_time_s is not None:
+        facts.append(f"CPU time {limits.cpu_time_s:g} s per process: RLIMIT_CPU")
+    if limits.address_space_bytes is not None:
+        facts.append(f"address space {size(limits.address_space_bytes)} per process: RLIMIT_AS")
+    if not facts:
+        return f"no limits ({where} accounting)" if joined else "no limits"
+    return "; ".join(facts)
+
+
+def breach_of(limits: Limits, events: Mapping[str, int], signal_number: int | None) -> str | None:
+    """The one-line cause from a cgroup's counters and how the agent ended; None if no limit hit.
+
+    ``events``: ``AgentCgroup.events()`` (oom_kill, failcnt, pids_max); ``signal_number``: how
+    the agent (the wrapper's child) died, if by a signal.
+    """
+    causes = []
+    mem = limits.memory_max_bytes
+    if mem is not None:
+        kills = events.get("oom_kill", 0)
+        if kills:
+            what = "cgroup OOM kill" if kills == 1 else f"cgroup OOM kills: {kills}"
+            causes.append(f"memory limit {size(mem)} exceeded ({what})")
+        elif "oom_kill" not in events and events.get("failcnt", 0) and signal_number == signal.SIGKILL:
+            causes.append(f"memory limit {size(mem)} exceeded (cgroup limit hit, then SIGKILL)")
+    refused = events.get("pids_max", 0)
+    if limits.pids_max is not None and refused:
+        forks = "1 fork refused" if refused == 1 else f"{refused} forks refused"
+        causes.append(f"process limit {limits.pids_max} reached (pids.max, {forks})")
+    if limits.cpu_time_s is not None and signal_number == signal.SIGXCPU:
+        causes.append(f"CPU time limit {limits.cpu_time_s:g} s exceeded (SIGXCPU)")
+    return "; ".join(causes) or None
