@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from bridge.views import event_json, health_json, iso, job_json
+from bridge.views import event_json, health_json, health_report, iso, job_json, log_path
 from supervisor.errors import InvalidJobError, SupervisorError
 from supervisor.lifecycle import LIVE, TERMINAL, CancelMode, JobSpec, Status
 
@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds after which health reports the job as stuck",
     )
     s.add_argument("--key", dest="concurrency_key", help="at most one running job per key")
+    s.add_argument("--repo", help="a repository (URL or owner/repo): one running job per repository")
+    s.add_argument("--owner", help="the repository owner, with a bare --repo name")
+    s.add_argument(
+        "--queue-timeout",
+        type=_positive(float),
+        dest="queue_timeout_s",
+        help="fail the job if it waits longer than this to start",
+    )
     s.add_argument("--dedup-key", help="while a job with this key waits, return its id instead")
     s.add_argument("--max-attempts", type=_positive(int), help="attempts before failing (default 3)")
     s.add_argument("--backoff", type=float, dest="backoff_s", help="retry backoff base seconds")
@@ -124,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="queue health and alerts")
     health.add_argument("--json", action="store_true")
+    health.add_argument("--watch", action="store_true", help="a live view, refreshed in place")
+    health.add_argument("--interval", type=_positive(float), default=1.0, help="seconds between refreshes")
 
     sub.add_parser("reconcile", help="settle agents left behind by a crashed supervisor")
 
@@ -248,6 +258,9 @@ def _submit(args: argparse.Namespace, store: Any, settings: Any, out: TextIO) ->
                 "dedup_key",
                 "max_attempts",
                 "backoff_s",
+                "queue_timeout_s",
+                "repo",
+                "owner",
             )
             if getattr(args, k) is not None
         }
@@ -348,20 +361,8 @@ def _show(args: argparse.Namespace, store: Any, settings: Any, out: TextIO) -> i
     return 0
 
 
-def _log_path(store: Any, settings: Any, job_id: int, attempt: int | None) -> Path:
-    job = store.get(job_id)
-    wanted = attempt or job.attempt
-    if wanted == 0:
-        raise InvalidJobError(f"job {job_id} has not run yet; no log")
-    for event in reversed(store.events(job_id)):
-        path = event.facts.get("log_path")
-        if path and event.attempt == wanted:
-            return Path(path)
-    return Path(settings.data_dir) / "logs" / f"{job_id}-{wanted}.log"
-
-
 def _logs(args: argparse.Namespace, store: Any, settings: Any, out: TextIO) -> int:
-    path = _log_path(store, settings, args.id, args.attempt)
+    path = log_path(store, settings, args.id, args.attempt)
     offset = 0
     while True:
         try:
@@ -419,26 +420,52 @@ def _purge(args: argparse.Namespace, store: Any, settings: Any, out: TextIO) -> 
 
 
 def _health(args: argparse.Namespace, store: Any, settings: Any, out: TextIO) -> int:
-    from supervisor.health import check_health
-    from supervisor.outbox import outbox_depth
-    from supervisor.runner import read_worker_id
-
-    depth = outbox_depth(Path(settings.data_dir) / "outbox.jsonl")
-    report = check_health(store, settings, worker_id=read_worker_id(settings), outbox_depth=depth)
+    if args.watch and args.json:
+        raise _Usage("--watch shows a live view; it cannot be combined with --json")
     if args.json:
-        json.dump(health_json(report), out, indent=2)
+        json.dump(health_json(health_report(store, settings)), out, indent=2)
         out.write("\n")
         return 0
-    out.write(
+    if not args.watch:
+        out.write(_health_text(health_report(store, settings)))
+        return 0
+    while True:  # a live view, refreshed in place until Ctrl-C
+        text = _health_text(health_report(store, settings))
+        out.write("\x1b[H\x1b[2J" + time.strftime("agent-supervisor health  %H:%M:%S\n\n") + text)
+        out.flush()
+        time.sleep(args.interval)
+
+
+def _health_text(report: Any) -> str:
+    mib = 1 << 20
+    lines = [
         f"running {report.running} (here {report.running_here}/{report.max_concurrent}, "
-        f"{report.utilization:.0%})  pending {report.pending}  waiting_retry "
-        f"{report.waiting_retry}  failed {report.failed}  completed {report.completed}\n"
-    )
-    for alert in report.alerts:
-        out.write(f"ALERT {alert.kind}: {alert.message}\n")
-    if not report.alerts:
-        out.write("no alerts\n")
-    return 0
+        f"{report.utilization:.0%})  pending {report.pending}  waiting_retry {report.waiting_retry}  "
+        f"failed {report.failed}  completed {report.completed}",
+    ]
+    if report.supervisor_running:
+        adm = report.admission
+        lines.append(f"admission {adm.get('state')}" + (f": {adm['reason']}" if adm.get("reason") else ""))
+        mem = report.memory
+        if mem.get("total_bytes"):
+            lines.append(
+                f"memory {mem['available_bytes'] // mib} MiB available of {mem['total_bytes'] // mib} MiB, "
+                f"{mem['reserve_bytes'] // mib} MiB reserved; limits by {report.limits_enforcement}"
+            )
+        if report.recommended_concurrency:
+            lines.append(f"recommended concurrency {report.recommended_concurrency}")
+        for agent in report.agents:
+            lines.append(
+                f"  job {agent['job_id']:>5} {agent.get('kind') or 'command':<12} "
+                f"rss {agent.get('rss_bytes', 0) // mib:>6} MiB  cpu {agent.get('cpu_percent', 0):>5.1f}%"
+                f"  processes {agent.get('processes', 0)}"
+            )
+    else:
+        lines.append("no supervisor is running on this data dir")
+    if report.outbox_depth:
+        lines.append(f"outbox: {report.outbox_depth} outcomes not yet in the store")
+    lines += [f"ALERT {a.kind}: {a.message}" for a in report.alerts] or ["no alerts"]
+    return "".join(line + "\n" for line in lines)
 
 
 _COMMANDS: dict[str, Callable[..., int]] = {

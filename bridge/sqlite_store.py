@@ -60,7 +60,7 @@ _EVENTS: Final = (
     "select job_id, at, from_status, to_status, reason, decided_by, worker, attempt, facts"
     " from job_events where job_id = ? order by seq"
 )
-_JSON_COLUMNS: Final = ("payload", "result", "progress")
+_JSON_COLUMNS: Final = ("payload", "result", "progress", "stats")
 _ENUMS: Final = {"status": Status, "cancel_requested": CancelMode, "error_kind": ErrorKind}
 
 # Live statuses are spelled exactly as in the partial indexes of sqlite.sql ("status in
@@ -361,7 +361,7 @@ class SQLiteStore:
                 try:
                     if job is None:
                         raise LeaseLostError(f"job {beat.job_id} is gone")
-                    job = renew(job, attempt=beat.attempt, progress=beat.progress)
+                    job = renew(job, attempt=beat.attempt, progress=beat.progress, stats=beat.stats)
                 except LeaseLostError:
                     replies.append(BeatReply(beat.job_id, None, lease_lost=True))
                     continue
@@ -390,7 +390,8 @@ class SQLiteStore:
             return self._put(db, *lc.apply_update(job, changes, now=now))
 
     def reap_stale(self, grace_s: float) -> list[Job]:
-        """Settle as ``lost`` the live jobs whose lease expired more than ``grace_s`` ago."""
+        """Settle as ``lost`` the live jobs whose lease expired more than ``grace_s`` ago, and
+        fail the pending jobs past their queue timeout."""
         with self._transaction() as (db, now):
             # lease_expires_at + grace < now, the same float expression MemoryStore evaluates.
             stale = self._fetch(
@@ -399,7 +400,14 @@ class SQLiteStore:
                 " and lease_expires_at + ? < ? order by id",
                 (grace_s, now),
             )
-            return [self._put(db, *lc.reap(job, now=now, **self._policy)) for job in stale]
+            reaped = [self._put(db, *lc.reap(job, now=now, **self._policy)) for job in stale]
+            waiting = self._fetch(
+                db,
+                "select * from jobs where status = 'pending' and queue_timeout_s is not null"
+                " and ? - run_after > queue_timeout_s order by id",
+                (now,),
+            )
+            return reaped + [self._put(db, *lc.expire(job, now=now)) for job in waiting]
 
     def request_cancel(self, job_id: int, mode: CancelMode = CancelMode.CANCEL) -> Job:
         """Cancel a job that has not started, or flag a live one for its supervisor."""

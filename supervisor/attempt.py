@@ -17,11 +17,21 @@ from supervisor import procs
 from supervisor.datadir import DataDir, write_private
 from supervisor.errors import InvalidJobError
 from supervisor.lifecycle import CancelMode, DecidedBy, Job, JobSpec, Outcome
+from supervisor.limits import Limits
 from supervisor.scheduler import AgentView, StopState, outcome_for
 from supervisor.settings import KindConfig, Settings
 from supervisor.statefile import AgentEntry
 
-__all__ = ["Attempt", "Launch", "exit_outcome", "kind_config", "prepare", "read_result", "resolve_spec"]
+__all__ = [
+    "Attempt",
+    "Launch",
+    "exit_outcome",
+    "kind_config",
+    "limits_of",
+    "prepare",
+    "read_result",
+    "resolve_spec",
+]
 
 MAX_RESULT_BYTES: Final = 1 << 20
 MAX_PROGRESS_BYTES: Final = 64 << 10
@@ -61,6 +71,19 @@ class Launch:
     log_path: Path
     timeout_s: float
     idle_timeout_s: float | None
+    limits: Limits
+
+
+def limits_of(kind: KindConfig | None) -> Limits:
+    """The per-agent limits of a kind (none for raw commands)."""
+    if kind is None:
+        return Limits()
+    return Limits(
+        memory_max_bytes=kind.memory_max_bytes,
+        pids_max=kind.pids_max,
+        cpu_time_s=kind.cpu_time_s,
+        address_space_bytes=kind.address_space_bytes,
+    )
 
 
 def prepare(job: Job, kind: KindConfig | None, settings: Settings, datadir: DataDir, worker: str) -> Launch:
@@ -94,9 +117,8 @@ def prepare(job: Job, kind: KindConfig | None, settings: Settings, datadir: Data
     )
     timeout = job.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
     idle = job.idle_timeout_s or (kind.idle_timeout_s if kind else None)
-    return Launch(
-        argv, env, kind.cwd if kind else None, run_dir, datadir.log_path(job.id, job.attempt), timeout, idle
-    )
+    log_path = datadir.log_path(job.id, job.attempt)
+    return Launch(argv, env, kind.cwd if kind else None, run_dir, log_path, timeout, idle, limits_of(kind))
 
 
 @dataclass(eq=False)
@@ -115,6 +137,34 @@ class Attempt:
     signals: list[dict[str, Any]] = field(default_factory=list)
     progress: Any = None
     progress_mtime: float = 0.0
+    limits: Limits = field(default_factory=Limits)
+    stats: dict[str, Any] | None = None
+    """The latest sample of the tree: rss_bytes, cpu_percent, processes."""
+    peak_rss_bytes: int = 0
+    cpu_percent_sum: float = 0.0
+    samples: int = 0
+    breach: str | None = None
+    """A limit the sampled tree broke (set by ``sample``; the planner then kills the tree)."""
+
+    def sample(self) -> None:
+        """Take one resource sample of the tree; note a broken memory or process limit (with a
+        cgroup the kernel usually acts first; without one, this is the enforcement)."""
+        stats = self.proc.tree_stats()
+        if stats is None:
+            return
+        self.stats = {
+            "rss_bytes": stats.rss_bytes,
+            "cpu_percent": round(stats.cpu_percent, 1),
+            "processes": stats.processes,
+        }
+        self.peak_rss_bytes = max(self.peak_rss_bytes, stats.rss_bytes)
+        self.cpu_percent_sum += stats.cpu_percent
+        self.samples += 1
+        mem, pids = self.limits.memory_max_bytes, self.limits.pids_max
+        if self.breach is None and mem is not None and stats.rss_bytes > mem:
+            self.breach = f"memory limit {mem >> 20} MiB exceeded (tree RSS {stats.rss_bytes >> 20} MiB)"
+        elif self.breach is None and pids is not None and stats.processes > pids:
+            self.breach = f"process limit {pids} exceeded ({stats.processes} processes)"
 
     @property
     def run_dir(self) -> Path:
@@ -129,6 +179,7 @@ class Attempt:
             idle_timeout_s=self.entry.idle_timeout_s,
             cancel_requested=self.cancel_requested,
             lease_lost=self.lease_lost,
+            limit_breach=self.breach,
             stop=self.stop,
         )
 
@@ -156,6 +207,7 @@ def exit_outcome(attempt: Attempt, status: procs.ExitStatus, now: float) -> Outc
         stop=attempt.stop,
         timeout_s=entry.timeout_s,
         idle_timeout_s=entry.idle_timeout_s,
+        limit_breach=attempt.breach or attempt.proc.limit_breach(),
     )
     if attempt.adopted and decided_by is DecidedBy.EXIT:
         decided_by = DecidedBy.RECONCILE
@@ -169,6 +221,8 @@ def exit_outcome(attempt: Attempt, status: procs.ExitStatus, now: float) -> Outc
         "log_bytes": attempt.logcap.size,
         "log_dropped_bytes": attempt.logcap.dropped,
         "adopted": attempt.adopted,
+        "tree_peak_rss_bytes": attempt.peak_rss_bytes or None,
+        "cpu_percent_avg": round(attempt.cpu_percent_sum / attempt.samples, 1) if attempt.samples else None,
     }
     result = None
     if kind is None:

@@ -41,8 +41,10 @@ __all__ = [
     "backoff_delay",
     "check_payload",
     "claim",
+    "expire",
     "fence",
     "heartbeat",
+    "is_expired",
     "is_replayed_finish",
     "is_retryable",
     "manual_retry",
@@ -78,6 +80,8 @@ class ErrorKind(StrEnum):
     SPAWN_ERROR = "spawn_error"
     CANCELLED = "cancelled"
     INVALID = "invalid"
+    RESOURCE_LIMIT = "resource_limit"
+    """The agent broke a memory, process-count or CPU-time limit of its kind."""
 
 
 class CancelMode(StrEnum):
@@ -103,6 +107,7 @@ class DecidedBy(StrEnum):
     SHUTDOWN = "shutdown"
     SPAWN = "spawn"
     VALIDATION = "validation"
+    LIMIT = "limit"
 
 
 TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
@@ -113,6 +118,7 @@ _LEGAL: Final = frozenset(
     {
         (Status.PENDING, Status.PREPARING),
         (Status.PENDING, Status.CANCELLED),
+        (Status.PENDING, Status.FAILED),  # queue timeout: it never ran, so it never held a lease
         (Status.WAITING_RETRY, Status.CANCELLED),
         (Status.WAITING_RETRY, Status.PENDING),
         (Status.PREPARING, Status.RUNNING),
@@ -178,6 +184,7 @@ class JobSpec:
     timeout_s: float | None = None
     idle_timeout_s: float | None = None
     stuck_after_s: float | None = None
+    queue_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         _validate_spec(self)
@@ -198,6 +205,15 @@ class JobSpec:
             if "concurrency_key" in values:
                 raise InvalidJobError("give either 'key' or 'concurrency_key', not both")
             values["concurrency_key"] = values.pop("key")
+        if "repo" in values or "owner" in values:  # one running job per repository
+            from supervisor.keys import repo_key
+
+            repo, owner = values.pop("repo", None), values.pop("owner", None)
+            if not isinstance(repo, str) or not (owner is None or isinstance(owner, str)):
+                raise InvalidJobError("'repo' (and 'owner') must be strings; 'owner' needs 'repo'")
+            if values.get("concurrency_key") is not None:
+                raise InvalidJobError("give either a repo or a concurrency key, not both")
+            values["concurrency_key"] = repo_key(repo, owner)
         if "command" in values and values["command"] is not None:
             cmd = values["command"]
             if not isinstance(cmd, list | tuple) or not all(isinstance(a, str) for a in cmd):
@@ -206,7 +222,7 @@ class JobSpec:
         for name in ("priority", "max_attempts"):
             if name in values and (type(values[name]) is not int):
                 raise InvalidJobError(f"{name!r} must be an integer")
-        for name in ("backoff_s", "timeout_s", "idle_timeout_s", "stuck_after_s"):
+        for name in ("backoff_s", "timeout_s", "idle_timeout_s", "stuck_after_s", "queue_timeout_s"):
             value = values.get(name)
             if value is not None and (type(value) not in (int, float)):
                 raise InvalidJobError(f"{name!r} must be a number of seconds")
@@ -219,7 +235,7 @@ class JobSpec:
         return cls(**values)
 
 
-_SPEC_FIELDS: Final = frozenset(JobSpec.__dataclass_fields__) | {"key"}
+_SPEC_FIELDS: Final = frozenset(JobSpec.__dataclass_fields__) | {"key", "repo", "owner"}
 
 
 def _validate_spec(spec: JobSpec) -> None:
@@ -242,7 +258,7 @@ def _validate_spec(spec: JobSpec) -> None:
         raise InvalidJobError("'max_attempts' must be between 1 and 1000")
     if not (math.isfinite(spec.backoff_s) and 0 <= spec.backoff_s <= 86400 * 7):
         raise InvalidJobError("'backoff_s' must be between 0 and 604800 seconds")
-    for name in ("timeout_s", "idle_timeout_s", "stuck_after_s"):
+    for name in ("timeout_s", "idle_timeout_s", "stuck_after_s", "queue_timeout_s"):
         value = getattr(spec, name)
         if value is not None and not (math.isfinite(value) and 0 < value <= 86400 * 365):
             raise InvalidJobError(f"{name!r} must be a positive number of seconds")
@@ -301,6 +317,7 @@ class Job:
     timeout_s: float | None = None
     idle_timeout_s: float | None = None
     stuck_after_s: float | None = None
+    queue_timeout_s: float | None = None
     run_after: float = 0.0
     lease_owner: str | None = None
     lease_expires_at: float | None = None
@@ -313,6 +330,9 @@ class Job:
     result: Any = None
     output_tail: str | None = None
     progress: Any = None
+    stats: Any = None
+    """Resource use of the running attempt's process tree (rss_bytes, cpu_percent, processes),
+    sampled by the supervisor at each heartbeat."""
     started_at: float | None = None
     finished_at: float | None = None
     finished_by: str | None = None
@@ -424,6 +444,7 @@ def new_job(spec: JobSpec, *, job_id: int, now: float) -> tuple[Job, Event]:
         timeout_s=spec.timeout_s,
         idle_timeout_s=spec.idle_timeout_s,
         stuck_after_s=spec.stuck_after_s,
+        queue_timeout_s=spec.queue_timeout_s,
         run_after=now,
     )
     return job, Event(job_id, now, None, Status.PENDING, "submitted", DecidedBy.USER)
@@ -460,6 +481,7 @@ def claim(job: Job, *, worker: str, now: float, lease_s: float) -> tuple[Job, Ev
         result=None,
         output_tail=None,
         progress=None,
+        stats=None,
         started_at=None,
         finished_at=None,
     )
@@ -497,6 +519,7 @@ def heartbeat(
     now: float,
     lease_s: float,
     progress: Any = None,
+    stats: Any = None,
 ) -> Job:
     """Extend the lease (fenced). Not a transition: no event, and ``version`` stays, so a
     heartbeat never invalidates someone's optimistic update."""
@@ -505,6 +528,7 @@ def heartbeat(
         job,
         lease_expires_at=now + lease_s,
         progress=job.progress if progress is None else progress,
+        stats=job.stats if stats is None else stats,
     )
 
 
@@ -586,6 +610,33 @@ def is_replayed_finish(job: Job, worker: str, attempt: int) -> bool:
     )
 
 
+def expire(job: Job, *, now: float) -> tuple[Job, Event]:
+    """pending → failed: it waited longer than its ``queue_timeout_s`` (since it last became
+    runnable); starting it now would do stale work. Not retried."""
+    waited = now - job.run_after
+    error = f"waited {waited:.0f} s in the queue, past its queue timeout of {job.queue_timeout_s:g} s"
+    return transition(
+        job,
+        Status.FAILED,
+        now=now,
+        reason=f"{error}; not retryable",
+        decided_by=DecidedBy.REAPER,
+        error_kind=ErrorKind.QUEUE_TIMEOUT,
+        error=error,
+        finished_at=now,
+        finished_by="reaper",
+    )
+
+
+def is_expired(job: Job, now: float) -> bool:
+    """A pending job past its queue timeout."""
+    return (
+        job.status is Status.PENDING
+        and job.queue_timeout_s is not None
+        and now - job.run_after > job.queue_timeout_s
+    )
+
+
 def reap(
     job: Job, *, now: float, rng: random.Random, backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S
 ) -> tuple[Job, Event]:
@@ -650,7 +701,15 @@ def manual_retry(job: Job, *, now: float) -> tuple[Job, Event]:
 
 
 EDITABLE_FIELDS: Final = frozenset(
-    {"priority", "max_attempts", "timeout_s", "idle_timeout_s", "backoff_s", "stuck_after_s"}
+    {
+        "priority",
+        "max_attempts",
+        "timeout_s",
+        "idle_timeout_s",
+        "backoff_s",
+        "stuck_after_s",
+        "queue_timeout_s",
+    }
 )
 
 
@@ -671,6 +730,7 @@ def apply_update(job: Job, changes: Mapping[str, Any], *, now: float) -> tuple[J
         timeout_s=merged.timeout_s,
         idle_timeout_s=merged.idle_timeout_s,
         stuck_after_s=merged.stuck_after_s,
+        queue_timeout_s=merged.queue_timeout_s,
     )
     event = note(
         job,

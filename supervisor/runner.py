@@ -11,7 +11,9 @@ deadline comes, or it is time to look at the store again — it never busy-polls
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import queue
 import random
 import secrets
@@ -19,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +29,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from supervisor import procs, reconcile
-from supervisor.attempt import Attempt, exit_outcome, kind_config, prepare, read_result, resolve_spec
+from supervisor.admission import Gate, GateState, Machine, RunningAgent, admit, estimate_for
+from supervisor.attempt import (
+    Attempt,
+    exit_outcome,
+    kind_config,
+    limits_of,
+    prepare,
+    read_result,
+    resolve_spec,
+)
 from supervisor.datadir import DataDir, DataDirLock, prepare_data_dir, write_private
 from supervisor.errors import (
     ConfigError,
@@ -38,6 +50,7 @@ from supervisor.errors import (
     StoreUnavailableError,
 )
 from supervisor.lifecycle import LIVE, DecidedBy, ErrorKind, Job, JobSpec, Outcome, Status
+from supervisor.limits import enforcement as limits_enforcement
 from supervisor.outbox import Outbox, OutboxEntry
 from supervisor.reconcile import Action, Decision, OrphanPolicy
 from supervisor.scheduler import Kill, StopReason, StopState, Terminate, next_due, outcome_for, plan_stops
@@ -61,6 +74,10 @@ _RACING_LOG_BYTES: Final = 1 << 20
 _STRAY_SCAN_S: Final = 1.0
 """How often to look for escaped descendants of finished agents (a process scan)."""
 _OUTBOX_RETRY_MAX_S: Final = 30.0
+_SAMPLE_S: Final = 1.0
+"""How often each agent tree's RSS, CPU and process count are sampled."""
+_STATUS_MIN_S: Final = 1.0
+_STATUS_EVERY_S: Final = 5.0
 _WORKER_ID_FILE: Final = "worker-id"
 
 
@@ -168,6 +185,8 @@ class Supervisor:
         self._subreaper = subreaper
         self._rng = random.Random()
         self._subscriptions: set[Subscription] = set()
+        self._observed: deque[tuple[int, float]] = deque(maxlen=50)
+        """(peak tree RSS, mean CPU %) of recent attempts, for the recommended concurrency."""
         self._agents: dict[int, Attempt] = {}
         self._waiter: procs.Waiter | None = None
         self._lock: DataDirLock | None = None
@@ -195,6 +214,14 @@ class Supervisor:
         self._outbox_fails = 0
         self._next_outbox_try = 0.0
         self._logs_racing = False
+        self._last_start: float | None = None
+        self._next_sample = 0.0
+        self._next_idle_check = 0.0
+        self._next_status = 0.0
+        self._status_key: object = None
+        self.gate = Gate(GateState.OPEN, None, 0)
+        self._gate_since = time.time()
+        self._machine = Machine(0, 0)
 
     # -- public API ----------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> int:
@@ -488,12 +515,17 @@ class Supervisor:
                 lease_owner=self.worker_id,
                 pid=entry.pid,
             )
-        logcap = procs.LogCap(
-            Path(entry.log_path), self.settings.log_cap_bytes, self.settings.output_tail_bytes
-        )
+        logcap = self._logcap(Path(entry.log_path))
         logcap.check()
+        kind = self.settings.kinds.get(job.kind) if job.kind else None
         self._agents[job.id] = Attempt(
-            job=job, proc=proc, logcap=logcap, entry=entry, last_output=now, adopted=True
+            job=job,
+            proc=proc,
+            logcap=logcap,
+            entry=entry,
+            last_output=now,
+            adopted=True,
+            limits=limits_of(kind),
         )
         self._waiter.register(proc)
         self._next_beat = 0.0  # renew the lease at once: the restart may have eaten most of it
@@ -563,6 +595,7 @@ class Supervisor:
             self._heartbeat_if_due(now, changed)
             self._replay_outbox(now)
             self._reap_strays(now)
+            self._sample(now)
             if self._stopping:
                 if not self._agents or self._leave_agents:
                     return
@@ -573,10 +606,14 @@ class Supervisor:
                             self._terminate(attempt, StopReason.SHUTDOWN, now)
             else:
                 self._claim_if_due(now, changed)
-                if until_idle and not self._agents and not self.outbox_depth and self._queue_idle():
-                    return
+                if until_idle and not self._agents and not self.outbox_depth and now >= self._next_idle_check:
+                    # A remote store is asked at the poll interval, not 20 times a second.
+                    self._next_idle_check = now + (self.settings.poll_s if self.store.shared else 0.0)
+                    if self._queue_idle():
+                        return
             if self._state_dirty:
                 self._save_state()
+            self._write_status(now)
             self._waiter.wait(self._next_wake(now))
 
     def _next_wake(self, now: float) -> float:
@@ -603,52 +640,63 @@ class Supervisor:
 
     # -- claiming and spawning -----------------------------------------------------------
     def _claim_if_due(self, now: float, changed: bool) -> None:
-        free = self.settings.concurrency - len(self._agents)
-        if free <= 0 or now < self._store_down_until or self.outbox_depth:
-            return  # full, or the store is down: running agents carry on, nothing new starts
-        if not changed and now < self._next_claim:
-            return
-        self._next_claim = now + self.settings.poll_s
+        if now < self._store_down_until or self.outbox_depth:
+            return  # the store is down: running agents carry on, nothing new starts
         try:
             if now >= self._next_reap:
                 self._next_reap = now + self.settings.heartbeat_s
                 for job in self.store.reap_stale(self.settings.reap_grace_s):
                     log.warning("reaped job %d: %s", job.id, job.error)
-            saturated, limit = self._kind_limits(free)
+            if not changed and now < self._next_claim:
+                return
+            self._next_claim = now + self.settings.poll_s
+            gate = self._admit(now)
+            if gate.state is not GateState.OPEN:
+                return
             jobs = self.store.claim(
                 self.worker_id,
-                limit,
+                gate.limit,
                 lease_s=self.settings.lease_s,
-                kinds=self.settings.claim_kinds,
-                exclude_kinds=saturated,
+                kinds=gate.only_kinds if gate.only_kinds is not None else self.settings.claim_kinds,
+                exclude_kinds=gate.exclude_kinds,
             )
         except StoreUnavailableError as exc:
             log.warning("store unavailable, not claiming for %.0f s: %s", self.settings.heartbeat_s, exc)
             self._store_down_until = now + self.settings.heartbeat_s
             return
-        if jobs and len(jobs) == limit:
-            self._next_claim = 0.0  # there may be more: look again on the next tick
+        if jobs:
+            self._last_start = now
+            if len(jobs) == gate.limit and self.settings.start_stagger_s == 0:
+                self._next_claim = 0.0  # there may be more: look again on the next tick
         for job in jobs:
             self._emit(job, Status.PENDING, "claimed")
             self._launch(job)
 
-    def _kind_limits(self, free: int) -> tuple[set[str], int]:
-        """Kinds at their ``max_concurrent`` (excluded from the claim), and a claim size that
-        cannot overshoot the tightest remaining per-kind limit."""
-        running: dict[str, int] = {}
-        for attempt in self._agents.values():
-            if attempt.job.kind is not None:
-                running[attempt.job.kind] = running.get(attempt.job.kind, 0) + 1
-        saturated, limit = set(), free
-        for name, kind in self.settings.kinds.items():
-            if kind.max_concurrent is None:
-                continue
-            room = kind.max_concurrent - running.get(name, 0)
-            if room <= 0:
-                saturated.add(name)
-            else:
-                limit = min(limit, room)
-        return saturated, limit
+    def _admit(self, now: float) -> Gate:
+        """Ask the admission gate, measuring the machine only when a slot is free."""
+        running = [
+            RunningAgent(
+                a.job.kind, estimate_for(self.settings, a.job.kind), (a.stats or {}).get("rss_bytes", 0)
+            )
+            for a in self._agents.values()
+        ]
+        machine = Machine(0, 0)
+        if len(running) < self.settings.concurrency:
+            machine = _measure_machine(self.settings.max_load_per_cpu is not None)
+        gate = admit(
+            self.settings,
+            running,
+            machine,
+            now=now,
+            last_start=self._last_start,
+            claim_kinds=self.settings.claim_kinds,
+        )
+        if gate.state is not self.gate.state or gate.reason != self.gate.reason:
+            if gate.state is GateState.BLOCKED:
+                log.info("admission blocked: %s", gate.reason)
+            self._gate_since = time.time()
+        self.gate, self._machine = gate, machine
+        return gate
 
     def _launch(self, job: Job) -> None:
         assert self._datadir is not None and self._waiter is not None
@@ -669,6 +717,7 @@ class Supervisor:
                 job_id=job.id,
                 attempt=job.attempt,
                 worker=self.worker_id,
+                limits=launch.limits,
             )
         except (InvalidJobError, SpawnError) as exc:
             # ENOENT/EACCES (no such command) and invalid jobs: another attempt cannot help.
@@ -694,7 +743,14 @@ class Supervisor:
             run_dir=str(launch.run_dir),
         )
         logcap = self._logcap(launch.log_path)
-        attempt = Attempt(job=job, proc=proc, logcap=logcap, entry=entry, last_output=proc.started_mono)
+        attempt = Attempt(
+            job=job,
+            proc=proc,
+            logcap=logcap,
+            entry=entry,
+            last_output=proc.started_mono,
+            limits=launch.limits,
+        )
         self._agents[job.id] = attempt
         self._waiter.register(proc)
         self._save_state()  # the pid is on disk before anything else can go wrong
@@ -765,15 +821,18 @@ class Supervisor:
             status = attempt.proc.poll(kill_remnants=True)
             if status is None:
                 continue
+            outcome = exit_outcome(attempt, status, self._clock())  # reads its cgroup: before close()
             self._waiter.unregister(attempt.proc)
             attempt.proc.close()
             del self._agents[attempt.job.id]
             self._state_dirty = True
             self._next_stray_scan = 0.0  # look for its setsid escapees soon
-            outcome = exit_outcome(attempt, status, self._clock())
-            self._record(
-                attempt.job.id, self.worker_id, attempt.job.attempt, outcome, before=attempt.job.status
-            )
+            if attempt.peak_rss_bytes:
+                self._observed.append(
+                    (attempt.peak_rss_bytes, attempt.cpu_percent_sum / max(1, attempt.samples))
+                )
+            job = attempt.job
+            self._record(job.id, self.worker_id, job.attempt, outcome, before=job.status)
 
     def _reap_strays(self, now: float) -> None:
         """Kill escaped descendants (setsid, double fork) of attempts that have ended, found
@@ -787,6 +846,67 @@ class Supervisor:
         for t in procs.scan_tagged(self.worker_id):
             if (t.job_id, t.attempt) not in live and procs.signal_process(t.pid, t.identity, signal.SIGKILL):
                 log.warning("killed escaped process %d of job %s attempt %s", t.pid, t.job_id, t.attempt)
+
+    def _sample(self, now: float) -> None:
+        """Resource use of every agent tree, once a second: stats for the store and health,
+        and enforcement of memory/process limits that no cgroup enforces."""
+        if not self._agents or now < self._next_sample:
+            return
+        self._next_sample = now + _SAMPLE_S
+        for attempt in self._agents.values():
+            attempt.sample()
+
+    def _write_status(self, now: float) -> None:
+        """What only the live supervisor knows (admission, samples, enforcement), for
+        ``health`` in other processes: ``status.json`` in the data dir, rewritten when it
+        changes and at least every few seconds as a sign of life."""
+        assert self._datadir is not None
+        if now < self._next_status:
+            return
+        agents = [
+            {
+                "job_id": a.job.id,
+                "kind": a.job.kind,
+                **(a.stats or {}),
+                "memory_max_bytes": a.limits.memory_max_bytes,
+                "pids_max": a.limits.pids_max,
+            }
+            for a in self._agents.values()
+        ]
+        key = (self.gate.state, self.gate.reason, json.dumps(agents, sort_keys=True), self.outbox_depth)
+        if key == self._status_key and now < self._next_status + _STATUS_EVERY_S:
+            return
+        self._status_key, self._next_status = key, now + _STATUS_MIN_S
+        peaks = [p for p, _ in self._observed]
+        cpus = [c for _, c in self._observed]
+        status = {
+            "pid": os.getpid(),
+            "worker_id": self.worker_id,
+            "updated_at": time.time(),
+            "admission": {
+                "state": self.gate.state.value,
+                "reason": self.gate.reason,
+                "since": self._gate_since,
+            },
+            "memory": {
+                "available_bytes": self._machine.available_bytes,
+                "total_bytes": self._machine.total_bytes,
+                "reserve_bytes": self.settings.memory_reserve_bytes,
+            },
+            "enforcement": limits_enforcement(),
+            "agents": agents,
+            "observed_peak_rss_bytes": max(peaks) if peaks else None,
+            "observed_cpu_percent": sum(cpus) / len(cpus) if cpus else None,
+            "max_concurrent": self.settings.concurrency,
+            "outbox_depth": self.outbox_depth,
+        }
+        path = self._datadir.root / "status.json"
+        tmp = path.with_name(".status.json.tmp")
+        try:  # not fsynced: a sign of life, rewritten every few seconds, never needed after a crash
+            write_private(tmp, json.dumps(status).encode())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("status file: %s", exc)
 
     # -- recording outcomes --------------------------------------------------------------
     def _record(
@@ -853,12 +973,13 @@ class Supervisor:
     def _heartbeat_if_due(self, now: float, changed: bool) -> None:
         if not self._agents:
             return
-        early = changed and now - self._last_beat >= _CHANGE_BEAT_MIN_S
-        if now < self._next_beat and not early:
+        if changed:  # a cancel may be waiting in the store: beat now, or as soon as allowed
+            self._next_beat = min(self._next_beat, self._last_beat + _CHANGE_BEAT_MIN_S)
+        if now < self._next_beat:
             return
         self._next_beat = now + self.settings.heartbeat_s
         self._last_beat = now
-        beats = [Beat(a.job.id, a.job.attempt, a.read_progress()) for a in self._agents.values()]
+        beats = [Beat(a.job.id, a.job.attempt, a.read_progress(), a.stats) for a in self._agents.values()]
         for beat in beats:
             if beat.progress is not None:
                 job = self._agents[beat.job_id].job
@@ -907,6 +1028,14 @@ class Supervisor:
             self._on_change(change)
         except Exception:
             log.exception("on_change callback failed for job %d", job.id)
+
+
+def _measure_machine(with_load: bool) -> Machine:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    load = os.getloadavg()[0] / (os.cpu_count() or 1) if with_load else None
+    return Machine(int(vm.available), int(vm.total), load)
 
 
 def read_worker_id(settings: Settings) -> str | None:

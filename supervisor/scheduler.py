@@ -36,6 +36,7 @@ class StopReason(StrEnum):
     KILL = "kill"
     LEASE_LOST = "lease_lost"
     SHUTDOWN = "shutdown"
+    LIMIT = "limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,8 @@ class AgentView:
     idle_timeout_s: float | None
     cancel_requested: CancelMode | None = None
     lease_lost: bool = False
+    limit_breach: str | None = None
+    """A resource limit the sampled tree broke (memory, processes): stop it without grace."""
     stop: StopState | None = None
 
 
@@ -89,12 +92,14 @@ def plan_stops(agents: Iterable[AgentView], now: float, grace_s: float) -> list[
         if stop is not None:
             if stop.kill_at is not None:
                 continue
-            urgent = agent.lease_lost or agent.cancel_requested is CancelMode.KILL
+            urgent = agent.lease_lost or agent.cancel_requested is CancelMode.KILL or bool(agent.limit_breach)
             if urgent or (stop.term_at is not None and now >= stop.term_at + grace_s):
                 actions.append(Kill(agent.job_id, stop.reason))
             continue
         if agent.lease_lost:
             actions.append(Kill(agent.job_id, StopReason.LEASE_LOST))
+        elif agent.limit_breach:
+            actions.append(Kill(agent.job_id, StopReason.LIMIT))
         elif agent.cancel_requested is CancelMode.KILL:
             actions.append(Kill(agent.job_id, StopReason.KILL))
         elif agent.cancel_requested is CancelMode.CANCEL:
@@ -121,6 +126,10 @@ def next_due(agents: Iterable[AgentView], grace_s: float) -> float:
     return due
 
 
+_LIMIT_OVERRIDES = frozenset({StopReason.LIMIT, StopReason.TIMEOUT, StopReason.IDLE_TIMEOUT})
+"""A broken limit explains an agent's end better than these stops (a memory-starved agent
+that then timed out ran out of memory)."""
+
 _REASON_KIND = {
     StopReason.TIMEOUT: (ErrorKind.TIMEOUT, DecidedBy.TIMEOUT),
     StopReason.IDLE_TIMEOUT: (ErrorKind.IDLE_TIMEOUT, DecidedBy.IDLE_TIMEOUT),
@@ -128,6 +137,7 @@ _REASON_KIND = {
     StopReason.KILL: (ErrorKind.CANCELLED, DecidedBy.CANCEL),
     StopReason.LEASE_LOST: (ErrorKind.LEASE_LOST, DecidedBy.LEASE),
     StopReason.SHUTDOWN: (ErrorKind.KILLED, DecidedBy.SHUTDOWN),
+    StopReason.LIMIT: (ErrorKind.RESOURCE_LIMIT, DecidedBy.LIMIT),
 }
 
 
@@ -138,12 +148,21 @@ def outcome_for(
     stop: StopState | None,
     timeout_s: float | None,
     idle_timeout_s: float | None,
+    limit_breach: str | None = None,
 ) -> tuple[ErrorKind | None, str | None, DecidedBy, bool]:
     """Map how an agent ended to ``(error_kind, error, decided_by, forgive)`` for an Outcome.
 
     A stop the supervisor started decides the kind even when the agent then exits 0 (a job
     that finishes only because it was told to stop at its deadline still timed out).
     """
+    failed = exit_code != 0 or signal_number is not None  # refused forks an agent survived are no failure
+    if limit_breach and failed and (stop is None or stop.reason in _LIMIT_OVERRIDES):
+        return (
+            ErrorKind.RESOURCE_LIMIT,
+            f"{limit_breach}; {_ended(exit_code, signal_number)}",
+            (DecidedBy.LIMIT),
+            False,
+        )
     if stop is not None:
         kind, decided_by = _REASON_KIND[stop.reason]
         how = {
@@ -153,6 +172,7 @@ def outcome_for(
             StopReason.KILL: "killed on request",
             StopReason.LEASE_LOST: "lease lost to another supervisor",
             StopReason.SHUTDOWN: "stopped by supervisor shutdown",
+            StopReason.LIMIT: "resource limit exceeded",
         }[stop.reason]
         return (
             kind,

@@ -28,7 +28,16 @@ from typing import Annotated, Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -94,6 +103,18 @@ class KindConfig(BaseModel):
     cwd: str | None = None
     orphan_policy: Literal["adopt", "kill"] | None = None
     """Overrides the global ``orphan_policy`` for agents of this kind."""
+    memory_estimate_bytes: int | None = Field(default=None, gt=0)
+    """What one agent of this kind is expected to use; admission starts one only while
+    available memory minus the reserve covers it (default: the global estimate)."""
+    memory_max_bytes: int | None = Field(default=None, gt=0)
+    """Memory limit of the agent's whole process tree (cgroup memory.max where available,
+    else enforced by sampling); breaking it ends the attempt as ``resource_limit``."""
+    pids_max: int | None = Field(default=None, ge=1)
+    """Most processes the agent's tree may have (cgroup pids.max, else RLIMIT_NPROC)."""
+    cpu_time_s: Seconds | None = None
+    """CPU seconds an agent process may use (RLIMIT_CPU)."""
+    address_space_bytes: int | None = Field(default=None, gt=0)
+    """Virtual memory limit of each agent process (RLIMIT_AS; mind that runtimes reserve a lot)."""
     """Working directory of the agent (default: the supervisor's)."""
 
     @field_validator("argv")
@@ -206,6 +227,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         use_attribute_docstrings=True,
+        populate_by_name=True,  # supabase_url/supabase_key by name in kwargs and TOML
     )
 
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
@@ -243,6 +265,14 @@ class Settings(BaseSettings):
     """Registered agent kinds, as TOML tables [kinds.<name>]."""
     claim_kinds: list[str] | None = None
     """Take only jobs of these kinds (default: any job)."""
+    memory_estimate_bytes: int = Field(default=1 << 30, gt=0)
+    """Expected memory of one agent when its kind does not say (admission control)."""
+    memory_reserve_bytes: int = Field(default=512 << 20, ge=0)
+    """Memory left for everything else: no agent starts if it would eat into this."""
+    max_load_per_cpu: float | None = Field(default=None, gt=0)
+    """Optional CPU gate: start nothing while the 1-minute load average per CPU is above it."""
+    start_stagger_s: Grace = 0.0
+    """Least time between two agent starts (spreads start-up spikes; 0 = no stagger)."""
     orphan_policy: Literal["adopt", "kill"] = "adopt"
     """What a restarted supervisor does with its own agents that are still running: keep
     supervising them (their deadlines, heartbeats and outcomes carry on), or kill and retry.
@@ -250,9 +280,22 @@ class Settings(BaseSettings):
     allow_remote_commands: bool = False
     """Run raw ``command`` jobs that come from a shared (remote) store. Off: anyone who can
     insert a row would otherwise run any program on this machine."""
-    # The remote-store release adds: supabase_url: str | None, supabase_key: SecretStr | None
-    # (SecretStr so that it never shows in a repr or a log line; _find_secret already refuses a
-    # loosely permissioned config file that holds it).
+    # Supabase: the project URL and its secret (service-role) key, from our prefixed variable
+    # or the one Supabase's own tools use (the prefixed one wins). validation_alias replaces
+    # the env prefix; keyword arguments and the TOML file use the field name (populate_by_name).
+    # Not the field name as an alias: env lookups ignore case, so it would also read a plain
+    # SUPABASE_KEY, which is usually the publishable (anon) key.
+    supabase_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AGENT_SUPERVISOR_SUPABASE_URL", "SUPABASE_URL"),
+    )
+    """The Supabase project URL (https://<ref>.supabase.co), for ``store = "supabase"``."""
+    supabase_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AGENT_SUPERVISOR_SUPABASE_KEY", "SUPABASE_SERVICE_ROLE_KEY"),
+    )
+    """The secret (service-role) key. SecretStr: it never shows in a repr or a log line, and
+    _find_secret refuses a config file holding it that others can read."""
 
     @property
     def store_url(self) -> str:

@@ -29,6 +29,8 @@ class Beat:
     job_id: int
     attempt: int
     progress: Any = None
+    stats: Any = None
+    """The tree's resource use (rss_bytes, cpu_percent, processes), stored with the job."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,8 @@ class JobStore(Protocol):
 
     def reap_stale(self, grace_s: float) -> list[Job]:
         """Settle live jobs whose lease expired more than ``grace_s`` ago (store clock) as
-        ``lost``: retried or failed per their policy. Returns the reaped jobs."""
+        ``lost`` (retried or failed per their policy), and fail pending jobs that waited past
+        their ``queue_timeout_s`` as ``queue_timeout``. Returns the jobs it changed."""
         ...
 
     def request_cancel(self, job_id: int, mode: CancelMode = CancelMode.CANCEL) -> Job:

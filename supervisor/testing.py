@@ -172,6 +172,7 @@ class MemoryStore:
                         now=now,
                         lease_s=lease_s,
                         progress=beat.progress,
+                        stats=beat.stats,
                     )
                 except LeaseLostError:
                     replies.append(BeatReply(beat.job_id, None, lease_lost=True))
@@ -207,7 +208,9 @@ class MemoryStore:
                 and j.lease_expires_at is not None
                 and j.lease_expires_at + grace_s < now
             ]
-            return [self._put(*lc.reap(j, now=now, rng=self._rng)) for j in stale]
+            reaped = [self._put(*lc.reap(j, now=now, rng=self._rng)) for j in stale]
+            waiting = sorted((j for j in self._jobs.values() if lc.is_expired(j, now)), key=lambda j: j.id)
+            return reaped + [self._put(*lc.expire(j, now=now)) for j in waiting]
 
     def request_cancel(self, job_id: int, mode: CancelMode = CancelMode.CANCEL) -> Job:
         with self._lock:

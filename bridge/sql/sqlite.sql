@@ -31,6 +31,7 @@ create table if not exists jobs (
     timeout_s real,
     idle_timeout_s real,
     stuck_after_s real,
+    queue_timeout_s real,
     run_after real not null default 0,
     lease_owner text,
     lease_expires_at real,
@@ -43,6 +44,7 @@ create table if not exists jobs (
     result text,                -- JSON
     output_tail text,
     progress text,              -- JSON
+    stats text,                 -- JSON
     started_at real,
     finished_at real,
     finished_by text,

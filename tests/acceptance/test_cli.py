@@ -221,7 +221,36 @@ def test_health_json(tmp_path: Path) -> None:
         "oldest_running_age_s",
         "alerts",
     } <= set(health)
-    assert (health["pending"], health["running"], health["alerts"]) == (1, 0, [])
+    assert (health["pending"], health["running"], health["supervisor_running"]) == (1, 0, False)
+    assert [a["kind"] for a in health["alerts"]] == ["no_supervisor"]
+
+
+def test_stuck_alert_appears_and_disappears_with_the_job(tmp_path: Path) -> None:
+    """health reports a job running past its stuck threshold, live admission and per-agent
+    stats while the supervisor runs, and the alert is gone once the job has ended."""
+    data = tmp_path / "d"
+    env = cli_env(data, AGENT_SUPERVISOR_HEARTBEAT_S="0.5", AGENT_SUPERVISOR_LEASE_S="5")
+    job_id = submit(data, "--stuck-after", "1", "--", "sleep", "3")
+
+    def health() -> dict[str, object]:
+        out = cli(data, "health", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def kinds(h: dict[str, object]) -> list[object]:
+        return [a["kind"] for a in h["alerts"]]  # type: ignore[union-attr]
+
+    with supervisor_process(data, env=env):
+        def stuck_report() -> dict[str, object] | None:
+            report = health()
+            return report if "stuck" in kinds(report) else None
+
+        stuck = wait_until(stuck_report, 10, message="stuck alert")
+        assert stuck["supervisor_running"] is True
+        assert stuck["admission"]["state"] in ("open", "full")  # type: ignore[index]
+        assert [a["job_id"] for a in stuck["agents"]] == [job_id]  # type: ignore[union-attr]
+        wait_until(lambda: show(data, job_id)["status"] == "completed", 10, message="job done")
+        assert "stuck" not in kinds(health())
 
 
 def test_data_dir_is_private(tmp_path: Path) -> None:

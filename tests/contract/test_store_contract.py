@@ -828,3 +828,29 @@ def test_close_is_idempotent(store: JobStore) -> None:
     """close() may be called more than once."""
     store.close()
     store.close()
+
+
+def test_reap_fails_pending_jobs_past_their_queue_timeout(store: JobStore, clock: ManualClock) -> None:
+    """A pending job that waited past its queue timeout fails as queue_timeout when reaped;
+    one still within it, and one without a timeout, stay pending."""
+    late, fresh, patient = store.enqueue(
+        [spec(queue_timeout_s=60.0), spec(queue_timeout_s=600.0), spec()]
+    )
+    clock.advance(61)
+    reaped = store.reap_stale(0)
+    assert [j.id for j in reaped] == [late]
+    job = store.get(late)
+    assert (job.status, job.error_kind, job.attempt) == (Status.FAILED, ErrorKind.QUEUE_TIMEOUT, 0)
+    assert store.get(fresh).status is Status.PENDING
+    assert store.get(patient).status is Status.PENDING
+    assert transitions(store, late)[-1] == (Status.PENDING, Status.FAILED)
+
+
+def test_heartbeat_stores_resource_stats(store: JobStore) -> None:
+    """Stats sent with a heartbeat are kept with the job; a beat without stats keeps them."""
+    submit(store)
+    job = start_one(store)
+    stats = {"rss_bytes": 123456, "cpu_percent": 12.5, "processes": 3}
+    store.heartbeat(W, [Beat(job.id, job.attempt, stats=stats)], lease_s=LEASE)
+    store.heartbeat(W, [Beat(job.id, job.attempt)], lease_s=LEASE)
+    assert store.get(job.id).stats == stats

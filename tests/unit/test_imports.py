@@ -42,10 +42,10 @@ def loaded_after(statement: str) -> set[str]:
         "import supervisor",
         "import supervisor.runner",
         "from bridge.compose import build_store; from supervisor.settings import Settings; "
-        "build_store(Settings(data_dir='/tmp/as-import-test'))",
+        "build_store(Settings(data_dir={data_dir!r}))",
     ],
 )
-def test_sqlite_path_does_not_import_remote_clients(statement: str) -> None:
+def test_sqlite_path_does_not_import_remote_clients(statement: str, tmp_path: Path) -> None:
     """The engine and the SQLite path never load supabase, httpx or postgrest."""
-    loaded = loaded_after(statement)
+    loaded = loaded_after(statement.format(data_dir=str(tmp_path)))
     assert not loaded & {"supabase", "httpx", "postgrest", "psycopg", "realtime", "tenacity"}

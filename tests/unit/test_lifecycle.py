@@ -31,6 +31,7 @@ ALL_MOVES = [(a, b) for a in Status for b in Status]
 LEGAL = {
     ("pending", "preparing"),
     ("pending", "cancelled"),
+    ("pending", "failed"),
     ("waiting_retry", "cancelled"),
     ("waiting_retry", "pending"),
     ("preparing", "running"),
@@ -170,6 +171,16 @@ def test_manual_retry_gives_fresh_budget_and_keeps_attempt_growing() -> None:
     again, _ = lc.manual_retry(failed, now=NOW + 1)
     claimed, _ = lc.claim(again, worker="w", now=NOW + 2, lease_s=30)
     assert (again.status, claimed.attempt, claimed.attempts_used) == (Status.PENDING, 2, 1)
+
+
+def test_queue_timeout_fails_a_pending_job_that_waited_too_long() -> None:
+    """A pending job past its queue timeout fails as queue_timeout without ever being claimed."""
+    job = pending(queue_timeout_s=60)
+    assert not lc.is_expired(job, NOW + 60)
+    assert lc.is_expired(job, NOW + 61)
+    failed, event = lc.expire(job, now=NOW + 61)
+    assert (failed.status, failed.error_kind, failed.attempt) == (Status.FAILED, ErrorKind.QUEUE_TIMEOUT, 0)
+    assert "queue timeout" in event.reason
 
 
 def test_reap_settles_expired_lease_as_lost() -> None:
