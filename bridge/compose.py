@@ -37,10 +37,23 @@ def build_store(settings: Settings) -> JobStore:
         from bridge.sqlite_store import SQLiteStore
 
         return SQLiteStore(sqlite_path(url), backoff_cap_s=settings.backoff_cap_s)
-    raise ConfigError(
-        f"unsupported store {scheme!r}: this version supports sqlite:///path "
-        "(Postgres and Supabase stores come with the remote-store release)"
-    )
+    if scheme in ("postgresql", "postgres"):
+        from bridge.postgres_store import PostgresStore
+
+        return PostgresStore(url, backoff_cap_s=settings.backoff_cap_s)
+    if url == "supabase":
+        if not settings.supabase_url or settings.supabase_key is None:
+            raise ConfigError(
+                "store 'supabase' needs the project URL and the secret key: set "
+                "AGENT_SUPERVISOR_SUPABASE_URL (or SUPABASE_URL) and AGENT_SUPERVISOR_SUPABASE_KEY "
+                "(or SUPABASE_SERVICE_ROLE_KEY)"
+            )
+        from bridge.supabase_store import SupabaseStore
+
+        return SupabaseStore(
+            settings.supabase_url, settings.supabase_key, backoff_cap_s=settings.backoff_cap_s
+        )
+    raise ConfigError(f"unsupported store {scheme!r}: use sqlite:///path, postgresql://… or supabase")
 
 
 def build_supervisor(

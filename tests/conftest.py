@@ -15,3 +15,37 @@ def _no_user_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
             monkeypatch.delenv(name)
     missing = tmp_path_factory.mktemp("no-config") / "config.toml"
     monkeypatch.setenv("AGENT_SUPERVISOR_CONFIG", str(missing))
+
+
+# -- PostgreSQL (issue 4): one real server per session, started on first use (tests/pg.py) --
+# (imported here, not at the top, to keep this block self-contained for concurrent edits)
+from collections.abc import Iterator  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pg_server_teardown() -> Iterator[None]:
+    """Stop the session's PostgreSQL server, if a test started one."""
+    yield
+    from tests import pg
+
+    pg.stop_server()
+
+
+@pytest.fixture(autouse=True)
+def _no_supabase_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings also read Supabase's own variables: a developer's must not leak in."""
+    for name in ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A fresh database (schema applied, test clock installed) on the session's server."""
+    from tests import pg
+
+    server = pg.server(pytest.skip, pytest.fail)
+    name = server.create_database()
+    try:
+        yield server.dsn(name)
+    finally:
+        server.drop_database(name)

@@ -37,9 +37,51 @@ def _sqlite(clock: ManualClock, tmp_path: Path) -> JobStore:
     return SQLiteStore(tmp_path / "jobs.sqlite3", clock=clock, rng=random.Random(7))
 
 
+def _postgres(clock: ManualClock, tmp_path: Path) -> JobStore:
+    """PostgresStore on a fresh database of the session's PostgreSQL server (tests/pg.py),
+    its server clock driven by ``clock``."""
+    from bridge.remote import RetryPolicy
+    from tests import pg
+
+    server = pg.server(pytest.skip, pytest.fail)
+    name = server.create_database()
+    return pg.clocked_postgres_store(  # type: ignore[no-any-return]
+        server.dsn(name), clock, on_close=lambda: server.drop_database(name), retry=RetryPolicy(attempts=2)
+    )
+
+
+def _supabase(clock: ManualClock, tmp_path: Path) -> JobStore:
+    """The real supabase-py client; only its HTTP transport is replaced, by a respx router
+    that runs each RPC on a fresh database of the session's PostgreSQL server the way
+    PostgREST would (tests/postgrest_lite.py), with the server clock driven by ``clock``."""
+    from pydantic import SecretStr
+
+    from bridge.remote import RetryPolicy
+    from bridge.supabase_store import SupabaseStore
+    from tests import pg
+    from tests.postgrest_lite import SERVICE_KEY, URL, PostgrestLite, routed_client
+
+    server = pg.server(pytest.skip, pytest.fail)
+    name = server.create_database()
+    lite = PostgrestLite(server.dsn(name), clock=clock)
+    http, _ = routed_client(lite.handle)
+
+    class TestSupabaseStore(SupabaseStore):
+        def close(self) -> None:
+            if not self._closed:
+                super().close()
+                http.close()
+                lite.close()
+                server.drop_database(name)
+
+    return TestSupabaseStore(URL, SecretStr(SERVICE_KEY), http_client=http, retry=RetryPolicy(attempts=2))
+
+
 STORES: dict[str, StoreFactory] = {
     "memory": StoreFactory(_memory),
     "sqlite": StoreFactory(_sqlite),
+    "postgres": StoreFactory(_postgres, lifecycle_in_python=False),
+    "supabase": StoreFactory(_supabase, lifecycle_in_python=False),
 }
 
 

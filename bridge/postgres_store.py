@@ -1,0 +1,248 @@
+"""The direct Postgres job store: the SQL functions of ``bridge/sql/`` over psycopg 3.
+
+For self-hosted Postgres and Supabase connection strings (use the session pooler or a direct
+connection: the store keeps one session, LISTENs, and sets session settings). Selected by
+``AGENT_SUPERVISOR_STORE=postgresql://…``. Needs ``pip install 'agent-supervisor[postgres]'``.
+
+One connection per store, in autocommit mode: every operation is ONE statement calling one
+function, so it is one transaction on the server, and nothing is left open between calls.
+Threads share the connection under a lock. A broken connection is dropped and the next
+attempt reconnects (bridge/remote.py decides what to retry). Arguments travel exactly as
+PostgREST sends them: one JSON object decoded by ``json_to_record`` into the function's named
+parameters, and the rows come back as one JSON array, so both remote stores share one
+conversion and the contract suite tests the same decoding twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+from bridge.remote import NOTIFY_CHANNEL, SCHEMA_VERSION, RetryPolicy
+from bridge.remote_store import RemoteStore
+from supervisor.errors import ConfigError, StoreError
+from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["SIGNATURES", "PostgresStore"]
+
+SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
+    "jobs_enqueue": (("p_specs", "jsonb"), ("p_request_id", "uuid")),
+    "jobs_claim": (
+        ("p_worker", "text"),
+        ("p_claim_id", "uuid"),
+        ("p_limit", "integer"),
+        ("p_lease_s", "double precision"),
+        ("p_kinds", "text[]"),
+        ("p_exclude_kinds", "text[]"),
+    ),
+    "jobs_mark_running": (
+        ("p_id", "bigint"),
+        ("p_worker", "text"),
+        ("p_attempt", "integer"),
+        ("p_pid", "integer"),
+        ("p_facts", "jsonb"),
+    ),
+    "jobs_heartbeat": (
+        ("p_worker", "text"),
+        ("p_ids", "bigint[]"),
+        ("p_attempts", "integer[]"),
+        ("p_progress", "jsonb"),
+        ("p_stats", "jsonb"),
+        ("p_lease_s", "double precision"),
+    ),
+    "jobs_finish": (
+        ("p_id", "bigint"),
+        ("p_worker", "text"),
+        ("p_attempt", "integer"),
+        ("p_outcome", "jsonb"),
+        ("p_backoff_cap_s", "double precision"),
+    ),
+    "jobs_update": (("p_id", "bigint"), ("p_expected_version", "bigint"), ("p_changes", "jsonb")),
+    "jobs_reap_stale": (("p_grace_s", "double precision"), ("p_backoff_cap_s", "double precision")),
+    "jobs_request_cancel": (("p_id", "bigint"), ("p_mode", "text")),
+    "jobs_retry": (("p_id", "bigint"),),
+    "jobs_get": (("p_id", "bigint"),),
+    "jobs_list": (("p_statuses", "text[]"), ("p_lease_owner", "text"), ("p_limit", "integer")),
+    "jobs_counts": (),
+    "jobs_purge": (("p_ids", "bigint[]"), ("p_statuses", "text[]"), ("p_older_than_s", "double precision")),
+    "jobs_events": (("p_id", "bigint"),),
+    "jobs_now": (),
+    "jobs_schema_version": (),
+}
+"""The parameters of each function of functions.sql, in the form json_to_record needs."""
+
+
+def _statement(fn: str) -> str:
+    # Names come from SIGNATURES, never from input; the one value is a bound parameter.
+    args = SIGNATURES[fn]
+    if not args:
+        return f"select coalesce(json_agg(r), '[]'::json) from public.{fn}() r"  # noqa: S608
+    columns = ", ".join(f"{name} {kind}" for name, kind in args)
+    named = ", ".join(f"{name} => a.{name}" for name, _ in args)
+    return (
+        f"select coalesce(json_agg(r), '[]'::json) from json_to_record(%s::json) as a({columns}),"  # noqa: S608
+        f" lateral public.{fn}({named}) r"
+    )
+
+
+_STATEMENTS: Final = {fn: _statement(fn) for fn in SIGNATURES}
+
+
+class PostgresStore(RemoteStore):
+    """A ``JobStore`` on a Postgres database that has the SQL of ``agent-supervisor db schema``.
+
+    ``dsn`` is a libpq connection string or URI (the password may also come from PGPASSWORD or
+    ~/.pgpass); it is never logged. ``backoff_cap_s`` bounds the retry backoff of failed jobs;
+    ``retry`` is the policy for transient failures of the connection.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
+        retry: RetryPolicy | None = None,
+        connect_timeout_s: int = 5,
+        statement_timeout_s: float = 15.0,
+    ) -> None:
+        try:
+            import psycopg  # noqa: F401 - fail here, with the hint, not on the first call
+        except ImportError:
+            raise ConfigError(
+                "the Postgres store needs psycopg: pip install 'agent-supervisor[postgres]'"
+            ) from None
+        from psycopg.conninfo import conninfo_to_dict
+
+        from bridge.sqlcli import dsn_for_display
+
+        super().__init__(
+            name=f"Postgres store {dsn_for_display(dsn)}", backoff_cap_s=backoff_cap_s, retry=retry
+        )
+        self._dsn = dsn
+        self._password = str(conninfo_to_dict(dsn).get("password") or os.environ.get("PGPASSWORD") or "")
+        self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_ms = int(statement_timeout_s * 1000)
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listening = False
+        self._closed = False
+
+    def _secrets(self) -> Iterable[str]:
+        return (self._password, self._dsn) if self._password else (self._dsn,)
+
+    # -- the connection ------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        if self._closed:
+            raise StoreError(f"{self._name} is closed")
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._drop()
+        conn = psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=self._connect_timeout_s,
+            application_name="agent-supervisor",
+            # Transaction poolers (pgbouncer, Supavisor port 6543) cannot keep prepared
+            # statements across transactions: never prepare.
+            prepare_threshold=None,
+            # A half-open connection (NAT, suspend) is detected in ~1 min, not at TCP's 2 h.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+            tcp_user_timeout=self._statement_timeout_ms + 5000,
+        )
+        try:
+            # Our calls take milliseconds; one that hangs is a broken server, not a long job.
+            conn.execute(f"set statement_timeout = {self._statement_timeout_ms}")
+            version = conn.execute("select version from public.jobs_schema_version()").fetchone()
+        except psycopg.errors.UndefinedFunction:
+            conn.close()
+            raise StoreError(
+                f"{self._name} has no agent-supervisor schema: run agent-supervisor db apply --dsn …"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        if version is None or version[0] != SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"{self._name} has schema version {version[0] if version else '?'}; this "
+                f"agent-supervisor needs {SCHEMA_VERSION}: run agent-supervisor db apply --dsn …"
+            )
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self._listening = False
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _failed(self, exc: BaseException) -> None:
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            with self._lock:
+                self._drop()  # reconnect on the next attempt; the server rolled back
+
+    def _session_settings(self) -> dict[str, str]:
+        """Settings for the transaction of each call (none here; tests drive the clock)."""
+        return {}
+
+    def _send(self, fn: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        body = json.dumps(params, ensure_ascii=False, allow_nan=False)
+        statement = _STATEMENTS[fn]
+        with self._lock:
+            conn = self._connection()
+            settings = self._session_settings()
+            if settings:
+                with conn.transaction():
+                    for name, value in settings.items():
+                        conn.execute("select set_config(%s, %s, true)", (name, value))
+                    row = conn.execute(statement, (body,) if SIGNATURES[fn] else None).fetchone()
+            else:
+                row = conn.execute(statement, (body,) if SIGNATURES[fn] else None).fetchone()
+        rows = [] if row is None else row[0]
+        if not isinstance(rows, list):
+            raise StoreError(f"{self._name}: {fn} answered {type(rows).__name__}, not rows")
+        return rows
+
+    # -- hints and closing ---------------------------------------------------------------
+    def changed(self) -> bool:
+        """Own writes, or a NOTIFY from any writer (insert, cancel, retry, settle) since the
+        last call. Never blocks and never connects: while disconnected it reports own writes
+        only, and the supervisor falls back to polling every ``poll_s``."""
+        own = super().changed()
+        import psycopg
+
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                return own
+            try:
+                if not self._listening:
+                    conn.execute(f"listen {NOTIFY_CHANNEL}")
+                    self._listening = True
+                    return True  # what happened before we listened is unknown
+                heard = sum(1 for _ in conn.notifies(timeout=0))
+            except psycopg.Error:
+                self._drop()
+                return own
+        return own or heard > 0
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._drop()

@@ -1,0 +1,163 @@
+"""The Supabase job store: the SQL functions of ``bridge/sql/`` called as ``.rpc()`` through
+PostgREST by supabase-py. Selected by ``AGENT_SUPERVISOR_STORE=supabase`` with
+``AGENT_SUPERVISOR_SUPABASE_URL`` / ``SUPABASE_URL`` and ``AGENT_SUPERVISOR_SUPABASE_KEY`` /
+``SUPABASE_SERVICE_ROLE_KEY`` (the secret key: RLS is on and only service_role may call).
+
+One supabase client per store, built once, on an httpx client of our own:
+
+* explicit timeouts (connect 5 s, read 15 s): httpx's default of the supabase client is 120 s,
+  which would hold the supervisor's loop for two minutes on a dead connection;
+* HTTP/1.1 with keep-alive expiry (20 s) below the idle timeouts of Supabase's proxies:
+  long-lived idle HTTP/2 connections die with "Server disconnected" (supabase-py #1064);
+* postgrest-py's own retry off (``postgrest_client_retry=False``): it retries GET/HEAD only,
+  with hidden sleeps; tenacity in bridge/remote.py is the one retry layer, for every call.
+
+The key is a ``SecretStr``: it is unwrapped only to build the client, and never appears in a
+repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from bridge.remote import RetryPolicy, ServerError
+from bridge.remote_store import RemoteStore
+from supervisor.errors import ConfigError, StoreError
+from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
+
+if TYPE_CHECKING:
+    from supabase import Client
+
+__all__ = ["SupabaseStore", "default_http_client"]
+
+CONNECT_TIMEOUT_S: Final = 5.0
+READ_TIMEOUT_S: Final = 15.0
+KEEPALIVE_EXPIRY_S: Final = 20.0
+_MAX_RETRY_AFTER_S: Final = 60.0
+
+
+def default_http_client() -> httpx.Client:
+    """The httpx client the store uses unless one is injected (see the module docstring)."""
+    return httpx.Client(
+        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        limits=httpx.Limits(
+            max_connections=10, max_keepalive_connections=4, keepalive_expiry=KEEPALIVE_EXPIRY_S
+        ),
+        http2=False,
+        follow_redirects=False,  # a redirect would resend the key to wherever it points
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds of a ``Retry-After`` header (delta-seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), _MAX_RETRY_AFTER_S))
+
+
+class SupabaseStore(RemoteStore):
+    """A ``JobStore`` on a Supabase project that has the SQL of ``agent-supervisor db schema``.
+
+    ``http_client`` replaces the default client (tests route it to a fake server; the store
+    then leaves closing it to the caller). ``retry`` is the policy for transient failures.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: SecretStr,
+        *,
+        http_client: httpx.Client | None = None,
+        backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigError("supabase_url must be the project URL, e.g. https://<ref>.supabase.co")
+        if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+            raise ConfigError("supabase_url must use https (the secret key would travel in clear)")
+        if not isinstance(key, SecretStr) or not key.get_secret_value().strip():
+            raise ConfigError(
+                "supabase_key is missing: set AGENT_SUPERVISOR_SUPABASE_KEY or SUPABASE_SERVICE_ROLE_KEY"
+            )
+        super().__init__(name=f"Supabase store {parts.hostname}", backoff_cap_s=backoff_cap_s, retry=retry)
+        self._url = url.rstrip("/")
+        self._key = key
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else default_http_client()
+        # postgrest-py turns an error answer into APIError without its HTTP status or headers;
+        # a response hook keeps them (per thread: each call runs in its caller's thread).
+        self._last = threading.local()
+        self._http.event_hooks["response"] = [*self._http.event_hooks.get("response", []), self._remember]
+        self._client = self._build_client()
+        self._closed = False
+
+    def _build_client(self) -> Client:
+        from supabase import ClientOptions, create_client
+        from supabase.lib.client_options import SyncClientOptions
+
+        options: SyncClientOptions = ClientOptions(
+            httpx_client=self._http,
+            postgrest_client_retry=False,
+            auto_refresh_token=False,  # a service key has no session to refresh
+            persist_session=False,
+        )
+        try:
+            return create_client(self._url, self._key.get_secret_value(), options)
+        except Exception as exc:  # noqa: BLE001 - SupabaseException and friends; the key stays out
+            raise ConfigError(
+                f"cannot create the Supabase client for {self._name}: {type(exc).__name__}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"SupabaseStore(url={self._url!r})"
+
+    def _secrets(self) -> Iterable[str]:
+        return (self._key.get_secret_value(),)
+
+    def _remember(self, response: httpx.Response) -> None:
+        self._last.status = response.status_code
+        self._last.retry_after = _retry_after(response.headers.get("retry-after"))
+
+    def _send(self, fn: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        from postgrest import APIError
+
+        if self._closed:
+            raise StoreError(f"{self._name} is closed")
+        self._last.status = self._last.retry_after = None
+        try:
+            answer = self._client.rpc(fn, params).execute()
+        except APIError as exc:
+            raise ServerError(
+                exc.code,
+                exc.message or "",
+                status=getattr(self._last, "status", None),
+                retry_after=getattr(self._last, "retry_after", None),
+            ) from exc
+        rows = answer.data
+        if not isinstance(rows, list):
+            raise StoreError(f"{self._name}: {fn} answered {type(rows).__name__}, not rows")
+        return rows
+
+    def close(self) -> None:
+        """Close the HTTP connections (unless the client was injected). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_http:
+            self._http.close()

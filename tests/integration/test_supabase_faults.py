@@ -1,0 +1,168 @@
+"""A supervisor on the Supabase store when the network misbehaves. The real supabase-py client
+talks to postgrest-lite (tests/postgrest_lite.py) on a real PostgreSQL through a respx router
+that injects faults: connection resets, timeouts before the server saw the request, 503 pages,
+answers lost after the commit, and a whole outage. Agents' side effects count their runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import respx
+from pydantic import SecretStr
+
+from bridge.postgres_store import PostgresStore
+from bridge.remote import RetryPolicy
+from bridge.supabase_store import SupabaseStore
+from supervisor.lifecycle import LIVE, JobSpec, Status
+from supervisor.runner import Supervisor
+from supervisor.settings import load_settings
+from tests.postgrest_lite import SERVICE_KEY, URL, Faults, PostgrestLite, routed_client
+from tests.support import kill_tagged, wait_until
+
+pytestmark = pytest.mark.postgres
+
+# Appends one line per run to a file named after the job, after sleeping $1 seconds.
+AGENT = 'sleep "$1"; echo "$AGENT_SUPERVISOR_ATTEMPT" >> "$0/$AGENT_SUPERVISOR_JOB_ID"'
+FAST_RETRIES = RetryPolicy(attempts=6, total_s=5.0, multiplier=0.01, max_wait_s=0.05)
+
+
+@dataclass
+class World:
+    faults: Faults
+    route: respx.Route
+    store: SupabaseStore
+    check: PostgresStore  # a direct, fault-free view of the same database
+    runs: Path
+
+
+@pytest.fixture
+def world(pg_dsn: str, tmp_path: Path) -> Iterator[World]:
+    lite = PostgrestLite(pg_dsn)
+    faults = Faults(lite)
+    http, route = routed_client(faults.handle)
+    store = SupabaseStore(URL, SecretStr(SERVICE_KEY), http_client=http, retry=FAST_RETRIES)
+    check = PostgresStore(pg_dsn)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    try:
+        yield World(faults, route, store, check, runs)
+    finally:
+        for thing in (store, http, lite, check):
+            thing.close()
+        kill_tagged(tmp_path)
+
+
+def supervisor(world: World, tmp_path: Path, sleep_s: float, **overrides: Any) -> Supervisor:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        kinds={"work": {"argv": ["sh", "-c", AGENT, str(world.runs), str(sleep_s)]}},
+        **{
+            "concurrency": 4,
+            "heartbeat_s": 0.5,
+            "lease_s": 30,
+            "poll_s": 0.1,
+            "wake_poll_s": 0.02,
+            **overrides,
+        },
+    )
+    return Supervisor(settings, world.store, install_signal_handlers=False)
+
+
+def assert_each_ran_once_and_settled_once(world: World, ids: list[int]) -> None:
+    """Every job completed; its agent ran once; each attempt was claimed and settled once."""
+    runs = {int(p.name): p.read_text().split() for p in world.runs.iterdir()}
+    assert sorted(runs) == sorted(ids)
+    assert all(len(lines) == 1 for lines in runs.values()), {k: v for k, v in runs.items() if len(v) > 1}
+    for job_id in ids:
+        job = world.check.get(job_id)
+        assert job.status is Status.COMPLETED, job
+        events = world.check.events(job_id)
+        claims = [e for e in events if e.to_status is Status.PREPARING]
+        settles = [e for e in events if e.from_status in LIVE and e.to_status not in LIVE]
+        assert len(claims) == len(settles) == job.attempt == 1, events
+
+
+def test_thirty_percent_faults_lose_and_duplicate_nothing(world: World, tmp_path: Path) -> None:
+    """With 30 % of requests failing (resets, timeouts, 503s, answers lost after commit), a
+    run of 200 jobs ends with every job completed, each agent run once, and each attempt's
+    outcome recorded exactly once: retries and replays never write twice."""
+    ids = world.store.enqueue([JobSpec(kind="work") for _ in range(200)])
+    world.faults.rate = 0.3
+    sup = supervisor(world, tmp_path, 0)
+    thread = sup.start(until_idle=True)
+    try:
+        thread.join(timeout=100)
+        assert not thread.is_alive(), "the run did not finish"
+    finally:
+        sup.stop(drain=False, timeout=10)
+    world.faults.rate = 0.0
+    assert sup.outbox_depth == 0
+    assert_each_ran_once_and_settled_once(world, ids)
+    injected = world.faults.injected
+    assert all(injected.get(kind, 0) >= 10 for kind in ("reset", "timeout", "503", "lost_answer")), injected
+    requests = world.route.call_count
+    print(f"\n200 jobs, 30 % faults: {requests} requests, {sum(injected.values())} faults {injected}")
+
+
+def test_heartbeats_of_five_agents_cost_one_request_per_interval(world: World, tmp_path: Path) -> None:
+    """With 5 agents running and heartbeat_s = 0.5, two seconds bring about 4 heartbeat
+    requests (not 20), each carrying all 5 jobs."""
+    ids = world.store.enqueue([JobSpec(kind="work") for _ in range(5)])
+    sup = supervisor(world, tmp_path, 30, concurrency=5)
+    thread = sup.start()
+    try:
+        wait_until(lambda: all(world.check.get(i).status is Status.RUNNING for i in ids), 15)
+        time.sleep(0.6)  # the early beats that follow our own writes are over
+        before = len(world.route.calls)
+        time.sleep(2.0)
+        window = list(world.route.calls)[before:]
+    finally:
+        sup.stop(drain=False, timeout=10)
+        thread.join(timeout=10)
+    beats = [
+        json.loads(c.request.content) for c in window if c.request.url.path.endswith("/rpc/jobs_heartbeat")
+    ]
+    assert 3 <= len(beats) <= 6, len(beats)
+    assert all(sorted(b["p_ids"]) == sorted(ids) for b in beats)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_one_minute_outage_loses_nothing_and_the_outbox_drains(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store refuses every connection for 60 s mid-run: the supervisor stays up, claims
+    nothing, keeps the outcomes of agents that end meanwhile in its outbox, and replays them
+    once the store is back (drained within 35 s); every job then completes exactly once."""
+    caplog.set_level(logging.ERROR)
+    ids = world.store.enqueue([JobSpec(kind="work") for _ in range(40)])
+    sup = supervisor(world, tmp_path, 1.0)
+    thread = sup.start(until_idle=True)
+    try:
+        wait_until(lambda: world.check.counts().by_status[Status.COMPLETED] >= 8, 30)
+        world.faults.outage = True
+        down_at = time.monotonic()
+        wait_until(lambda: sup.outbox_depth > 0, 10, message="an outcome in the outbox")
+        claimed_before = world.check.counts()
+        time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
+        assert thread.is_alive(), "the supervisor died during the outage"
+        assert world.check.counts().by_status == claimed_before.by_status, "the store changed while down"
+        depth = sup.outbox_depth
+        world.faults.outage = False
+        up_at = time.monotonic()
+        wait_until(lambda: sup.outbox_depth == 0, 35, interval=0.1, message="the outbox to drain")
+        drained = time.monotonic() - up_at
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the run did not finish after the outage"
+    finally:
+        world.faults.outage = False
+        sup.stop(drain=False, timeout=10)
+    assert_each_ran_once_and_settled_once(world, ids)
+    print(f"\n60 s outage: {depth} outcomes in the outbox, drained {drained:.1f} s after the store came back")
