@@ -307,19 +307,7 @@ def spec_json(spec: JobSpec) -> dict[str, Any]:
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
     """The ``p_outcome`` argument of jobs_finish, cleaned for Postgres."""
-    cleaned: dict[str, Any] = clean(
-        {
-            "error_kind": None if outcome.error_kind is None else outcome.error_kind.value,
-            "error": outcome.error,
-            "exit_code": outcome.exit_code,
-            "signal": outcome.signal,
-            "result": outcome.result,
-            "output_tail": outcome.output_tail,
-            "decided_by": outcome.decided_by.value,
-            "facts": dict(outcome.facts),
-            "forgive": outcome.forgive,
-        }
-    )
+    cleaned: dict[str, Any] = clean(outcome.to_json())
     return cleaned
 
 

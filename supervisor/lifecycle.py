@@ -381,6 +381,35 @@ class Outcome:
     """The attempt was interrupted through no fault of the job (supervisor shutdown): it does
     not count against ``max_attempts`` and is retried at once."""
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (the outbox's lines, the remote stores' finish argument)."""
+        return {
+            "error_kind": self.error_kind.value if self.error_kind else None,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "result": self.result,
+            "output_tail": self.output_tail,
+            "decided_by": self.decided_by.value,
+            "facts": dict(self.facts),
+            "forgive": self.forgive,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Outcome:
+        kind = data.get("error_kind")
+        return cls(
+            error_kind=ErrorKind(kind) if kind else None,
+            error=data.get("error"),
+            exit_code=data.get("exit_code"),
+            signal=data.get("signal"),
+            result=data.get("result"),
+            output_tail=data.get("output_tail"),
+            decided_by=DecidedBy(data.get("decided_by", DecidedBy.EXIT.value)),
+            facts=dict(data.get("facts") or {}),
+            forgive=bool(data.get("forgive")),
+        )
+
 
 def transition(
     job: Job,

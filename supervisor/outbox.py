@@ -16,14 +16,12 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from supervisor.datadir import fsync_dir
 from supervisor.errors import StateFileError
-from supervisor.lifecycle import DecidedBy, ErrorKind, Outcome
+from supervisor.lifecycle import Outcome
 
 __all__ = ["Outbox", "OutboxEntry", "outbox_depth"]
 
@@ -40,35 +38,6 @@ class OutboxEntry:
     outcome: Outcome
 
 
-def _outcome_json(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "error_kind": outcome.error_kind.value if outcome.error_kind else None,
-        "error": outcome.error,
-        "exit_code": outcome.exit_code,
-        "signal": outcome.signal,
-        "result": outcome.result,
-        "output_tail": outcome.output_tail,
-        "decided_by": outcome.decided_by.value,
-        "facts": dict(outcome.facts),
-        "forgive": outcome.forgive,
-    }
-
-
-def _outcome_from(data: Mapping[str, Any]) -> Outcome:
-    kind = data.get("error_kind")
-    return Outcome(
-        error_kind=ErrorKind(kind) if kind else None,
-        error=data.get("error"),
-        exit_code=data.get("exit_code"),
-        signal=data.get("signal"),
-        result=data.get("result"),
-        output_tail=data.get("output_tail"),
-        decided_by=DecidedBy(data.get("decided_by", DecidedBy.EXIT.value)),
-        facts=dict(data.get("facts") or {}),
-        forgive=bool(data.get("forgive")),
-    )
-
-
 def _encode(entry: OutboxEntry) -> bytes:
     body = json.dumps(
         {
@@ -76,7 +45,7 @@ def _encode(entry: OutboxEntry) -> bytes:
             "job_id": entry.job_id,
             "worker": entry.worker,
             "attempt": entry.attempt,
-            "outcome": _outcome_json(entry.outcome),
+            "outcome": entry.outcome.to_json(),
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -92,7 +61,7 @@ def _decode(line: bytes) -> OutboxEntry | None:
             return None
         data = json.loads(body)
         return OutboxEntry(
-            int(data["job_id"]), str(data["worker"]), int(data["attempt"]), _outcome_from(data["outcome"])
+            int(data["job_id"]), str(data["worker"]), int(data["attempt"]), Outcome.from_json(data["outcome"])
         )
     except (ValueError, KeyError, TypeError):
         return None

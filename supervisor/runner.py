@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import random
 import secrets
 import signal
@@ -23,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -49,6 +48,7 @@ from supervisor.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from supervisor.events import JobChange, Subscription
 from supervisor.lifecycle import LIVE, DecidedBy, ErrorKind, Job, JobSpec, Outcome, Status
 from supervisor.limits import enforcement as limits_enforcement
 from supervisor.outbox import Outbox, OutboxEntry
@@ -79,80 +79,6 @@ _SAMPLE_S: Final = 1.0
 _STATUS_MIN_S: Final = 1.0
 _STATUS_EVERY_S: Final = 5.0
 _WORKER_ID_FILE: Final = "worker-id"
-
-
-@dataclass(frozen=True, slots=True)
-class JobChange:
-    """A job state change this supervisor caused, for a host's UI (``on_change``)."""
-
-    job_id: int
-    from_status: Status | None
-    to_status: Status
-    reason: str
-    attempt: int
-    progress: Any = None
-
-
-class Subscription:
-    """A stream of ``JobChange``s from ``Supervisor.subscribe()``.
-
-    Iterate it (blocking) in a thread, or ``async for`` it when it was made with an asyncio
-    loop. A slow reader loses the oldest changes, never blocks the supervisor.
-    """
-
-    def __init__(self, owner: Supervisor, maxsize: int, loop: asyncio.AbstractEventLoop | None) -> None:
-        self._owner = owner
-        self._queue: queue.Queue[JobChange | None] = queue.Queue(maxsize)
-        self._loop = loop
-        self._aqueue: asyncio.Queue[JobChange | None] | None = None
-        if loop is not None:
-            import asyncio
-
-            self._aqueue = asyncio.Queue(maxsize)
-
-    def _put(self, change: JobChange | None) -> None:
-        if self._loop is not None and self._aqueue is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
-                self._loop.call_soon_threadsafe(self._aput, change)
-            return
-        with contextlib.suppress(queue.Full):
-            if self._queue.full():
-                self._queue.get_nowait()
-            self._queue.put_nowait(change)
-
-    def _aput(self, change: JobChange | None) -> None:
-        assert self._aqueue is not None
-        if self._aqueue.full():
-            self._aqueue.get_nowait()
-        self._aqueue.put_nowait(change)
-
-    def get(self, timeout: float | None = None) -> JobChange | None:
-        """The next change, or None on timeout or after ``close()``."""
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def __iter__(self) -> Iterator[JobChange]:
-        while (change := self._queue.get()) is not None:
-            yield change
-
-    def __aiter__(self) -> Subscription:
-        if self._aqueue is None:
-            raise TypeError("subscribe(loop=...) to iterate asynchronously")
-        return self
-
-    async def __anext__(self) -> JobChange:
-        assert self._aqueue is not None
-        change = await self._aqueue.get()
-        if change is None:
-            raise StopAsyncIteration
-        return change
-
-    def close(self) -> None:
-        """Stop receiving; a blocked iteration ends."""
-        self._owner._subscriptions.discard(self)
-        self._put(None)
 
 
 class Supervisor:
@@ -332,7 +258,7 @@ class Supervisor:
         self, *, maxsize: int = 1000, loop: asyncio.AbstractEventLoop | None = None
     ) -> Subscription:
         """A stream of the job changes this supervisor causes (see ``Subscription``)."""
-        sub = Subscription(self, maxsize, loop)
+        sub = Subscription(self._subscriptions.discard, maxsize, loop)
         self._subscriptions.add(sub)
         return sub
 
@@ -1021,7 +947,7 @@ class Supervisor:
     def _emit(self, job: Job, before: Status | None, reason: str) -> None:
         change = JobChange(job.id, before, job.status, reason, job.attempt, job.progress)
         for sub in list(self._subscriptions):
-            sub._put(change)
+            sub.put(change)
         if self._on_change is None:
             return
         try:
