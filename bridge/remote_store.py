@@ -8,6 +8,7 @@ error translation of ``bridge/remote.py``, and converts rows with its functions.
 
 from __future__ import annotations
 
+import abc
 import builtins
 import logging
 import threading
@@ -51,7 +52,7 @@ class _Tries:
     n = 0
 
 
-class RemoteStore:
+class RemoteStore(abc.ABC):
     """``JobStore`` over the SQL functions; subclasses provide the transport (``_send``)."""
 
     shared = True  # anyone with access to the project can insert jobs
@@ -69,11 +70,11 @@ class RemoteStore:
         self._unanswered_claims: dict[str, str] = {}  # worker -> claim id to replay
 
     # -- the transport (subclasses) ------------------------------------------------------
+    @abc.abstractmethod
     def _send(self, fn: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Call ``public.<fn>`` with named JSON arguments; the rows as JSON objects."""
-        raise NotImplementedError
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:  # noqa: B027 - a hook; doing nothing is right
         """Called after every failed ``_send`` (a subclass drops a broken connection)."""
 
     def _secrets(self) -> Iterable[str]:
@@ -341,5 +342,5 @@ class RemoteStore:
             seen, self._seen_writes = self._seen_writes, self._writes
             return seen != self._writes
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a transport without resources needs no close
         """Release the transport. Idempotent."""
