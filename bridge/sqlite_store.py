@@ -67,23 +67,19 @@ _ENUMS: Final = {"status": Status, "cancel_requested": CancelMode, "error_kind":
 # ('preparing', 'running')"): SQLite uses a partial index only when the query's WHERE contains
 # the index's terms (https://sqlite.org/partialindex.html).
 _CLAIM: Final = """
-select * from (
-    select *, row_number() over (
-        partition by concurrency_key order by priority desc, created_at, id) as key_rank
-    from jobs
-    where status = 'pending' and run_after <= :now
-      and (:kinds is null or kind in (select value from json_each(:kinds)))
-      and (kind is null or kind not in (select value from json_each(:exclude)))
-      and (concurrency_key is null or concurrency_key not in (
-          select concurrency_key from jobs
-          where status in ('preparing', 'running') and concurrency_key is not null))
-)
-where concurrency_key is null or key_rank = 1
+select * from jobs
+where status = 'pending' and run_after <= :now
+  and (:kinds is null or kind in (select value from json_each(:kinds)))
+  and (kind is null or kind not in (select value from json_each(:exclude)))
+  and (concurrency_key is null or concurrency_key not in (
+      select concurrency_key from jobs
+      where status in ('preparing', 'running') and concurrency_key is not null))
 order by priority desc, created_at, id
-limit :limit
 """
-"""Pending jobs in claim order, keys held by live jobs skipped, at most one job per key: the
-first of each key in claim order, which is exactly what a greedy walk of the queue takes."""
+"""Pending jobs in claim order (a walk of the jobs_claim index), keys held by live jobs skipped.
+The caller stops after ``limit`` and skips a key it already took in this claim: a window
+function doing the same sorted every pending row on every claim (24 ms at 10,000 pending,
+against 0.02 ms for the walk)."""
 
 # sqlite3 primary result codes (https://sqlite.org/rescode.html), the table of _translate.
 _BUSY: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
@@ -329,10 +325,30 @@ class SQLiteStore:
             if limit <= 0 or (kinds is not None and not kinds):
                 return []
             wanted = None if kinds is None else json.dumps(list(kinds))
-            limit = min(limit, 1 << 62)  # sqlite integers are 64-bit
-            params = {"now": now, "limit": limit, "kinds": wanted, "exclude": json.dumps(list(exclude_kinds))}
-            ready = self._fetch(db, _CLAIM, params)
+            params = {"now": now, "kinds": wanted, "exclude": json.dumps(list(exclude_kinds))}
+            ready = self._walk_claimable(db, params, limit)
             return [self._put(db, *lc.claim(job, worker=worker, now=now, lease_s=lease_s)) for job in ready]
+
+    def _walk_claimable(self, db: sqlite3.Connection, params: dict[str, Any], limit: int) -> list[Job]:
+        """The first ``limit`` claimable jobs, at most one per concurrency key."""
+        cursor = db.execute(_CLAIM, params)
+        taken: list[Job] = []
+        keys: set[str] = set()
+        try:
+            while len(taken) < limit and (rows := cursor.fetchmany(max(limit * 2, 16))):
+                for job in map(_job_from_row, rows):
+                    if job.concurrency_key is not None:
+                        if job.concurrency_key in keys:
+                            continue
+                        keys.add(job.concurrency_key)
+                    taken.append(job)
+                    if len(taken) == limit:
+                        break
+        except (ValueError, TypeError, IndexError) as exc:
+            raise StoreError(f"SQLite store {self._path} holds a corrupt job row: {exc}") from exc
+        finally:
+            cursor.close()
+        return taken
 
     def mark_running(
         self, job_id: int, worker: str, attempt: int, pid: int, facts: dict[str, Any] | None = None

@@ -32,6 +32,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,6 +53,10 @@ __all__ = [
     "user_tasks",
     "wrapper_script",
 ]
+
+_SWEEP_EVERY_S: Final = 60.0
+"""How often a spawn also looks for empty cgroups that dead supervisors left behind."""
+_last_sweep = float("-inf")
 
 MIB: Final = 1 << 20
 _EXIT_TAIL: Final = '"$@"; rc=$?; printf %s "$rc" > "$AGENT_SUPERVISOR_EXIT_FILE"; exit "$rc"'
@@ -183,10 +188,13 @@ class Setup:
 
         Also sweeps: cgroups that were busy at ``close`` and empty ones this worker left behind.
         """
+        global _last_sweep
         enf = enf or current()
         cgroup = None
         if enf.bases():
-            sweep(enf, worker)
+            if time.monotonic() - _last_sweep > _SWEEP_EVERY_S:  # listing every cgroup: not per spawn
+                _last_sweep = time.monotonic()
+                sweep(enf, worker)
             name = agent_name(job_id, attempt, worker)
             # a partial failure (one hierarchy refused) shows as that limit's fallback in describe()
             cgroup, _ = AgentCgroup.create(enf, name, limits.memory_max_bytes, limits.pids_max)

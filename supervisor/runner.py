@@ -136,6 +136,7 @@ class Supervisor:
         self._next_claim = 0.0
         self._next_reap = 0.0
         self._next_stray_scan = 0.0
+        self._ended_since_scan = False
         self._store_down_until = 0.0
         self._outbox_fails = 0
         self._next_outbox_try = 0.0
@@ -752,7 +753,7 @@ class Supervisor:
             attempt.proc.close()
             del self._agents[attempt.job.id]
             self._state_dirty = True
-            self._next_stray_scan = 0.0  # look for its setsid escapees soon
+            self._ended_since_scan = True  # look for its setsid escapees at the next scan
             if attempt.peak_rss_bytes:
                 self._observed.append(
                     (attempt.peak_rss_bytes, attempt.cpu_percent_sum / max(1, attempt.samples))
@@ -765,8 +766,9 @@ class Supervisor:
         by their env tag; as a subreaper, also reap those re-parented to us."""
         if self._subreaper:
             procs.reap_orphans({a.proc.pid for a in self._agents.values()})
-        if now < self._next_stray_scan:
-            return
+        if not self._ended_since_scan or now < self._next_stray_scan:
+            return  # a scan reads every process's environment: only after an attempt ended
+        self._ended_since_scan = False
         self._next_stray_scan = now + _STRAY_SCAN_S
         live = {(a.job.id, a.job.attempt) for a in self._agents.values()}
         for t in procs.scan_tagged(self.worker_id):
