@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.compose import build_supervisor  # noqa: E402 - after the sys.path line above
-from supervisor import JobSpec, Settings  # noqa: E402
+from bridge.compose import build_supervisor
+from supervisor import JobSpec, Settings
 
 
 def main() -> int:

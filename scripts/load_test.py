@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.sqlite_store import SQLiteStore  # noqa: E402
-from supervisor.lifecycle import JobSpec, Status  # noqa: E402
-from supervisor.runner import Supervisor  # noqa: E402
-from supervisor.settings import Settings  # noqa: E402
+from bridge.sqlite_store import SQLiteStore
+from supervisor.lifecycle import JobSpec, Status
+from supervisor.runner import Supervisor
+from supervisor.settings import Settings
 
 AGENT = 'echo "start $1 $2 $(date +%s.%N)" >> "$0"; sleep 0.01; echo "end $1 $2 $(date +%s.%N)" >> "$0"'
 
