@@ -588,8 +588,7 @@ class Supervisor:
                 exclude_kinds=gate.exclude_kinds,
             )
         except StoreUnavailableError as exc:
-            log.warning("store unavailable, not claiming for %.0f s: %s", self.settings.heartbeat_s, exc)
-            self._store_down_until = now + self.settings.heartbeat_s
+            self._store_down(exc)
             return
         if jobs:
             self._last_start = now
@@ -851,7 +850,15 @@ class Supervisor:
     def _record(
         self, job_id: int, worker: str, attempt: int, outcome: Outcome, *, before: Status | None
     ) -> None:
-        """Write an attempt's outcome, fenced; into the durable outbox if the store is down."""
+        """Write an attempt's outcome, fenced; into the durable outbox if the store is down.
+
+        While the store is known to be down (or older outcomes still wait in the outbox) the
+        outcome goes straight to the outbox: each call to a dead store spends its whole retry
+        budget, during which this thread could not enforce any other agent's deadline.
+        """
+        if self.outbox_depth or self._clock() < self._store_down_until:
+            self._keep(OutboxEntry(job_id, worker, attempt, outcome))
+            return
         try:
             new = self.store.finish(job_id, worker, attempt, outcome)
         except LeaseLostError as exc:
@@ -859,6 +866,7 @@ class Supervisor:
             return
         except StoreUnavailableError as exc:
             log.warning("job %d: store unavailable, outcome kept in the outbox: %s", job_id, exc)
+            self._store_down(exc)
             self._keep(OutboxEntry(job_id, worker, attempt, outcome))
             return
         reason = new.error or str(new.status)
@@ -868,6 +876,13 @@ class Supervisor:
                 f"({new.attempts_used} of {new.max_attempts} attempts used)"
             )
         self._emit(new, before, reason)
+
+    def _store_down(self, exc: StoreUnavailableError) -> None:
+        """The store did not answer through its retries: claim nothing and send outcomes to
+        the outbox for a heartbeat interval (the next heartbeat or replay probes it again)."""
+        if self._clock() >= self._store_down_until:
+            log.warning("store unavailable; no new work for %.0f s: %s", self.settings.heartbeat_s, exc)
+        self._store_down_until = self._clock() + self.settings.heartbeat_s
 
     def _keep(self, entry: OutboxEntry) -> None:
         assert self._outbox is not None
@@ -929,6 +944,8 @@ class Supervisor:
             # Agents stay under their local deadlines; the lease may lapse and another
             # supervisor may take the job, which the next successful beat reports as lost.
             log.warning("heartbeat failed: %s", exc)
+            if isinstance(exc, StoreUnavailableError):
+                self._store_down(exc)
             return
         for reply in replies:
             attempt = self._agents.get(reply.job_id)
