@@ -371,7 +371,7 @@ class Supervisor:
                 log.warning(
                     "reconcile: killed stray process %d (job %s attempt %s)", t.pid, t.job_id, t.attempt
                 )
-        self._save_state()
+        self._save_state(durable=True)  # once per start: a new worker id or boot must stick
         return decisions
 
     def _carry_out(
@@ -957,7 +957,7 @@ class Supervisor:
                 attempt.lease_lost = True
 
     # -- state file ----------------------------------------------------------------------
-    def _save_state(self) -> None:
+    def _save_state(self, *, durable: bool = False) -> None:
         assert self._statefile is not None
         state = State(
             format="agent-supervisor/running-agents",
@@ -968,7 +968,7 @@ class Supervisor:
             agents=[a.entry for a in self._agents.values()],
         )
         try:
-            self._statefile.save(state)
+            self._statefile.save(state, durable=durable)
             self._state_dirty = False
         except StateFileError as exc:  # keep running: the agents stay supervised in memory
             log.error("could not save the state file: %s", exc)

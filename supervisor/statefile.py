@@ -242,11 +242,16 @@ class StateFile:
         with self._locked():
             return self._load()
 
-    def save(self, state: State) -> None:
+    def save(self, state: State, *, durable: bool = True) -> None:
         """Replace the file with ``state`` atomically; ``StateFileError`` if that fails (the
-        previous file is then left as it was, unless only the final dir fsync failed)."""
+        previous file is then left as it was, unless only the final dir fsync failed).
+
+        ``durable=False`` skips the two fsyncs: the rename stays atomic against a crash of
+        this process, and only an OS crash or power cut could lose the write — which also
+        kills every agent the file describes; a torn or stale file is caught by the checksum
+        and rebuilt from the store and a process scan."""
         with self._locked():
-            self._save(state)
+            self._save(state, durable=durable)
 
     def update(self, fn: Callable[[State], State], *, initial: State | None = None) -> State:
         """Load, apply ``fn``, save, all under one lock; returns the saved state.
@@ -304,7 +309,7 @@ class StateFile:
             return target
         raise FileExistsError(f"too many quarantined files named running-agents.{stamp}.*")
 
-    def _save(self, state: State) -> None:
+    def _save(self, state: State, *, durable: bool = True) -> None:
         data = _encode(state)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         fd: int | None = None
@@ -313,14 +318,15 @@ class StateFile:
             view = memoryview(data)
             while view:  # os.write may write less than asked (signals, some file systems)
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             # Forget the fd before closing: close() frees it even when it reports EIO, and a
             # second close could hit a descriptor another thread has opened since.
             closing, fd = fd, None
             os.close(closing)
             os.replace(tmp, self.path)
-            # Without this a power cut can undo the rename on ext4/xfs (ALICE, OSDI'14).
-            fsync_dir(self.path.parent)
+            if durable:  # without this a power cut can undo the rename on ext4/xfs (ALICE, OSDI'14)
+                fsync_dir(self.path.parent)
         except OSError as exc:
             if fd is not None:
                 with contextlib.suppress(OSError):
