@@ -3,7 +3,7 @@ real ``supervisor.runner.Supervisor``, as a ratio to a bare claim → spawn → 
 same ``SQLiteStore`` API measured in the same run (issue 2, "Speed": goal ratio >= 0.5).
 
     python scripts/bench_throughput.py [--jobs 1000] [--runs 5] [--no-profile]
-                                       [--background-procs N] [--what-if]
+                                       [--background-procs N]
 
 Each run takes a fresh temp dir and a fresh store for each contender, and the contenders
 alternate (bare, supervisor, bare, ...) so that drift of the machine hits both alike. Figures
@@ -19,9 +19,7 @@ Then one instrumented run (wall time per engine operation, low overhead) and one
 (top 15 by cumulative time; profiling slows it down, so read it as shares, not speed).
 
 ``--background-procs N`` first starts N idle ``sleep`` processes of this user (a desktop's
-process table): costs that grow with the number of processes show up. ``--what-if`` also
-measures proposed engine fixes, patched into this process only; they are not settings a user
-has, and the headline figures never use them.
+process table): costs that grow with the number of processes show up.
 
 Own CPU (this process's user + system time per job, agents excluded) is printed next to jobs/s:
 it is less sensitive than wall time to other load on a shared machine.
@@ -30,7 +28,6 @@ it is less sensitive than wall time to other load on a shared machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import os
@@ -40,7 +37,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,129 +257,6 @@ def _probes() -> list[tuple[Any, str, str]]:
     ]
 
 
-# ---------------------------------------------------------------- what-if (--what-if)
-# NOT settings a user has: each patches the engine in this process only, to put a number on a
-# fix proposed in the report. The headline figures never use them.
-
-_FAST_CLAIM = """
-select * from jobs
-where status = 'pending' and run_after <= :now
-  and (:kinds is null or kind in (select value from json_each(:kinds)))
-  and (kind is null or kind not in (select value from json_each(:exclude)))
-  and (concurrency_key is null or concurrency_key not in (
-      select concurrency_key from jobs
-      where status in ('preparing', 'running') and concurrency_key is not null))
-order by priority desc, created_at, id
-limit :limit
-"""
-"""The claim without its window function: walks the jobs_claim index and stops at the limit.
-The same jobs as the shipped query when no two pending jobs share a concurrency_key (true
-here); a real fix would keep one job per key by a greedy walk in Python over this cursor."""
-
-
-class _NoFsyncOs:
-    """``os`` for statefile/datadir with fsync a no-op (atomic rename kept)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    @staticmethod
-    def fsync(fd: int) -> None:
-        return None
-
-
-@contextlib.contextmanager
-def _patched(what: frozenset[str]) -> Iterator[None]:
-    import bridge.sqlite_store as sqlite_mod
-    import supervisor.datadir as datadir_mod
-    import supervisor.statefile as statefile_mod
-
-    undo: list[Callable[[], None]] = []
-
-    def put(module: Any, name: str, value: Any) -> None:
-        old = getattr(module, name)
-        setattr(module, name, value)
-        undo.append(lambda: setattr(module, name, old))
-
-    if "no-statefile-fsync" in what:
-        put(statefile_mod, "os", _NoFsyncOs())
-        put(datadir_mod, "os", _NoFsyncOs())
-    if "fast-claim" in what:
-        put(sqlite_mod, "_CLAIM", _FAST_CLAIM)
-    if "stray-scan-1/s" in what:
-        real = procs.scan_tagged
-        last = [-1e9]
-
-        def rate_limited(*args: Any, **kwargs: Any) -> Any:
-            now = time.monotonic()
-            if now - last[0] < 1.0:
-                return []
-            last[0] = now
-            return real(*args, **kwargs)
-
-        put(procs, "scan_tagged", rate_limited)
-    limits_mod = _optional("supervisor.limits")
-    if "cgroup-sweep-1/s" in what and limits_mod is not None and hasattr(limits_mod, "sweep"):
-        real_sweep = limits_mod.sweep
-        last_sweep = [-1e9]
-
-        def sweep_rate_limited(*args: Any, **kwargs: Any) -> Any:
-            now = time.monotonic()
-            if now - last_sweep[0] < 1.0:
-                return 0
-            last_sweep[0] = now
-            return real_sweep(*args, **kwargs)
-
-        put(limits_mod, "sweep", sweep_rate_limited)
-    try:
-        yield
-    finally:
-        for u in reversed(undo):
-            u()
-
-
-_WHAT_IFS: list[tuple[str, frozenset[str]]] = [
-    ("as shipped", frozenset()),
-    ("state file: no fsync", frozenset({"no-statefile-fsync"})),
-    ("claim: no window function", frozenset({"fast-claim"})),
-    ("stray scan: at most 1/s", frozenset({"stray-scan-1/s"})),
-    ("cgroup sweep: at most 1/s", frozenset({"cgroup-sweep-1/s"})),
-    ("all four", frozenset({"no-statefile-fsync", "fast-claim", "stray-scan-1/s", "cgroup-sweep-1/s"})),
-    ("all but the claim fix", frozenset({"no-statefile-fsync", "stray-scan-1/s", "cgroup-sweep-1/s"})),
-]
-
-
-def what_if(root: Path, n: int, runs: int) -> list[dict[str, Any]]:
-    """Every variant once per round, rounds repeated: noise from the machine hits all alike."""
-    tb: dict[str, list[float]] = defaultdict(list)
-    ts: dict[str, list[float]] = defaultdict(list)
-    for i in range(runs):
-        for k, (name, patches) in enumerate(_WHAT_IFS):
-            tmp = root / f"whatif-{k}-{i}"
-            tmp.mkdir()
-            settings = _settings(tmp, tmp / "unused.sqlite3")
-            with _patched(patches):
-                tb[name].append(bare_loop(tmp, n, settings))
-                ts[name].append(supervised(tmp, n))
-            shutil.rmtree(tmp, ignore_errors=True)
-        print(f"  what-if round {i + 1}/{runs} done", flush=True)
-    out = []
-    rows = []
-    for name, _ in _WHAT_IFS:
-        bare, sup = n / bc.median(tb[name]), n / bc.median(ts[name])
-        out.append(
-            {
-                "what_if": name,
-                "bare_jobs_per_s": round(bare, 1),
-                "supervisor_jobs_per_s": round(sup, 1),
-                "ratio": round(sup / bare, 3),
-            }
-        )
-        rows.append((name, bare, sup, sup / bare))
-    print(bc.table(["variant (NOT user settings)", "bare jobs/s", "supervisor jobs/s", "ratio"], rows))
-    return out
-
-
 def instrumented_run(tmp: Path, n: int) -> tuple[float, list[tuple[str, int, float, float]]]:
     timers = _Timers()
     probes = [p for p in _probes() if p[0] is not None and timers.wrap(*p)]
@@ -421,11 +295,6 @@ def main() -> int:
         default=0,
         help="start N idle `sleep` processes first (a desktop has hundreds): costs that scale with "
         "the process table show up",
-    )
-    ap.add_argument(
-        "--what-if",
-        action="store_true",
-        help="also measure proposed engine fixes, patched in this process only (not user settings)",
     )
     args = ap.parse_args()
     n = args.jobs
@@ -525,11 +394,6 @@ def main() -> int:
                 f"top {args.top} by cumulative time:"
             )
             print(text.strip())
-        whatifs: list[dict[str, Any]] = []
-        if args.what_if:
-            print()
-            print(f"what-if (engine patched in-process to size proposed fixes; median of {args.runs} runs):")
-            whatifs = what_if(root, n, args.runs)
     finally:
         for proc in background:
             proc.kill()
@@ -559,7 +423,6 @@ def main() -> int:
             "own_cpu_ms_per_job": {k: round(1e3 * bc.median(v) / n, 3) for k, v in cpu.items()},
             "per_run_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
             "breakdown_ms_per_job": breakdown,
-            "what_if": whatifs,
         }
     )
     return 0

@@ -23,6 +23,7 @@ from supervisor import procs
 from supervisor.errors import SpawnError
 from supervisor.logcap import LogCap
 from supervisor.procs import AgentProcess
+from tests import support
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux process semantics are tested here")
 
@@ -31,12 +32,8 @@ PY = sys.executable
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:
-    """Poll ``predicate`` every 10 ms until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    """tests.support.wait_until, keeping this file's positional ``what``."""
+    support.wait_until(predicate, timeout, interval=0.01, message=what)
 
 
 def gone(pid: int, identity: str | None) -> bool:

@@ -16,17 +16,14 @@ import pytest
 from supervisor import procs, proctable
 from supervisor.logcap import LogCap
 from supervisor.procs import ExitStatus
+from tests import support
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the Linux branches are tested here")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:
-    """Poll ``predicate`` every 10 ms until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    """tests.support.wait_until, keeping this file's positional ``what``."""
+    support.wait_until(predicate, timeout, interval=0.01, message=what)
 
 
 def _stat_line(comm: bytes) -> bytes:
