@@ -21,21 +21,22 @@ not JSON, of another format or version, or fails the checksum or the schema, is 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import filelock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from supervisor.datadir import FILE_MODE, fsync_dir, private_file
+from supervisor.datadir import fsync_dir, private_file
 from supervisor.errors import StateFileError
 
 __all__ = ["FORMAT", "VERSION", "AgentEntry", "LoadResult", "State", "StateFile", "checksum_of"]
@@ -206,32 +207,78 @@ def _decode(raw: bytes) -> State:
         raise _Unusable(f"invalid field {loc}: {first['msg']}") from exc
 
 
+class _HeldFileLock:
+    """An flock on ``path``, through a descriptor opened once and kept: taking and dropping it
+    costs two system calls, where filelock opens and closes the file every time (~0.1 ms, paid
+    on every save). Threads of this process queue on a mutex first, since flock does not
+    exclude holders of one open file description; other processes queue on the flock
+    (filelock's ``FileLock`` on the same path excludes and is excluded alike)."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path = path
+        self._timeout_s = timeout_s
+        self._mutex = threading.Lock()
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        if not self._mutex.acquire(timeout=self._timeout_s):
+            raise self._timed_out()
+        try:
+            if self._fd is None:
+                self._fd = private_file(self.path, os.O_RDWR | os.O_CREAT)
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise self._timed_out() from None
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, 0.05)
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def close(self) -> None:
+        with self._mutex:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)  # also drops the flock, were it held
+
+    def _timed_out(self) -> StateFileError:
+        return StateFileError(f"timed out after {self._timeout_s:g} s waiting for the lock {self.path}")
+
+
 class StateFile:
     """Load and save one ``running-agents.json``, serialised with other processes by an flock
-    on ``<file>.lock`` (``lock_timeout_s`` bounds the wait; then ``StateFileError``)."""
+    on ``<file>.lock`` (``lock_timeout_s`` bounds the wait; then ``StateFileError``). It keeps
+    that lock file open until ``close()``."""
 
     def __init__(self, path: Path, quarantine_dir: Path, *, lock_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self.quarantine_dir = Path(quarantine_dir)
-        self._lock_timeout_s = lock_timeout_s
-        # One FileLock per StateFile, thread_local (the default): two threads contend through
-        # separate descriptors instead of re-entering each other's hold.
-        self._lock = filelock.FileLock(
-            self.path.with_name(self.path.name + ".lock"), mode=FILE_MODE, fallback_to_soft=False
-        )
+        self._lock = _HeldFileLock(self.path.with_name(self.path.name + ".lock"), lock_timeout_s)
+
+    def close(self) -> None:
+        """Close the lock file (a later call opens it again)."""
+        self._lock.close()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            self._lock.acquire(timeout=self._lock_timeout_s)
-        except filelock.Timeout:
-            raise StateFileError(
-                f"timed out after {self._lock_timeout_s:g} s waiting for the lock {self._lock.lock_file}"
-            ) from None
+            self._lock.acquire()
         except OSError as exc:
-            raise StateFileError(f"cannot lock {self._lock.lock_file}: {exc.strerror or exc}") from exc
+            raise StateFileError(f"cannot lock {self._lock.path}: {exc.strerror or exc}") from exc
         try:
-            self._remove_stale_temps()
             yield
         finally:
             self._lock.release()
@@ -240,6 +287,7 @@ class StateFile:
         """Read the file. Bad content is quarantined and reported in ``problem``, never raised;
         ``StateFileError`` only when the file exists but cannot be read at all (EACCES, EIO)."""
         with self._locked():
+            self._remove_stale_temps()
             return self._load()
 
     def save(self, state: State, *, durable: bool = True) -> None:
@@ -260,6 +308,7 @@ class StateFile:
         case raises ``StateFileError``.
         """
         with self._locked():
+            self._remove_stale_temps()
             loaded = self._load()
             current = loaded.state if loaded.state is not None else initial
             if current is None:
@@ -337,7 +386,8 @@ class StateFile:
 
     def _remove_stale_temps(self) -> None:
         # Runs under the lock, when no writer of ours can be mid-save: any temp file left is
-        # from a writer killed mid-write (SIGKILL, power cut) and is garbage.
+        # from a writer killed mid-write (SIGKILL, power cut) and is garbage. Done when
+        # loading (a supervisor loads once per start), not on every save.
         prefix = f".{self.path.name}."
         with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
             for entry in entries:
