@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import bench_common as bc  # puts the repo root on sys.path
-import filelock
 
 from bridge.sqlite_store import SQLiteStore
 from supervisor import procs
@@ -221,6 +220,7 @@ def _probes() -> list[tuple[Any, str, str]]:
     cgroup = _optional("supervisor.cgroups", "AgentCgroup")
     cgroups = _optional("supervisor.cgroups")
     limits = _optional("supervisor.limits")
+    held_lock = _optional("supervisor.statefile", "_HeldFileLock")
     return [
         (Supervisor, "_loop", "loop (total)"),
         (procs.Waiter, "wait", "  Waiter.wait (blocked until an exit/timeout)"),
@@ -240,19 +240,18 @@ def _probes() -> list[tuple[Any, str, str]]:
         (SQLiteStore, "claim", "    store.claim"),
         (Supervisor, "_launch", "    _launch"),
         (_runner_mod, "prepare", "      attempt.prepare (run dir, payload, env)"),
-        (procs, "spawn", "      procs.spawn (Popen of the sh wrapper)"),
+        (procs, "spawn", "      procs.spawn (posix_spawn of the sh wrapper)"),
         (setup, "prepare", "        limits Setup.prepare (cgroup create)"),
         (limits, "sweep", "          cgroups.sweep (scandir of every cgroup base)"),
         (cgroup, "create", "          AgentCgroup.create (mkdir per hierarchy)"),
         (setup, "start", "        limits Setup.start (join cgroup, handshake)"),
-        (Supervisor, "_save_state", "      state file save (all saves, also end of tick)"),
-        (StateFile, "save", "        StateFile.save"),
-        (filelock.FileLock, "acquire", "          filelock acquire (open + flock)"),
-        (StateFile, "_remove_stale_temps", "          stale-temp sweep (scandir)"),
-        (StateFile, "_save", "          encode, temp file, fsync, rename, fsync dir"),
-        (os, "fsync", "            os.fsync (file + dir)"),
-        (filelock.FileLock, "release", "          filelock release (unlock + close)"),
         (SQLiteStore, "mark_running", "      store.mark_running"),
+        (Supervisor, "_save_state", "  state file save (batched: state_save_delay_s)"),
+        (StateFile, "save", "    StateFile.save"),
+        (held_lock, "acquire", "      lock acquire (flock on a held fd)"),
+        (procs, "identity_of", "      identity_of (/proc/<pid>/stat of new agents)"),
+        (StateFile, "_save", "      encode, temp file, rename (fsync only on the first)"),
+        (os, "fsync", "        os.fsync (file + dir)"),
         (SQLiteStore, "counts", "  store.counts (until-idle check)"),
     ]
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from supervisor import procs
-from supervisor.datadir import DataDir, write_private
+from supervisor.datadir import DataDir, private_file
 from supervisor.errors import InvalidJobError
 from supervisor.lifecycle import CancelMode, DecidedBy, Job, JobSpec, Outcome
 from supervisor.limits import Limits
@@ -23,8 +24,10 @@ from supervisor.settings import KindConfig, Settings
 from supervisor.statefile import AgentEntry
 
 __all__ = [
+    "UNREAD_IDENTITY",
     "Attempt",
     "Launch",
+    "base_env",
     "exit_outcome",
     "kind_config",
     "limits_of",
@@ -33,6 +36,9 @@ __all__ = [
     "resolve_spec",
 ]
 
+UNREAD_IDENTITY: Final = "unread"
+"""``AgentEntry.start_identity`` of a new attempt until the state file is next saved (the
+process identity is read then: see ``procs.AgentProcess.identity``)."""
 MAX_RESULT_BYTES: Final = 1 << 20
 MAX_PROGRESS_BYTES: Final = 64 << 10
 # Our own settings and secrets must never reach an agent's environment.
@@ -86,26 +92,44 @@ def limits_of(kind: KindConfig | None) -> Limits:
     )
 
 
-def prepare(job: Job, kind: KindConfig | None, settings: Settings, datadir: DataDir, worker: str) -> Launch:
-    """Write the payload file, clear stale result/exit files, and build argv and env.
+def base_env() -> dict[str, str]:
+    """The environment agents inherit: ours without our own settings and secrets. The
+    supervisor takes it once when it opens (and on ``reload``), not per spawn."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+
+
+def prepare(
+    job: Job,
+    kind: KindConfig | None,
+    settings: Settings,
+    datadir: DataDir,
+    worker: str,
+    env: Mapping[str, str] | None = None,
+) -> Launch:
+    """Write the payload file, clear stale result/exit files, and build argv and env
+    (``env``: the inherited environment, default ``base_env()``).
 
     The payload reaches the agent as a file and argv comes from a registered template (or a
     local raw command): nothing from a job row ever passes through a shell.
     """
-    run_dir = datadir.attempt_dir(job.id, job.attempt)
+    run_dir, fresh = datadir.new_attempt_dir(job.id, job.attempt)
     payload_file, result_file, progress_file = (
         run_dir / n for n in ("payload.json", "result.json", "progress.json")
     )
-    for stale in (result_file, progress_file, run_dir / "exit"):
-        stale.unlink(missing_ok=True)
-    write_private(payload_file, json.dumps(job.payload if job.payload is not None else {}).encode())
+    if not fresh:  # a dir made just now holds nothing stale
+        for stale in (result_file, progress_file, run_dir / "exit"):
+            stale.unlink(missing_ok=True)
+    # Written in place, not via temp + rename: no agent reads it before we spawn one, and a
+    # write cut short by a crash is never used (the next claim is a new attempt, a new dir).
+    _write_new(payload_file, json.dumps(job.payload if job.payload is not None else {}).encode())
     if kind is not None:
         argv = kind.render(job.id, job.attempt, str(payload_file), str(result_file))
     else:
         argv = list(job.command or ())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
-    env.update(kind.env if kind else {})
-    env.update(
+    agent_env = dict(base_env() if env is None else env)
+    if kind:
+        agent_env.update(kind.env)
+    agent_env.update(
         {
             procs.TAG_JOB: str(job.id),
             procs.TAG_ATTEMPT: str(job.attempt),
@@ -118,7 +142,19 @@ def prepare(job: Job, kind: KindConfig | None, settings: Settings, datadir: Data
     timeout = job.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
     idle = job.idle_timeout_s or (kind.idle_timeout_s if kind else None)
     log_path = datadir.log_path(job.id, job.attempt)
-    return Launch(argv, env, kind.cwd if kind else None, run_dir, log_path, timeout, idle, limits_of(kind))
+    return Launch(
+        argv, agent_env, kind.cwd if kind else None, run_dir, log_path, timeout, idle, limits_of(kind)
+    )
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = private_file(path)
+    try:
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 @dataclass(eq=False)
@@ -169,6 +205,12 @@ class Attempt:
     @property
     def run_dir(self) -> Path:
         return Path(self.entry.run_dir)
+
+    def state_entry(self) -> AgentEntry:
+        """``entry`` for the state file, with the process identity (read now if not yet)."""
+        if self.entry.start_identity == UNREAD_IDENTITY and (identity := self.proc.identity):
+            self.entry = self.entry.model_copy(update={"start_identity": identity})
+        return self.entry
 
     def view(self) -> AgentView:
         return AgentView(

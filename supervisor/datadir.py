@@ -55,23 +55,27 @@ FILE_MODE: Final = 0o600
 _SUBDIRS: Final = ("logs", "runs", "quarantine")
 
 
-def _private_dir(path: Path) -> None:
+def _private_dir(path: Path) -> bool:
     """Create ``path`` as 0o700, or tighten it to 0o700 if it is ours and looser; ``OSError``
-    (its ``filename`` is the path) if it cannot be made a private dir of ours."""
+    (its ``filename`` is the path) if it cannot be made a private dir of ours. True when this
+    call created it (so it is empty)."""
+    created = False
     with contextlib.suppress(FileExistsError):  # a file there is reported just below
         path.mkdir(mode=DIR_MODE, parents=True)
+        created = True
     st = path.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(path))
     getuid = getattr(os, "getuid", None)  # absent on Windows, where POSIX modes mean little
     if getuid is None:
-        return
+        return created
     if st.st_uid != getuid():
         # Another account could read our payloads and logs, or plant files for us to trust.
         raise PermissionError(errno.EPERM, f"belongs to uid {st.st_uid}, not to this user", str(path))
     if stat.S_IMODE(st.st_mode) != DIR_MODE:
         # mkdir's mode is filtered by the umask, and an existing dir may be 0o755 from an old version.
         path.chmod(DIR_MODE)
+    return created
 
 
 def private_file(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
@@ -143,9 +147,12 @@ class DataDir:
 
     def attempt_dir(self, job_id: int, attempt: int) -> Path:
         """``runs/<job_id>-<attempt>/``, created 0o700 if missing (``OSError`` if it cannot be)."""
+        return self.new_attempt_dir(job_id, attempt)[0]
+
+    def new_attempt_dir(self, job_id: int, attempt: int) -> tuple[Path, bool]:
+        """``attempt_dir``, and whether this call created it (then nothing stale can be in it)."""
         path = self.runs / _attempt_name(job_id, attempt)
-        _private_dir(path)
-        return path
+        return path, _private_dir(path)
 
     def log_path(self, job_id: int, attempt: int) -> Path:
         """``logs/<job_id>-<attempt>.log`` (not created)."""

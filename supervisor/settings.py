@@ -256,6 +256,10 @@ class Settings(BaseSettings):
     """How much of the output's end is kept with the outcome."""
     backoff_cap_s: Seconds = 3600.0
     """Upper bound of the retry backoff."""
+    state_save_delay_s: Grace = 0.05
+    """How soon after an agent starts or ends the state file is saved: one save covers every
+    change in that time. An agent started within it before a supervisor crash is found by
+    its env tag on restart and killed and retried, not adopted; 0 saves in the same tick."""
     wake_poll_s: Seconds = 0.05
     """How often an idle supervisor asks the store whether anything changed (a cheap hint)."""
     poll_s: Seconds = 1.0

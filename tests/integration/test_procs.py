@@ -197,6 +197,37 @@ def test_agent_sees_the_tags_a_file_log_a_null_stdin_and_its_own_session(agents:
     assert stat.S_IMODE(agent.log_path.stat().st_mode) == 0o600
 
 
+def test_agent_inherits_no_descriptor_of_ours_and_default_sigpipe(agents: Agents) -> None:
+    """A descriptor the host made inheritable does not reach the agent (nor the log fd beyond
+    1 and 2), and SIGPIPE, which Python ignores, is back at its default in the agent."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)  # a host's careless pipe: would keep readers waiting
+    try:
+        agent = agents.spawn(["sh", "-c", "ls /proc/$$/fd; grep SigIgn /proc/$$/status"])
+        assert finished(agent).exit_code == 0
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    lines = agent.log_path.read_text().split()
+    fds = sorted(int(x) for x in lines if x.isdigit())
+    assert fds[:3] == [0, 1, 2]
+    assert write_end not in fds
+    assert len(fds) <= 4, fds  # 0-2, and the directory ls itself has open
+    ignored = int(lines[lines.index("SigIgn:") + 1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), hex(ignored)
+
+
+def test_a_childs_identity_is_read_when_first_needed(agents: Agents) -> None:
+    """spawn does not read the new process's start identity (that blocks while it starts);
+    the first use reads it, and it names that process."""
+    agent = agents.spawn(["sleep", "30"])
+    assert agent._identity == ""
+    assert agent.identity == procs.identity_of(agent.pid)
+    assert procs.same_process(agent.pid, agent.identity)
+    agent.kill_tree()
+    finished(agent)
+
+
 def test_the_log_is_appended_to_not_overwritten(agents: Agents, tmp_path: Path) -> None:
     """A second attempt's output is appended to an existing log (O_APPEND)."""
     (tmp_path / "run-5").mkdir()

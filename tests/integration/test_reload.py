@@ -44,8 +44,17 @@ def show(data: Path, job_id: int) -> dict[str, object]:
     return json.loads(out.stdout)
 
 
-def start_and_sigkill(data: Path, env: dict[str, str], job_ids: list[int]) -> list[int]:
-    """Run a supervisor until every job's agent runs, then SIGKILL it; the agents' pids."""
+def recorded_jobs(data: Path) -> set[int]:
+    """The job ids in the data dir's state file (empty while it is missing)."""
+    loaded = StateFile(data / "running-agents.json", data / "quarantine").load()
+    return {a.job_id for a in loaded.state.agents} if loaded.state else set()
+
+
+def start_and_sigkill(
+    data: Path, env: dict[str, str], job_ids: list[int], *, recorded: bool = True
+) -> list[int]:
+    """Run a supervisor until every job's agent runs (and, with ``recorded``, is in the state
+    file), then SIGKILL it; the agents' pids."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "run"],
         env=env,
@@ -55,7 +64,10 @@ def start_and_sigkill(data: Path, env: dict[str, str], job_ids: list[int]) -> li
     )
     try:
         wait_until(
-            lambda: all(show(data, i)["status"] == "running" for i in job_ids),
+            lambda: (
+                all(show(data, i)["status"] == "running" for i in job_ids)
+                and (not recorded or recorded_jobs(data) >= set(job_ids))
+            ),
             20,
             message="both agents running",
         )
@@ -127,6 +139,35 @@ def test_sigkilled_supervisor_with_kill_policy_kills_orphans_and_retries(tmp_pat
     for job_id in ids:
         job = show(data, job_id)
         assert (job["status"], job["error_kind"]) == ("waiting_retry", "lost")
+    assert not tagged_processes(tmp_path)
+
+
+def test_agent_started_just_before_a_crash_is_killed_and_retried_not_orphaned(tmp_path: Path) -> None:
+    """A supervisor SIGKILLed before its state file records a running agent (the save is
+    batched, ``state_save_delay_s``; here an hour, to hold that window open): the restart
+    finds the agent by its env tag, kills it, and retries the job; nothing is left running
+    and the agent's first attempt is never recorded as completed."""
+    data = tmp_path / "d"
+    env = cli_env(
+        data,
+        AGENT_SUPERVISOR_HEARTBEAT_S="0.5",
+        AGENT_SUPERVISOR_LEASE_S="5",
+        AGENT_SUPERVISOR_STATE_SAVE_DELAY_S="3600",
+    )
+    [job_id] = [
+        int(cli(data, "submit", "--backoff", "0", "--", sys.executable, "-c", AGENT, "30", "0").stdout)
+    ]
+    [pid] = start_and_sigkill(data, env, [job_id], recorded=False)
+    assert job_id not in recorded_jobs(data)
+    agent = psutil.Process(pid)
+    out = cli(data, "reconcile", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "kill_and_record" in out.stdout
+    wait_until(
+        lambda: not agent.is_running() or agent.status() == psutil.STATUS_ZOMBIE, 5, message="agent gone"
+    )
+    job = show(data, job_id)
+    assert (job["status"], job["error_kind"], job["attempt"]) == ("waiting_retry", "lost", 1)
     assert not tagged_processes(tmp_path)
 
 

@@ -12,9 +12,13 @@ import psutil
 import pytest
 
 from bridge.sqlite_store import SQLiteStore
+from supervisor import procs
+from supervisor.attempt import UNREAD_IDENTITY
+from supervisor.errors import StateFileError
 from supervisor.lifecycle import ErrorKind, JobSpec, Status
 from supervisor.runner import JobChange, Supervisor
 from supervisor.settings import Settings
+from supervisor.statefile import AgentEntry, StateFile
 from tests.support import agent_code, kill_tagged, tagged_processes, wait_until
 
 
@@ -177,6 +181,54 @@ def test_garbage_state_file_is_quarantined_and_the_supervisor_runs(tmp_path: Pat
         assert sup.store.get(job_id).status is Status.COMPLETED
         assert [p.name for p in (data / "quarantine").iterdir()]
         assert json.loads((data / "running-agents.json").read_text())["agents"] == []
+    finally:
+        sup.store.close()
+
+
+def test_the_state_file_records_a_running_agent_with_its_kernel_identity(tmp_path: Path) -> None:
+    """A running agent reaches running-agents.json (batched, within state_save_delay_s) with
+    its real start identity, not the placeholder it has before the first save."""
+    sup = make(tmp_path)
+    job_id = sup.submit(JobSpec(command=("sleep", "30"), max_attempts=1))
+    sup.start()
+    statefile = StateFile(tmp_path / "data" / "running-agents.json", tmp_path / "q")
+    try:
+
+        def recorded() -> AgentEntry | None:
+            state = statefile.load().state
+            return state.agent(job_id) if state else None
+
+        entry = wait_until(recorded, 10, message="the agent in the state file")
+        assert entry.start_identity != UNREAD_IDENTITY
+        assert entry.start_identity == procs.identity_of(entry.pid)
+        assert entry.pid == sup.store.get(job_id).pid
+    finally:
+        sup.stop(drain=False, timeout=10)
+        statefile.close()
+        sup.store.close()
+
+
+def test_an_unwritable_state_file_neither_stops_agents_nor_spins_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every save fails (a full disk): agents still run and are recorded in the store, and
+    the failed save is retried about once a second, not on every tick."""
+    attempts: list[float] = []
+
+    def failing_save(self: StateFile, state: object, *, durable: bool = True) -> None:
+        attempts.append(time.monotonic())
+        raise StateFileError("cannot write running-agents.json: No space left on device")
+
+    monkeypatch.setattr(StateFile, "save", failing_save)
+    sup = make(tmp_path)
+    ids = [sup.submit(JobSpec(command=("sleep", "1.5"))) for _ in range(2)]
+    started = time.monotonic()
+    sup.run(until_idle=True)
+    elapsed = time.monotonic() - started
+    try:
+        assert all(sup.store.get(i).status is Status.COMPLETED for i in ids)
+        # the durable save at start, then at most one retry per second, plus the one at close
+        assert len(attempts) <= 2 + elapsed / 1.0 + 1, (len(attempts), elapsed)
     finally:
         sup.store.close()
 
