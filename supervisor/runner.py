@@ -1007,11 +1007,9 @@ class Supervisor:
 
 
 def _measure_machine(with_load: bool) -> Machine:
-    import psutil
-
-    vm = psutil.virtual_memory()
+    available, total = procs.memory()
     load = os.getloadavg()[0] / (os.cpu_count() or 1) if with_load else None
-    return Machine(int(vm.available), int(vm.total), load)
+    return Machine(available, total, load)
 
 
 def read_worker_id(settings: Settings) -> str | None:

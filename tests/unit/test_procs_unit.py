@@ -358,3 +358,12 @@ def test_logcap_adopts_the_marker_left_by_an_earlier_supervisor(tmp_path: Path) 
     _append(path, b"zz")
     third.finish()
     assert path.read_bytes() == b"h" * 10 + _final_marker(10, 13)
+
+
+def test_memory_reads_what_psutil_reports() -> None:
+    """procs.memory() (a direct /proc/meminfo read on Linux) agrees with psutil."""
+    available, total = procs.memory()
+    vm = psutil.virtual_memory()
+    assert total == vm.total
+    assert 0 < available <= total
+    assert abs(available - vm.available) < total // 20  # both moments of a live machine
