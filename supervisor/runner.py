@@ -11,13 +11,10 @@ deadline comes, or it is time to look at the store again — it never busy-polls
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
-import secrets
 import signal
-import socket
 import threading
 import time
 from collections import deque
@@ -27,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from supervisor import procs, reconcile
+from supervisor import procs
 from supervisor.admission import Gate, GateState, Machine, RunningAgent, admit, estimate_for
 from supervisor.attempt import (
     UNREAD_IDENTITY,
@@ -35,12 +32,10 @@ from supervisor.attempt import (
     base_env,
     exit_outcome,
     kind_config,
-    limits_of,
     prepare,
-    read_result,
     resolve_spec,
 )
-from supervisor.datadir import DataDir, DataDirLock, prepare_data_dir, write_private
+from supervisor.datadir import DataDir, DataDirLock, prepare_data_dir
 from supervisor.errors import (
     ConfigError,
     InvalidJobError,
@@ -52,12 +47,13 @@ from supervisor.errors import (
 )
 from supervisor.events import JobChange, Subscription
 from supervisor.lifecycle import LIVE, DecidedBy, ErrorKind, Job, JobSpec, Outcome, Status
-from supervisor.limits import enforcement as limits_enforcement
 from supervisor.outbox import Outbox, OutboxEntry
-from supervisor.reconcile import Action, Decision, OrphanPolicy
-from supervisor.scheduler import Kill, StopReason, StopState, Terminate, next_due, outcome_for, plan_stops
+from supervisor.reconcile import Decision
+from supervisor.recovery import load_worker_id, read_worker_id, reconcile_on_start
+from supervisor.scheduler import Kill, StopReason, StopState, Terminate, next_due, plan_stops
 from supervisor.settings import Settings
 from supervisor.statefile import AgentEntry, State, StateFile
+from supervisor.status import StatusWriter
 from supervisor.store import Beat, JobStore
 
 if TYPE_CHECKING:
@@ -78,10 +74,7 @@ _STRAY_SCAN_S: Final = 1.0
 _OUTBOX_RETRY_MAX_S: Final = 30.0
 _SAMPLE_S: Final = 1.0
 """How often each agent tree's RSS, CPU and process count are sampled."""
-_STATUS_MIN_S: Final = 1.0
 _SAVE_RETRY_S: Final = 1.0
-_STATUS_EVERY_S: Final = 5.0
-_WORKER_ID_FILE: Final = "worker-id"
 
 
 class Supervisor:
@@ -121,6 +114,7 @@ class Supervisor:
         self._lock: DataDirLock | None = None
         self._datadir: DataDir | None = None
         self._statefile: StateFile | None = None
+        self._status: StatusWriter | None = None
         self._outbox: Outbox | None = None
         self._unsaved: list[OutboxEntry] = []
         self._thread: threading.Thread | None = None
@@ -148,8 +142,6 @@ class Supervisor:
         self._last_start: float | None = None
         self._next_sample = 0.0
         self._next_idle_check = 0.0
-        self._next_status = 0.0
-        self._status_key: object = None
         self.gate = Gate(GateState.OPEN, None, 0)
         self._gate_since = time.time()
         self._machine = Machine(0, 0)
@@ -289,6 +281,7 @@ class Supervisor:
         self._reset_timers()
         self._env = base_env()
         self._datadir = prepare_data_dir(self.settings.data_dir)
+        self._status = StatusWriter(self._datadir.root)
         self._lock = DataDirLock(self._datadir)
         self._lock.acquire()
         try:
@@ -341,182 +334,33 @@ class Supervisor:
 
     # -- reconciliation ------------------------------------------------------------------
     def _reconcile_on_start(self) -> list[Decision]:
-        """Make the state file, the store's leases and the live processes agree before
-        claiming anything (``supervisor.reconcile`` decides; this carries it out)."""
+        """Settle what a previous run left behind before claiming anything (``recovery``
+        gathers the views and carries out the decisions; this hands it our state)."""
         assert self._statefile is not None and self._datadir is not None
         state = self._statefile.load().state  # a bad file is quarantined and logged by load()
-        self.worker_id = self._load_worker_id(state)
+        self.worker_id = load_worker_id(self._datadir.root, state)
         self._replay_outbox(self._clock())
-        entries = state.agents if state else []
-        same_boot = state is not None and state.boot_id == procs.boot_id()
-        alive = {e.job_id for e in entries if same_boot and procs.same_process(e.pid, e.start_identity)}
-        try:
-            jobs = {j.id: j for j in self.store.list(statuses=LIVE, lease_owner=self.worker_id)}
-            leased = {j.id: j.attempt for j in jobs.values()}
-        except StoreError as exc:
-            # Cannot see our leases: act as if we still hold those we recorded. Safe, because
-            # every write is fenced; the first heartbeat tells which leases are really gone.
-            log.warning("reconcile: store unreachable (%s); keeping recorded agents", exc)
-            jobs, leased = {}, {e.job_id: e.attempt for e in entries}
-        tagged = procs.scan_tagged(self.worker_id)
-        found = reconcile.findings(entries, leased, alive, {t.job_id: t.attempt for t in tagged})
-
-        def policy(f: reconcile.Finding) -> OrphanPolicy:
-            job = jobs.get(f.job_id)
-            kind = self.settings.kinds.get(job.kind) if job and job.kind else None
-            return OrphanPolicy((kind.orphan_policy if kind else None) or self.settings.orphan_policy)
-
-        decisions = reconcile.decide(found, policy)
-        by_job = {e.job_id: e for e in entries}
-        for d in decisions:
-            log.info("reconcile: job %d attempt %d: %s (%s)", d.job_id, d.attempt, d.action, d.why)
-            self._carry_out(d, by_job.get(d.job_id), jobs.get(d.job_id), tagged)
-        adopted = {(a.job.id, a.job.attempt) for a in self._agents.values()}
-        for t in tagged:  # tagged processes that belong to no agent we keep
-            if (t.job_id, t.attempt) not in adopted and procs.signal_process(
-                t.pid, t.identity, signal.SIGKILL
-            ):
-                log.warning(
-                    "reconcile: killed stray process %d (job %s attempt %s)", t.pid, t.job_id, t.attempt
-                )
+        decisions = reconcile_on_start(
+            state,
+            store=self.store,
+            settings=self.settings,
+            worker_id=self.worker_id,
+            clock=self._clock,
+            adopt=self._adopt,
+            record=self._record,
+        )
         self._save_state(durable=True)  # once per start: a new worker id or boot must stick
         return decisions
 
-    def _carry_out(
-        self, d: Decision, entry: AgentEntry | None, job: Job | None, tagged: list[procs.TaggedProcess]
-    ) -> None:
-        proc = None
-        if entry is not None:
-            proc = procs.AgentProcess.attach(
-                pid=entry.pid,
-                pgid=entry.pgid,
-                identity=entry.start_identity,
-                started_mono=entry.started_mono,
-                log_path=Path(entry.log_path),
-                run_dir=Path(entry.run_dir),
-                job_id=entry.job_id,
-                attempt=entry.attempt,
-                worker=entry.worker,
-            )
-        if d.action is Action.ADOPT and proc is not None and entry is not None:
-            self._adopt(proc, entry, job)
-            return
-        facts: dict[str, Any] = {"reconcile": d.action.value, "why": d.why}
-        if d.action in (Action.KILL_AND_RECORD, Action.KILL_ONLY):
-            if proc is not None:
-                facts["killed_pids"] = proc.kill_tree()
-            else:
-                facts["killed_pids"] = [
-                    t.pid
-                    for t in tagged
-                    if t.job_id == d.job_id and procs.signal_process(t.pid, t.identity, signal.SIGKILL)
-                ]
-        outcome: Outcome | None = None
-        if d.action is Action.KILL_AND_RECORD:
-            why = f"agent orphaned by a restart; killed ({d.why})"
-            outcome = Outcome(
-                error_kind=ErrorKind.LOST, error=why, decided_by=DecidedBy.RECONCILE, facts=facts
-            )
-        elif d.action is Action.RECORD_EXIT and proc is not None and entry is not None:
-            outcome = self._ended_while_away(proc, entry, facts)
-        elif d.action is Action.RECORD_LOST:
-            outcome = Outcome(
-                error_kind=ErrorKind.LOST,
-                error=f"agent lost ({d.why})",
-                decided_by=DecidedBy.RECONCILE,
-                facts=facts,
-            )
-        if proc is not None:
-            proc.close()
-        if outcome is not None:
-            self._record(
-                d.job_id,
-                entry.worker if entry else self.worker_id,
-                d.attempt,
-                outcome,
-                before=job.status if job else None,
-            )
-
-    def _adopt(self, proc: procs.AgentProcess, entry: AgentEntry, job: Job | None) -> None:
+    def _adopt(self, attempt: Attempt) -> None:
         assert self._waiter is not None
-        now = self._clock()
-        if job is None:  # store unreachable at start: carry on; the first heartbeat decides
-            job = Job(
-                id=entry.job_id,
-                status=Status.RUNNING,
-                created_at=0.0,
-                updated_at=0.0,
-                attempt=entry.attempt,
-                lease_owner=self.worker_id,
-                pid=entry.pid,
-            )
-        logcap = self._logcap(Path(entry.log_path))
-        logcap.check()
-        kind = self.settings.kinds.get(job.kind) if job.kind else None
-        self._agents[job.id] = Attempt(
-            job=job,
-            proc=proc,
-            logcap=logcap,
-            entry=entry,
-            last_output=now,
-            adopted=True,
-            limits=limits_of(kind),
-        )
-        self._waiter.register(proc)
+        self._agents[attempt.job.id] = attempt
+        self._waiter.register(attempt.proc)
         self._next_beat = 0.0  # renew the lease at once: the restart may have eaten most of it
-        self._emit(job, job.status, f"agent adopted (pid {entry.pid})")
-
-    def _ended_while_away(
-        self, proc: procs.AgentProcess, entry: AgentEntry, facts: dict[str, Any]
-    ) -> Outcome:
-        status = proc.poll()
-        code = status.exit_code if status else None
-        sig = status.signal if status else None
-        result = None
-        if code == 0:
-            try:
-                result = read_result(Path(entry.run_dir))
-            except InvalidJobError as exc:
-                facts["result_error"] = str(exc)
-        kind, error, _, _ = outcome_for(
-            exit_code=code,
-            signal_number=sig,
-            stop=None,
-            timeout_s=entry.timeout_s,
-            idle_timeout_s=entry.idle_timeout_s,
-        )
-        tail = self._logcap(Path(entry.log_path)).finish()
-        facts.update({"pid": entry.pid, "exit_code": code, "signal": sig})
-        return Outcome(
-            error_kind=kind,
-            error=error,
-            exit_code=code,
-            signal=sig,
-            result=result,
-            output_tail=tail,
-            decided_by=DecidedBy.RECONCILE,
-            facts=facts,
-        )
+        self._emit(attempt.job, attempt.job.status, f"agent adopted (pid {attempt.entry.pid})")
 
     def _logcap(self, path: Path) -> procs.LogCap:
         return procs.LogCap(path, self.settings.log_cap_bytes, self.settings.output_tail_bytes)
-
-    def _load_worker_id(self, state: State | None) -> str:
-        """The worker id from the state file, else from its backup file (a quarantined state
-        file must not cost us our leases), else a new one."""
-        assert self._datadir is not None
-        backup = self._datadir.root / _WORKER_ID_FILE
-        worker = state.worker_id if state else None
-        if worker is None:
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                worker = backup.read_text().strip() or None
-        worker = worker or _new_worker_id()
-        try:
-            if not backup.exists() or backup.read_text().strip() != worker:
-                write_private(backup, worker.encode(), durable=True)
-        except OSError as exc:
-            log.warning("cannot keep the worker id backup %s: %s", backup, exc.strerror)
-        return worker
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self, until_idle: bool) -> None:
@@ -805,53 +649,19 @@ class Supervisor:
             attempt.sample()
 
     def _write_status(self, now: float) -> None:
-        """What only the live supervisor knows (admission, samples, enforcement), for
-        ``health`` in other processes: ``status.json`` in the data dir, rewritten when it
-        changes and at least every few seconds as a sign of life."""
-        assert self._datadir is not None
-        if now < self._next_status:
-            return
-        agents = [
-            {
-                "job_id": a.job.id,
-                "kind": a.job.kind,
-                **(a.stats or {}),
-                "memory_max_bytes": a.limits.memory_max_bytes,
-                "pids_max": a.limits.pids_max,
-            }
-            for a in self._agents.values()
-        ]
-        key = (self.gate.state, self.gate.reason, json.dumps(agents, sort_keys=True), self.outbox_depth)
-        if key == self._status_key and now < self._next_status + _STATUS_EVERY_S:
-            return
-        self._status_key, self._next_status = key, now + _STATUS_MIN_S
-        peaks = [p for p, _ in self._observed]
-        cpus = [c for _, c in self._observed]
-        status = {
-            "pid": os.getpid(),
-            "worker_id": self.worker_id,
-            "updated_at": time.time(),
-            "admission": {
-                "state": self.gate.state.value,
-                "reason": self.gate.reason,
-                "since": self._gate_since,
-            },
-            "memory": {
-                "available_bytes": self._machine.available_bytes,
-                "total_bytes": self._machine.total_bytes,
-                "reserve_bytes": self.settings.memory_reserve_bytes,
-            },
-            "enforcement": limits_enforcement(),
-            "agents": agents,
-            "observed_peak_rss_bytes": max(peaks) if peaks else None,
-            "observed_cpu_percent": sum(cpus) / len(cpus) if cpus else None,
-            "max_concurrent": self.settings.concurrency,
-            "outbox_depth": self.outbox_depth,
-        }
-        try:  # not fsynced: a sign of life, rewritten every few seconds, never needed after a crash
-            write_private(self._datadir.root / "status.json", json.dumps(status).encode())
-        except OSError as exc:
-            log.debug("status file: %s", exc)
+        """``status.json`` for ``health`` in other processes, when due (see ``StatusWriter``)."""
+        assert self._status is not None
+        self._status.write_if_due(
+            now,
+            worker_id=self.worker_id,
+            gate=self.gate,
+            gate_since=self._gate_since,
+            machine=self._machine,
+            settings=self.settings,
+            agents=self._agents.values(),
+            observed=self._observed,
+            outbox_depth=self.outbox_depth,
+        )
 
     # -- recording outcomes --------------------------------------------------------------
     def _record(
@@ -1010,18 +820,3 @@ def _measure_machine(with_load: bool) -> Machine:
     available, total = procs.memory()
     load = os.getloadavg()[0] / (os.cpu_count() or 1) if with_load else None
     return Machine(available, total, load)
-
-
-def read_worker_id(settings: Settings) -> str | None:
-    """The worker id of the data dir's supervisor, read without locking or repair (for
-    ``health`` in another process); None when there is none yet."""
-    try:
-        worker = (Path(settings.data_dir) / _WORKER_ID_FILE).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return worker or None
-
-
-def _new_worker_id() -> str:
-    host = socket.gethostname().split(".")[0] or "host"
-    return f"{host}-{secrets.token_hex(4)}"
