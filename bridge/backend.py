@@ -74,6 +74,7 @@ class Bridge:
         self._mode: Mode = "no_run"
         self._locked_reason = ""
         self._events: frozenset[str] = frozenset()
+        self._alerts_fresh = False
         self._closing = False
         self._closed = False
         self._health: tuple[int, float, HealthReport] | None = None
@@ -253,6 +254,8 @@ class Bridge:
 
     def subscribe(self, events: frozenset[str]) -> None:
         with self._state:
+            if "health.alert" in events - self._events:
+                self._alerts_fresh = True  # alerts present now are sent again, once
             self._events |= events
             start = "health.alert" in events and self._watcher is None
             if start:
@@ -260,6 +263,11 @@ class Bridge:
         if start and self._watcher is not None:
             self._watcher.start()
         self._poke.set()
+
+    def unsubscribe(self, events: frozenset[str]) -> frozenset[str]:
+        with self._state:
+            self._events -= events
+            return self._events
 
     # -- notifications -------------------------------------------------------------------
     def _on_change(self, change: JobChange) -> None:
@@ -298,6 +306,9 @@ class Bridge:
             self._poke.clear()
             if self._closing:
                 return
+            if self._alerts_fresh:  # (re)subscribed: what is present now counts as new
+                self._alerts_fresh = False
+                seen = set()
             try:
                 alerts = {(a.kind, a.job_id): a for a in self.health().alerts}
             except SupervisorError as exc:

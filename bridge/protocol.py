@@ -348,6 +348,7 @@ METHODS: Final[dict[str, Method]] = {
     "reconcile": Method(NoParams, ReconcileResult, True, "settle agents a crashed supervisor left"),
     "shutdown": Method(ShutdownParams, ShutdownResult, False, "answer, then stop the server"),
     "subscribe": Method(SubscribeParams, SubscribeResult, False, "start sending notifications"),
+    "unsubscribe": Method(SubscribeParams, SubscribeResult, False, "stop sending notifications"),
 }
 
 NOTIFICATIONS: Final[dict[str, tuple[type[BaseModel], str]]] = {

@@ -163,6 +163,10 @@ class Backend(Protocol):
 
     def subscribe(self, events: frozenset[str]) -> None: ...
 
+    def unsubscribe(self, events: frozenset[str]) -> frozenset[str]:
+        """Stop sending ``events``; returns the events still subscribed."""
+        ...
+
 
 class Dispatcher:
     """Decode one line, call the method, encode the answer. Never raises for bad input."""
@@ -182,6 +186,7 @@ class Dispatcher:
             "reconcile": lambda p: self.backend.reconcile().model_dump(),
             "shutdown": self._shutdown,
             "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
         }
         assert set(self._handlers) == set(METHODS)
 
@@ -335,6 +340,10 @@ class Dispatcher:
         events = frozenset(p.events)
         self.backend.subscribe(events)
         return {"events": sorted(events), "mode": self.backend.mode, "worker_id": self.backend.worker_id}
+
+    def _unsubscribe(self, p: SubscribeParams) -> dict[str, Any]:
+        left = self.backend.unsubscribe(frozenset(p.events))
+        return {"events": sorted(left), "mode": self.backend.mode, "worker_id": self.backend.worker_id}
 
 
 # -- encoding ------------------------------------------------------------------------------

@@ -82,6 +82,10 @@ class FakeBackend:
     def subscribe(self, events: frozenset[str]) -> None:
         self.events |= events
 
+    def unsubscribe(self, events: frozenset[str]) -> frozenset[str]:
+        self.events -= events
+        return frozenset(self.events)
+
 
 @pytest.fixture
 def backend(tmp_path: Path) -> FakeBackend:
@@ -395,6 +399,17 @@ def test_shutdown_subscribe_and_reconcile_reach_the_backend(rpc: Dispatcher, bac
     assert backend.stopped == (True, True)
 
 
+def test_unsubscribe_removes_events_and_answers_what_is_left(rpc: Dispatcher, backend: FakeBackend) -> None:
+    """unsubscribe takes events out of the set (default: all) and answers the rest."""
+    result(rpc, "subscribe", {})
+    left = result(rpc, "unsubscribe", {"events": ["health.alert"]})["events"]
+    assert left == ["bridge.mode", "job.changed"]
+    assert backend.events == {"bridge.mode", "job.changed"}
+    assert result(rpc, "unsubscribe", {})["events"] == []
+    assert backend.events == frozenset()
+    assert error(rpc, "unsubscribe", {"events": []})["code"] == -32602
+
+
 # -- models and schema --------------------------------------------------------------------
 def test_result_models_name_the_same_fields_as_the_views(backend: FakeBackend) -> None:
     """JobModel, EventModel, HealthModel describe exactly what views.py produces."""
@@ -484,6 +499,9 @@ def test_backend_sends_only_subscribed_notifications(tmp_path: Path) -> None:
             "progress": {"step": 3},
         },
     }
+    assert b.unsubscribe(frozenset({"job.changed"})) == frozenset()
+    b._on_change(change)
+    assert len(sink.lines) == 1, "a notification was sent after unsubscribe"
 
 
 # -- the line reader ----------------------------------------------------------------------

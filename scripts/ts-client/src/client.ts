@@ -328,6 +328,11 @@ export class BridgeClient {
     for (const e of events) this.subscribed.add(e);
     return result;
   }
+  /** Stop notifications (default: all); answers the events still subscribed. */
+  async unsubscribe(events: EventName[] = ["job.changed", "health.alert", "bridge.mode"]): Promise<SubscribeResult> {
+    for (const e of events) this.subscribed.delete(e);
+    return this.request<SubscribeResult>("unsubscribe", { events });
+  }
 
   onJobChanged(listener: Listener<JobChanged>): () => void {
     return this.listen("job.changed", listener);

@@ -99,6 +99,22 @@ test("submit a job and receive its job.changed notifications to completed", { ti
   assert.deepEqual(listed.map((j) => j.id), [id]);
 });
 
+test("unsubscribe stops job.changed notifications", { timeout: 60_000 }, async (t) => {
+  const client = startBridge(t);
+  const seen: JobChanged[] = [];
+  client.onJobChanged((change) => seen.push(change));
+  await client.subscribe();
+  assert.deepEqual((await client.unsubscribe(["job.changed"])).events, ["bridge.mode", "health.alert"]);
+  const { id } = await client.submit({ command: ["sh", "-c", "echo quiet"] });
+  const deadline = Date.now() + 15_000; // waitForJob needs job.changed: ask instead
+  while ((await client.get(id)).status !== "completed") {
+    assert.ok(Date.now() < deadline, `job ${id} not completed within 15 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  // preparing and running were sent long before the job completed, had they been sent at all
+  assert.deepEqual(seen.filter((c) => c.id === id), []);
+});
+
 test("cancel a running job while another keeps running", { timeout: 60_000 }, async (t) => {
   const client = startBridge(t);
   await client.subscribe(["job.changed"]);
