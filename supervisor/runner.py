@@ -71,7 +71,7 @@ _RACING_LOG_BYTES: Final = 1 << 20
 """Growth between two checks above which a log counts as growing fast."""
 _STRAY_SCAN_S: Final = 1.0
 """How often to look for escaped descendants of finished agents (a process scan)."""
-_OUTBOX_RETRY_MAX_S: Final = 30.0
+_OUTBOX_RETRY_MAX_S: Final = 10.0  # a probe is one quick call: outcomes sync <= 10 s after an outage
 _SAMPLE_S: Final = 1.0
 """How often each agent tree's RSS, CPU and process count are sampled."""
 _SAVE_RETRY_S: Final = 1.0
@@ -711,12 +711,22 @@ class Supervisor:
         self._next_outbox_try = min(self._next_outbox_try or float("inf"), self._clock() + 1.0)
 
     def _replay_outbox(self, now: float) -> None:
-        """Replay kept outcomes in order once the store answers; back off while it does not."""
+        """Replay kept outcomes in order once the store answers; back off while it does not.
+
+        After a failed try, a cheap ``store.now()`` probes first: a ``finish`` to a dead
+        remote store spends its whole retry budget (30 s by default), during which this
+        thread enforces no deadline; the probe gives up within the quick budget (5 s)."""
         if not self.outbox_depth or now < self._next_outbox_try:
             return
         assert self._outbox is not None
         done = 0
         pending = [*self._outbox.entries, *self._unsaved]
+        if self._outbox_fails:
+            try:
+                self.store.now()
+            except StoreError as exc:
+                self._outbox_backoff(now, exc, len(pending))
+                return
         for entry in pending:
             try:
                 new = self.store.finish(entry.job_id, entry.worker, entry.attempt, entry.outcome)
@@ -724,10 +734,7 @@ class Supervisor:
             except LeaseLostError as exc:
                 log.warning("outbox: job %d: %s; dropped", entry.job_id, exc)
             except StoreError as exc:
-                self._outbox_fails += 1
-                delay = min(_OUTBOX_RETRY_MAX_S, 0.5 * 2**self._outbox_fails)
-                self._next_outbox_try = now + self._rng.uniform(delay / 2, delay)
-                log.warning("outbox: %d outcomes wait for the store (%s)", len(pending) - done, exc)
+                self._outbox_backoff(now, exc, len(pending) - done)
                 break
             done += 1
         else:
@@ -739,6 +746,12 @@ class Supervisor:
             except StateFileError as exc:  # replayed again later: finish is idempotent
                 log.error("outbox: %s", exc)
         del self._unsaved[: done - saved]
+
+    def _outbox_backoff(self, now: float, exc: StoreError, waiting: int) -> None:
+        self._outbox_fails += 1
+        delay = min(_OUTBOX_RETRY_MAX_S, 0.5 * 2**self._outbox_fails)
+        self._next_outbox_try = now + self._rng.uniform(delay / 2, delay)
+        log.warning("outbox: %d outcomes wait for the store (%s)", waiting, exc)
 
     # -- heartbeats ----------------------------------------------------------------------
     def _heartbeat_if_due(self, now: float, changed: bool) -> None:
@@ -764,6 +777,8 @@ class Supervisor:
             if isinstance(exc, StoreUnavailableError):
                 self._store_down(exc)
             return
+        if self.outbox_depth:
+            self._next_outbox_try = 0.0  # the store answers again: replay now, not after the backoff
         for reply in replies:
             attempt = self._agents.get(reply.job_id)
             if attempt is None:

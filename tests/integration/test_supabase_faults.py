@@ -150,6 +150,12 @@ def test_heartbeats_of_five_agents_cost_one_request_per_interval(world: World, t
     assert all(sorted(b["p_ids"]) == sorted(ids) for b in full)
 
 
+def running_after(world: World, completed: int) -> bool:
+    """At least ``completed`` jobs completed and some agent is running now."""
+    counts = world.check.counts().by_status
+    return counts[Status.COMPLETED] >= completed and counts[Status.RUNNING] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_one_minute_outage_loses_nothing_and_the_outbox_drains(
@@ -163,13 +169,14 @@ def test_a_one_minute_outage_loses_nothing_and_the_outbox_drains(
     sup = supervisor(world, tmp_path, 1.0)
     thread = sup.start(until_idle=True)
     try:
-        wait_until(lambda: world.check.counts().by_status[Status.COMPLETED] >= 8, 30)
+        # Go down while agents run: their batches start and end together, and an outage
+        # that began between two batches would leave nothing to end while it lasts.
+        wait_until(lambda: running_after(world, 8), 30, message="a batch running after 8 completed")
         world.faults.outage = True
         down_at = time.monotonic()
-        # Within the store's retry budget (30 s) plus an agent's run: a call already in
-        # flight when the store went down spends its retries before outcomes are kept (the
-        # margin is for a loaded CI machine: 35 s was once too tight under load).
-        wait_until(lambda: sup.outbox_depth > 0, 45, message="an outcome in the outbox")
+        # An agent's run (1 s) plus the store's retry budget here (FAST_RETRIES, 5 s) for a
+        # call already in flight; the rest is margin for a loaded machine.
+        wait_until(lambda: sup.outbox_depth > 0, 30, message="an outcome in the outbox")
         claimed_before = world.check.counts()
         time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
         assert thread.is_alive(), "the supervisor died during the outage"

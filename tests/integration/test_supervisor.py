@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from bridge.sqlite_store import SQLiteStore
 from supervisor import procs
 from supervisor.attempt import UNREAD_IDENTITY
-from supervisor.errors import StateFileError
+from supervisor.errors import StateFileError, StoreUnavailableError
 from supervisor.lifecycle import ErrorKind, JobSpec, Status
 from supervisor.runner import JobChange, Supervisor
 from supervisor.settings import Settings
@@ -231,6 +232,68 @@ def test_an_unwritable_state_file_neither_stops_agents_nor_spins_the_loop(
         assert len(attempts) <= 2 + elapsed / 1.0 + 1, (len(attempts), elapsed)
     finally:
         sup.store.close()
+
+
+class _FlakyStore:
+    """A SQLite store that can be taken down: while down, every call the loop makes fails as
+    a dead remote store would, and ``finish`` first spends a (short) retry budget."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.down = False
+        self.finishes_while_down = 0
+        self.probes_while_down = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in ("heartbeat", "claim", "reap_stale", "mark_running", "counts"):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise StoreUnavailableError(f"{name}: connection refused")
+            return method(*args, **kwargs)
+
+        return call
+
+    def now(self) -> float:
+        if self.down:
+            self.probes_while_down += 1
+            raise StoreUnavailableError("now: connection refused")
+        return self.inner.now()
+
+    def finish(self, *args: Any) -> Any:
+        if self.down:
+            self.finishes_while_down += 1
+            time.sleep(0.3)  # the retry budget a dead remote store costs
+            raise StoreUnavailableError("finish: connection refused")
+        return self.inner.finish(*args)
+
+
+def test_outbox_probes_a_dead_store_cheaply_and_replays_at_the_first_good_heartbeat(tmp_path: Path) -> None:
+    """While the store is down, the outbox is retried with a quick probe, not with another
+    finish (which would hold the loop for its whole retry budget); the first heartbeat that
+    gets through replays it at once instead of after the backoff."""
+    sup = make(tmp_path, heartbeat_s=0.2)
+    flaky = _FlakyStore(sup.store)  # type: ignore[arg-type]
+    sup.store = flaky  # type: ignore[assignment]
+    short = sup.submit(JobSpec(command=("sleep", "0.5"), max_attempts=1))
+    long = sup.submit(JobSpec(command=("sleep", "30"), max_attempts=1))
+    sup.start()
+    try:
+        wait_until(lambda: sup.running_jobs == [short, long], 10, message="both agents running")
+        flaky.down = True
+        wait_until(lambda: sup.outbox_depth == 1, 10, message="the short job's outcome kept")
+        wait_until(lambda: flaky.probes_while_down >= 3, 20, message="three replay probes")
+        assert flaky.finishes_while_down <= 1  # at most the first record, never a replay
+        flaky.down = False
+        # the backoff after three failed probes is 2-4 s; a heartbeat comes every 0.2 s
+        wait_until(lambda: sup.outbox_depth == 0, 1.5, message="the outbox replayed at the first beat")
+        assert flaky.inner.get(short).status is Status.COMPLETED
+    finally:
+        flaky.down = False
+        sup.stop(drain=False, timeout=10)
+        flaky.inner.close()
 
 
 def test_unknown_kind_and_missing_command_fail_without_retry(tmp_path: Path) -> None:
