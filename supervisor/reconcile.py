@@ -2,8 +2,8 @@
 
 The inputs are three views that may disagree after a crash or a host reload: the state file
 ("which processes are mine"), the store ("which jobs are leased to my worker id"), and a scan
-of live processes carrying our env tag. ``decide`` is pure and table-tested; the supervisor
-gathers the views and carries out the decisions.
+of live processes carrying our env tag. ``decide`` is pure and table-tested;
+``supervisor.recovery`` gathers the views and carries out the decisions.
 
 The rule that prevents duplicates: an agent whose job the store no longer leases to us (it was
 reaped and perhaps re-run elsewhere, or cancelled) is killed and nothing is recorded for it;
