@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from supervisor import procs
-from supervisor.datadir import DataDir, private_file
+from supervisor.datadir import DataDir, write_private
 from supervisor.errors import InvalidJobError
 from supervisor.lifecycle import CancelMode, DecidedBy, Job, JobSpec, Outcome
 from supervisor.limits import Limits
@@ -121,7 +121,8 @@ def prepare(
             stale.unlink(missing_ok=True)
     # Written in place, not via temp + rename: no agent reads it before we spawn one, and a
     # write cut short by a crash is never used (the next claim is a new attempt, a new dir).
-    _write_new(payload_file, json.dumps(job.payload if job.payload is not None else {}).encode())
+    payload = json.dumps(job.payload if job.payload is not None else {}).encode()
+    write_private(payload_file, payload, atomic=False)
     if kind is not None:
         argv = kind.render(job.id, job.attempt, str(payload_file), str(result_file))
     else:
@@ -145,16 +146,6 @@ def prepare(
     return Launch(
         argv, agent_env, kind.cwd if kind else None, run_dir, log_path, timeout, idle, limits_of(kind)
     )
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = private_file(path)
-    try:
-        view = memoryview(data)
-        while view:  # os.write may write less than asked
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
 
 
 @dataclass(eq=False)

@@ -42,6 +42,7 @@ __all__ = [
     "fsync_dir",
     "prepare_data_dir",
     "private_file",
+    "write_all",
     "write_private",
 ]
 
@@ -94,21 +95,27 @@ def private_file(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     return fd
 
 
-def write_private(path: Path, data: bytes, *, durable: bool = False) -> None:
+def write_private(path: Path, data: bytes, *, durable: bool = False, atomic: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (temp file + rename), as a 0o600 file.
 
     A reader sees the old or the new content, never a mix. With ``durable=True`` the data and
     the rename are fsynced; otherwise a power cut may lose the new content (fine for payload
     and pid files, which are rewritten on every start; the state file has its own writer).
+    ``atomic=False`` writes in place instead, for a file nobody reads until we are done.
     Raises ``OSError``; the temp file is removed on failure.
     """
+    if not atomic:
+        fd = private_file(path)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        return
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = private_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -120,6 +127,13 @@ def write_private(path: Path, data: bytes, *, durable: bool = False) -> None:
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``."""
+    view = memoryview(data)
+    while view:  # os.write may write less than asked (signals, some file systems)
+        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(path: Path) -> None:

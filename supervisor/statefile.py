@@ -36,7 +36,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from supervisor.datadir import fsync_dir, private_file
+from supervisor.datadir import fsync_dir, private_file, write_all
 from supervisor.errors import StateFileError
 
 __all__ = ["FORMAT", "VERSION", "AgentEntry", "LoadResult", "State", "StateFile", "checksum_of"]
@@ -364,9 +364,7 @@ class StateFile:
         fd: int | None = None
         try:
             fd = private_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            view = memoryview(data)
-            while view:  # os.write may write less than asked (signals, some file systems)
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
             # Forget the fd before closing: close() frees it even when it reports EIO, and a
