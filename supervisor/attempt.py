@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor import procs
-from supervisor.datadir import DataDir, write_private
+from supervisor.datadir import AttemptFiles, DataDir, write_private
 from supervisor.errors import InvalidJobError
-from supervisor.lifecycle import CancelMode, DecidedBy, Job, JobSpec, Outcome
-from supervisor.limits import Limits
+from supervisor.job import CancelMode, DecidedBy, Job, JobSpec, Outcome
+from supervisor.logcap import LogCap
+from supervisor.processes import TAG_ATTEMPT, TAG_JOB, TAG_WORKER, Agent, ExitStatus, Limits
 from supervisor.scheduler import AgentView, StopState, outcome_for
 from supervisor.settings import KindConfig, Settings
 from supervisor.statefile import AgentEntry
@@ -113,11 +113,10 @@ def prepare(
     local raw command): nothing from a job row ever passes through a shell.
     """
     run_dir, fresh = datadir.new_attempt_dir(job.id, job.attempt)
-    payload_file, result_file, progress_file = (
-        run_dir / n for n in ("payload.json", "result.json", "progress.json")
-    )
+    files = AttemptFiles(run_dir)
+    payload_file, result_file, progress_file = files.payload, files.result, files.progress
     if not fresh:  # a dir made just now holds nothing stale
-        for stale in (result_file, progress_file, run_dir / "exit"):
+        for stale in (result_file, progress_file, files.exit):
             stale.unlink(missing_ok=True)
     # Written in place, not via temp + rename: no agent reads it before we spawn one, and a
     # write cut short by a crash is never used (the next claim is a new attempt, a new dir).
@@ -132,9 +131,9 @@ def prepare(
         agent_env.update(kind.env)
     agent_env.update(
         {
-            procs.TAG_JOB: str(job.id),
-            procs.TAG_ATTEMPT: str(job.attempt),
-            procs.TAG_WORKER: worker,
+            TAG_JOB: str(job.id),
+            TAG_ATTEMPT: str(job.attempt),
+            TAG_WORKER: worker,
             "AGENT_SUPERVISOR_PAYLOAD_FILE": str(payload_file),
             "AGENT_SUPERVISOR_RESULT_FILE": str(result_file),
             "AGENT_SUPERVISOR_PROGRESS_FILE": str(progress_file),
@@ -153,8 +152,8 @@ class Attempt:
     """A running attempt: the job as claimed, its process, and the stop bookkeeping."""
 
     job: Job
-    proc: procs.AgentProcess
-    logcap: procs.LogCap
+    proc: Agent
+    logcap: LogCap
     entry: AgentEntry
     last_output: float
     stop: StopState | None = None
@@ -218,7 +217,7 @@ class Attempt:
 
     def read_progress(self) -> Any:
         """New progress the agent wrote to its progress file since the last call, else None."""
-        path = self.run_dir / "progress.json"
+        path = AttemptFiles(self.run_dir).progress
         try:
             st = path.stat()
             if st.st_mtime == self.progress_mtime or st.st_size > MAX_PROGRESS_BYTES:
@@ -230,7 +229,7 @@ class Attempt:
         return self.progress
 
 
-def exit_outcome(attempt: Attempt, status: procs.ExitStatus, now: float) -> Outcome:
+def exit_outcome(attempt: Attempt, status: ExitStatus, now: float) -> Outcome:
     """The outcome of an attempt whose agent has ended, with the process facts behind it."""
     tail = attempt.logcap.finish()
     entry = attempt.entry
@@ -278,7 +277,7 @@ def exit_outcome(attempt: Attempt, status: procs.ExitStatus, now: float) -> Outc
 
 def read_result(run_dir: Path) -> Any:
     """The JSON the agent wrote to its result file, or None when it wrote none."""
-    path = run_dir / "result.json"
+    path = AttemptFiles(run_dir).result
     try:
         with path.open("rb") as f:
             data = f.read(MAX_RESULT_BYTES + 1)

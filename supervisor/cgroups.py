@@ -1,9 +1,10 @@
 """The kernel side of per-agent cgroups: detection, one agent's cgroup, its counters.
 
-Detection (once per process, ``current()``): cgroup v2 where a cgroup2 mount (``/sys/fs/cgroup``
-or a hybrid's ``unified``) shows our own cgroup with the memory and pids controllers and lets us
-enable them for a child (delegation); cgroup v1 where per-controller hierarchies let us create
-directories under our own cgroup (memory and pids limit, cpuacct only counts). Agents' cgroups
+Detection (``detect_host()``, once per ``Cgroups`` object): cgroup v2 where a cgroup2 mount
+(``/sys/fs/cgroup`` or a hybrid's ``unified``) shows our own cgroup with the memory and pids
+controllers and lets us enable them for a child (delegation); cgroup v1 where per-controller
+hierarchies let us create directories under our own cgroup (memory and pids limit, cpuacct only
+counts). Agents' cgroups
 are ``<our cgroup>/agent-supervisor/<job>-<attempt>-<worker>``: nothing outside our own subtree
 is touched, and nothing is moved except the wrapper process we just started (``join``).
 
@@ -23,31 +24,32 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Final, Literal
 
 __all__ = [
     "BASE_NAME",
     "AgentCgroup",
+    "Cgroups",
     "Counters",
     "Enforcement",
     "Mount",
     "agent_name",
     "cgroup_dir",
-    "current",
     "detect",
+    "detect_host",
     "find",
     "nproc_exempt",
     "parse_mountinfo",
     "parse_proc_cgroup",
     "read_back",
-    "sweep",
 ]
 
 BASE_NAME: Final = "agent-supervisor"
 _CONTROLLERS: Final = ("memory", "pids")  # the limiting ones; v1 also uses cpuacct for stats
 _HIERARCHY: Final = {"memory": "memory", "pids": "pids", "cpu": "cpuacct"}
 STALE_AFTER_S: Final = 3600.0  # an empty agent cgroup this old is a dead supervisor's leftover
+_SWEEP_EVERY_S: Final = 60.0
+"""How often a spawn also looks for empty cgroups that dead supervisors left behind."""
 _USAGE: Final = {1: "memory.usage_in_bytes", 2: "memory.current"}
 _CAP_SYS_ADMIN: Final = 21
 _CAP_SYS_RESOURCE: Final = 24
@@ -263,8 +265,8 @@ def detect(cgroup_text: str, mountinfo_text: str, *, exempt: bool) -> Enforcemen
     return Enforcement("cgroup-v1", memory, pids, v1.get("cpuacct"), exempt, why_v1)
 
 
-@lru_cache(maxsize=1)
-def _detected() -> Enforcement:
+def detect_host() -> Enforcement:
+    """Detect what this process may do with cgroups (reads /proc/self; never raises)."""
     exempt = nproc_exempt()
     if sys.platform != "linux":
         return Enforcement("rlimit", nproc_exempt=exempt, reason="cgroups exist only on Linux")
@@ -272,11 +274,6 @@ def _detected() -> Enforcement:
         return detect(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"), exempt=exempt)
     except OSError as exc:  # never crash on an odd /proc: degrade to rlimits
         return Enforcement("rlimit", nproc_exempt=exempt, reason=f"cannot read /proc: {exc}")
-
-
-def current() -> Enforcement:
-    """The cached detection (done on first use)."""
-    return _detected()
 
 
 # ---------------------------------------------------------------- one agent's cgroup
@@ -301,10 +298,6 @@ def _keyed(text: str) -> dict[str, int]:
     return out
 
 
-_pending_lock = threading.Lock()
-_pending: set[str] = set()  # cgroup dirs whose rmdir found them busy: retried later
-
-
 def _rmdir(path: str) -> bool:
     try:
         os.rmdir(path)
@@ -320,30 +313,68 @@ def agent_name(job_id: int, attempt: int, worker: str) -> str:
     return _ASCII_SAFE.sub("_", f"{job_id}-{attempt}-{worker}")[:120]
 
 
-def sweep(enf: Enforcement | None = None, worker: str | None = None) -> int:
-    """Retry removing agent cgroups that were busy when their agent was closed; with ``enf``
-    also remove empty ones left by supervisors that died before ``close``: at once for this
-    ``worker`` (nobody else uses its names), after ``STALE_AFTER_S`` for any other (by then no
-    live supervisor still needs one's counters). rmdir only ever removes an empty cgroup.
-    Returns how many of our own busy ones remain pending."""
-    with _pending_lock:
-        for path in list(_pending):
-            if _rmdir(path):
-                _pending.discard(path)
-        left = len(_pending)
-    if enf is None:
+class Cgroups:
+    """The cgroup side of one supervisor: the host's detection (done once, when this object
+    is made), agent cgroups whose rmdir found them busy (retried by later sweeps), and when the
+    last full sweep ran. The supervisor's process layer owns one; nothing here is global."""
+
+    def __init__(self, enforcement: Enforcement | None = None) -> None:
+        self.enforcement = enforcement if enforcement is not None else detect_host()
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._last_full_sweep = float("-inf")
+
+    def describe(self) -> str:
+        """How limits are enforced here, in one line (health shows it)."""
+        return self.enforcement.describe()
+
+    def remove(self, cgroup: AgentCgroup) -> bool:
+        """rmdir the agent's cgroup dirs (never moving anything); a busy one is kept and
+        retried by later sweeps. True when all are gone."""
+        busy = cgroup.remove()
+        if busy:
+            with self._lock:
+                self._pending.update(busy)
+        return not busy
+
+    def sweep(self, worker: str | None = None, *, full: bool = False) -> int:
+        """Retry removing agent cgroups that were busy when their agent was closed; with
+        ``full`` also remove empty ones left by supervisors that died before ``close``: at once
+        for this ``worker`` (nobody else uses its names), after ``STALE_AFTER_S`` for any other
+        (by then no live supervisor still needs one's counters). rmdir only ever removes an
+        empty cgroup. Returns how many of our own busy ones remain pending."""
+        with self._lock:
+            for path in list(self._pending):
+                if _rmdir(path):
+                    self._pending.discard(path)
+            left = len(self._pending)
+        if not full:
+            return left
+        mine = re.compile(r"\d+-\d+-" + re.escape(agent_name(0, 0, worker or "")[4:]) + r"(\.\d)?")
+        old = time.time() - STALE_AFTER_S
+        for base in self.enforcement.bases():
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(base):
+                    with contextlib.suppress(OSError):
+                        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+                            continue
+                        if (worker and mine.fullmatch(entry.name)) or entry.stat().st_mtime < old:
+                            _rmdir(entry.path)
         return left
-    mine = re.compile(r"\d+-\d+-" + re.escape(agent_name(0, 0, worker or "")[4:]) + r"(\.\d)?")
-    old = time.time() - STALE_AFTER_S
-    for base in enf.bases():
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(base):
-                with contextlib.suppress(OSError):
-                    if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
-                        continue
-                    if (worker and mine.fullmatch(entry.name)) or entry.stat().st_mtime < old:
-                        _rmdir(entry.path)
-    return left
+
+    def sweep_if_due(self, worker: str) -> None:
+        """A full sweep at most every ``_SWEEP_EVERY_S`` (it lists every cgroup: not per spawn)."""
+        now = time.monotonic()
+        with self._lock:
+            due = now - self._last_full_sweep > _SWEEP_EVERY_S
+            if due:
+                self._last_full_sweep = now
+        if due:
+            self.sweep(worker, full=True)
+
+    def find(self, pid: int) -> AgentCgroup | None:
+        """The agent cgroup ``pid`` lives in, if it is one of ours (see ``find``)."""
+        return find(pid, self.enforcement)
 
 
 @dataclass
@@ -451,15 +482,10 @@ class AgentCgroup:
             return False
         return True
 
-    def remove(self) -> bool:
-        """rmdir every dir (never moving anything); a busy one is retried by later sweeps."""
-        done = True
-        for path in self.dirs:
-            if not _rmdir(path):
-                done = False
-                with _pending_lock:
-                    _pending.add(path)
-        return done
+    def remove(self) -> list[str]:
+        """rmdir every dir (never moving anything); the dirs still busy (``Cgroups.remove``
+        retries them later)."""
+        return [path for path in self.dirs if not _rmdir(path)]
 
 
 def _mkdir_unique(base: str, name: str) -> str:
@@ -503,10 +529,9 @@ def read_back(dirs: Iterable[str], version: int) -> tuple[int | None, int | None
     return mem, pids
 
 
-def find(pid: int, enf: Enforcement | None = None) -> AgentCgroup | None:
+def find(pid: int, enf: Enforcement) -> AgentCgroup | None:
     """The agent cgroup ``pid`` lives in, if it is one of ours: ``<our cgroup>/agent-supervisor/x``
     in every hierarchy we use (re-adoption after a restart; limits are read back)."""
-    enf = enf or current()
     try:
         mine = parse_proc_cgroup(_read("/proc/self/cgroup"))
         theirs = parse_proc_cgroup(_read(f"/proc/{pid}/cgroup"))

@@ -4,11 +4,20 @@
 
     <data dir>/                 0o700
         running-agents.json     the state file (supervisor.statefile)
+        worker-id               the worker id, kept apart too (a quarantined state file
+                                must not cost the supervisor its leases)
+        outbox.jsonl            outcomes waiting for the store (supervisor.outbox)
+        status.json             what only the live supervisor knows (supervisor.status)
         supervisor.lock         held (flock) by the supervisor that owns this dir
         supervisor.pid          that supervisor's pid, for the "already running" message
         logs/<job>-<attempt>.log
-        runs/<job>-<attempt>/   payload, result and exit files of one attempt
+        runs/<job>-<attempt>/   payload.json, result.json, progress.json and exit of one
+                                attempt (``AttemptFiles``)
         quarantine/             state files that failed to load
+
+This module is the one owner of these names: everyone else asks a ``DataDir``. ``DataDir.at``
+only names the paths (for readers in other processes, such as ``health``);
+``prepare_data_dir`` creates them.
 
 Everything here may hold job payloads, agent output or secrets, so directories are 0o700 and
 files 0o600 whatever the umask (DESIGN.md, "Settings": files holding secrets must not be
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -37,6 +47,7 @@ __all__ = [
     "LOCK_FILE",
     "PID_FILE",
     "STATE_FILE",
+    "AttemptFiles",
     "DataDir",
     "DataDirLock",
     "fsync_dir",
@@ -51,9 +62,11 @@ log = logging.getLogger("agent_supervisor.datadir")
 STATE_FILE: Final = "running-agents.json"
 LOCK_FILE: Final = "supervisor.lock"
 PID_FILE: Final = "supervisor.pid"
+OUTBOX_FILE: Final = "outbox.jsonl"
+WORKER_ID_FILE: Final = "worker-id"
+STATUS_FILE: Final = "status.json"
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
-_SUBDIRS: Final = ("logs", "runs", "quarantine")
 
 
 def _private_dir(path: Path) -> bool:
@@ -148,16 +161,75 @@ def fsync_dir(path: Path) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptFiles:
+    """The files of one attempt's dir: what the agent reads and writes, and the wrapper's
+    exit file (the agent contract in README names them by environment variable)."""
+
+    dir: Path
+
+    @property
+    def payload(self) -> Path:
+        return self.dir / "payload.json"
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def progress(self) -> Path:
+        return self.dir / "progress.json"
+
+    @property
+    def exit(self) -> Path:
+        return self.dir / "exit"
+
+
+@dataclass(frozen=True, slots=True)
 class DataDir:
-    """The paths of a prepared data dir (see the module docstring for the layout)."""
+    """The paths of a data dir (see the module docstring for the layout)."""
 
     root: Path
-    logs: Path
-    runs: Path
-    quarantine: Path
-    state_file: Path
-    lock_file: Path
-    pid_file: Path
+
+    @classmethod
+    def at(cls, path: Path | str) -> DataDir:
+        """The paths of the data dir at ``path``; nothing is created or checked."""
+        return cls(Path(path).expanduser())
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / PID_FILE
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / OUTBOX_FILE
+
+    @property
+    def worker_id_file(self) -> Path:
+        return self.root / WORKER_ID_FILE
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / STATUS_FILE
 
     def attempt_dir(self, job_id: int, attempt: int) -> Path:
         """``runs/<job_id>-<attempt>/``, created 0o700 if missing (``OSError`` if it cannot be)."""
@@ -165,8 +237,12 @@ class DataDir:
 
     def new_attempt_dir(self, job_id: int, attempt: int) -> tuple[Path, bool]:
         """``attempt_dir``, and whether this call created it (then nothing stale can be in it)."""
-        path = self.runs / _attempt_name(job_id, attempt)
+        path = self.attempt_path(job_id, attempt)
         return path, _private_dir(path)
+
+    def attempt_path(self, job_id: int, attempt: int) -> Path:
+        """``runs/<job_id>-<attempt>/`` (not created)."""
+        return self.runs / _attempt_name(job_id, attempt)
 
     def log_path(self, job_id: int, attempt: int) -> Path:
         """``logs/<job_id>-<attempt>.log`` (not created)."""
@@ -183,23 +259,16 @@ def _attempt_name(job_id: int, attempt: int) -> str:
 def prepare_data_dir(path: Path) -> DataDir:
     """Create (or tighten) the data dir and its subdirs, all 0o700; ``ConfigError`` if unusable."""
     root = Path(path).expanduser()
+    paths = DataDir(root)
     try:
-        for directory in (root, *(root / name for name in _SUBDIRS)):
+        for directory in (root, paths.logs, paths.runs, paths.quarantine):
             _private_dir(directory)
     except OSError as exc:
         detail = exc.strerror or str(exc)
         if exc.filename and Path(exc.filename) != root:  # name the subdir that failed
             detail = f"{exc.filename}: {detail}"
         raise ConfigError(f"cannot use data dir {root}: {detail}") from exc
-    return DataDir(
-        root=root,
-        logs=root / "logs",
-        runs=root / "runs",
-        quarantine=root / "quarantine",
-        state_file=root / STATE_FILE,
-        lock_file=root / LOCK_FILE,
-        pid_file=root / PID_FILE,
-    )
+    return DataDir(root)
 
 
 class DataDirLock:
@@ -221,11 +290,8 @@ class DataDirLock:
     """
 
     def __init__(self, data_dir: DataDir | Path) -> None:
-        if isinstance(data_dir, DataDir):
-            self._root, self._lock_path, self._pid_path = data_dir.root, data_dir.lock_file, data_dir.pid_file
-        else:
-            self._root = Path(data_dir)
-            self._lock_path, self._pid_path = self._root / LOCK_FILE, self._root / PID_FILE
+        paths = data_dir if isinstance(data_dir, DataDir) else DataDir.at(data_dir)
+        self._root, self._lock_path, self._pid_path = paths.root, paths.lock_file, paths.pid_file
         self._mutex = threading.Lock()
         self._held = False
         self._lock = filelock.FileLock(
@@ -279,6 +345,19 @@ class DataDirLock:
                     self._pid_path.unlink()
             self._lock.release(force=True)
             self._held = False
+
+    def wait_until_free(self) -> None:
+        """Block until no supervisor holds the lock (the holder exited), without taking it.
+
+        A blocking ``flock`` on the same file: the kernel wakes us, no polling. It is let go
+        at once; the caller then tries ``acquire``, and may lose that race to a third party.
+        """
+        fd = private_file(self._lock_path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _holder(self) -> str:
         try:

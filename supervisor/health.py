@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from supervisor.admission import recommend
+from supervisor.datadir import DataDir
 from supervisor.lifecycle import LIVE, Status
 from supervisor.settings import Settings
 from supervisor.store import JobStore
 
-__all__ = ["STATUS_FILE", "Alert", "HealthReport", "check_health", "read_status"]
+__all__ = ["Alert", "HealthReport", "check_health", "read_status"]
 
-STATUS_FILE: Final = "status.json"
-"""The file in the data dir that the running supervisor rewrites (``supervisor.status``)."""
 _STATUS_FRESH_S: Final = 15.0
 """A status file older than this is from a supervisor that is gone (it rewrites every 5 s)."""
 _BLOCKED_ALERT_S: Final = 60.0
@@ -82,7 +81,7 @@ class HealthReport:
 def read_status(data_dir: Path) -> dict[str, Any] | None:
     """The running supervisor's ``status.json`` if it is fresh and its process lives."""
     try:
-        status = json.loads((Path(data_dir) / STATUS_FILE).read_bytes())
+        status = json.loads(DataDir.at(data_dir).status_file.read_bytes())
     except (OSError, ValueError):
         return None
     if not isinstance(status, dict) or time.time() - float(status.get("updated_at", 0)) > _STATUS_FRESH_S:

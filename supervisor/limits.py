@@ -32,14 +32,14 @@ import math
 import os
 import signal
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Final
 
-from supervisor.cgroups import AgentCgroup, Enforcement, agent_name, current, sweep
+from supervisor.cgroups import AgentCgroup, Cgroups, Enforcement, agent_name
+from supervisor.processes import Limits, TreeStats
 
 __all__ = [
     "Limits",
@@ -47,60 +47,23 @@ __all__ = [
     "TreeStats",
     "breach_of",
     "describe",
-    "enforcement",
     "nproc_flag",
+    "plain_wrapper",
     "size",
     "user_tasks",
     "wrapper_script",
 ]
 
-_SWEEP_EVERY_S: Final = 60.0
-"""How often a spawn also looks for empty cgroups that dead supervisors left behind."""
-_last_sweep = float("-inf")
-
 MIB: Final = 1 << 20
+# printf is a builtin (dash, bash, zsh-as-sh); `mv` would need the agent's PATH and a fork.
+# The file is read only once the wrapper is gone, so a plain truncating write is enough: a
+# wrapper killed mid-write leaves an empty file, read as "unknown" (as a missing one is).
 _EXIT_TAIL: Final = '"$@"; rc=$?; printf %s "$rc" > "$AGENT_SUPERVISOR_EXIT_FILE"; exit "$rc"'
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one agent's tree may use; None means no limit."""
-
-    memory_max_bytes: int | None = None
-    pids_max: int | None = None
-    cpu_time_s: float | None = None
-    address_space_bytes: int | None = None
-
-    def any(self) -> bool:
-        """True when at least one limit is set."""
-        values = (self.memory_max_bytes, self.pids_max, self.cpu_time_s, self.address_space_bytes)
-        return any(v is not None for v in values)
-
-
-@dataclass(frozen=True)
-class TreeStats:
-    """One sample of an agent's whole tree."""
-
-    rss_bytes: int
-    """cgroup: usage minus inactive page cache (as ``docker stats``); else the sum of RSS."""
-    cpu_percent: float
-    """CPU time used since the previous sample over wall time, in percent of one CPU."""
-    processes: int
-    """cgroup: pids.current (tasks, threads included: what pids.max limits); else processes."""
 
 
 def size(n: int) -> str:
     """``"256 MiB"``, or ``"200.5 MiB"`` when not whole."""
     return f"{n // MIB} MiB" if n % MIB == 0 else f"{n / MIB:.1f} MiB"
-
-
-def enforcement() -> str:
-    """How limits are enforced on this machine, in one line (health shows it); detected once.
-
-    ``cgroup-v2 (memory, pids)``, ``cgroup-v1 (memory, pids)``, or ``rlimit; memory: sampled
-    by the supervisor; processes: ...`` (``supervisor.cgroups.current().reason`` says why).
-    """
-    return current().describe()
 
 
 # ---------------------------------------------------------------- wrapper
@@ -124,6 +87,11 @@ def _ulimit(args: str) -> str:
     return f'ulimit {args} 2>/dev/null || echo "$0: cannot set ulimit {args}" >&2'
 
 
+def plain_wrapper() -> str:
+    """The wrapper of an agent without limits: run it, record its exit status."""
+    return wrapper_script(Limits(), handshake=False)
+
+
 def wrapper_script(
     limits: Limits, *, handshake: bool, nproc: int | None = None, flag: str | None = None
 ) -> str:
@@ -134,16 +102,16 @@ def wrapper_script(
     RLIMIT_NPROC (no handshake). Soft/hard order matters to dash: lowering the hard limit
     alone below the soft one fails with EINVAL.
     """
-    flag = flag or nproc_flag()
     steps = ["trap : TERM INT HUP"]
     if handshake:
         steps += [
             "read -r n",
             "exec </dev/null",
-            f"case $n in [1-9]*) {_ulimit(f'-{flag} $n')};; esac",  # $n: digits from us only
+            # $n: digits from us only
+            f"case $n in [1-9]*) {_ulimit(f'-{flag or nproc_flag()} $n')};; esac",
         ]
     elif nproc is not None:
-        steps.append(_ulimit(f"-{flag} {nproc}"))
+        steps.append(_ulimit(f"-{flag or nproc_flag()} {nproc}"))
     if limits.cpu_time_s is not None:
         soft = max(1, math.ceil(limits.cpu_time_s))
         steps += [_ulimit(f"-S -t {soft}"), _ulimit(f"-H -t {soft + 1}")]
@@ -176,34 +144,34 @@ class Setup:
     """Everything ``procs.spawn`` needs to apply ``limits`` to one agent."""
 
     limits: Limits
-    enforcement: Enforcement
+    cgroups: Cgroups
     cgroup: AgentCgroup | None
     script: str
 
+    @property
+    def enforcement(self) -> Enforcement:
+        return self.cgroups.enforcement
+
     @classmethod
-    def prepare(
-        cls, limits: Limits, job_id: int, attempt: int, worker: str, enf: Enforcement | None = None
-    ) -> Setup:
+    def prepare(cls, limits: Limits, job_id: int, attempt: int, worker: str, cgroups: Cgroups) -> Setup:
         """Create the agent's cgroup (if any) and build the wrapper; never raises for limits.
 
-        Also sweeps: cgroups that were busy at ``close`` and empty ones this worker left behind.
+        Also sweeps, now and then: cgroups that were busy at ``close`` and empty ones this
+        worker left behind (``Cgroups.sweep_if_due``).
         """
-        global _last_sweep
-        enf = enf or current()
+        enf = cgroups.enforcement
         cgroup = None
         if enf.bases():
-            if time.monotonic() - _last_sweep > _SWEEP_EVERY_S:  # listing every cgroup: not per spawn
-                _last_sweep = time.monotonic()
-                sweep(enf, worker)
+            cgroups.sweep_if_due(worker)
             name = agent_name(job_id, attempt, worker)
             # a partial failure (one hierarchy refused) shows as that limit's fallback in describe()
             cgroup, _ = AgentCgroup.create(enf, name, limits.memory_max_bytes, limits.pids_max)
         if cgroup is not None:
-            return cls(limits, enf, cgroup, wrapper_script(limits, handshake=True))
+            return cls(limits, cgroups, cgroup, wrapper_script(limits, handshake=True))
         nproc = None
         if limits.pids_max is not None and not enf.nproc_exempt:
             nproc = user_tasks(os.getuid()) + limits.pids_max
-        return cls(limits, enf, None, wrapper_script(limits, handshake=False, nproc=nproc))
+        return cls(limits, cgroups, None, wrapper_script(limits, handshake=False, nproc=nproc))
 
     @property
     def handshake(self) -> bool:
@@ -226,7 +194,7 @@ class Setup:
     def abandon(self) -> None:
         """The spawn failed: remove the cgroup again."""
         if self.cgroup is not None:
-            self.cgroup.remove()
+            self.cgroups.remove(self.cgroup)
 
     def describe(self) -> str:
         """What is in force for this agent, e.g. ``memory 200 MiB: cgroup-v1; CPU time 2 s: RLIMIT_CPU``."""

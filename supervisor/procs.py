@@ -43,16 +43,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor import cgroups, proctable
-from supervisor.cgroups import AgentCgroup, Counters
+from supervisor import proctable
+from supervisor.cgroups import AgentCgroup, Cgroups, Counters
+from supervisor.clock import SYSTEM_CLOCK, Clock
+from supervisor.datadir import AttemptFiles
 from supervisor.errors import SpawnError
-from supervisor.limits import Limits, Setup, TreeStats, breach_of, describe
+from supervisor.limits import Setup, breach_of, describe, plain_wrapper
 from supervisor.logcap import LogCap
-from supervisor.proctable import (
+from supervisor.processes import (
     TAG_ATTEMPT,
     TAG_JOB,
     TAG_WORKER,
+    ExitStatus,
+    Limits,
     TaggedProcess,
+    TreeStats,
+)
+from supervisor.proctable import (
+    ProcessTable,
     TreeSampler,
     _getpgid,
     _group_members,
@@ -68,7 +76,7 @@ from supervisor.proctable import (
     set_child_subreaper,
     signal_process,
 )
-from supervisor.waiting import Waiter, stop
+from supervisor.waiting import Waiter
 
 if sys.platform == "win32":  # pragma: no cover - documented refusal
     raise ImportError(
@@ -85,53 +93,26 @@ __all__ = [
     "ExitStatus",
     "Limits",
     "LogCap",
+    "OsProcesses",
     "TaggedProcess",
     "TreeStats",
     "Waiter",
     "boot_id",
     "identity_of",
     "memory",
-    "reap_orphans",
     "same_process",
     "scan_tagged",
     "set_child_subreaper",
     "signal_process",
     "spawn",
-    "stop",
 ]
 
 EXIT_FILE_ENV: Final = "AGENT_SUPERVISOR_EXIT_FILE"
 WRAPPER_NAME: Final = "agent-supervisor-wrapper"
 _SH: Final = "/bin/sh"
-# printf is a builtin (dash, bash, zsh-as-sh); `mv` would need the agent's PATH and a fork.
-# The file is read only once the wrapper is gone, so a plain truncating write is enough: a
-# wrapper killed mid-write leaves an empty file, read as "unknown" (as a missing one is).
-_WRAPPER: Final = (
-    'trap : TERM INT HUP; "$@"; rc=$?; printf %s "$rc" > "$AGENT_SUPERVISOR_EXIT_FILE"; exit "$rc"'
-)
 
 
 # ---------------------------------------------------------------- exit status
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How an agent ended; all None when the outcome is unknown (e.g. no exit file)."""
-
-    exit_code: int | None
-    signal: int | None
-    peak_rss_bytes: int | None
-
-    def describe(self) -> str:
-        """``"exit code 3"``, ``"killed by SIGKILL"`` or ``"exit status unknown"``."""
-        if self.signal is not None:
-            try:
-                return f"killed by {signal.Signals(self.signal).name}"
-            except ValueError:
-                return f"killed by signal {self.signal}"
-        if self.exit_code is not None:
-            return f"exit code {self.exit_code}"
-        return "exit status unknown"
 
 
 _UNKNOWN: Final = ExitStatus(None, None, None)
@@ -190,15 +171,6 @@ def _kill_cgroup(cgroup: AgentCgroup, skip: Collection[int]) -> list[int]:
     return sorted(hit)
 
 
-def reap_orphans(keep: Collection[int]) -> list[int]:
-    """``proctable.reap_orphans``, then retry removing agent cgroups that only the reaped
-    zombies kept busy (a killed agent's children re-parented to us as the subreaper)."""
-    reaped = proctable.reap_orphans(keep)
-    if reaped:
-        cgroups.sweep()
-    return reaped
-
-
 # ---------------------------------------------------------------- agents
 
 
@@ -224,6 +196,10 @@ class AgentProcess:
     _limits: Limits | None = field(default=None, repr=False)
     _cgroup: AgentCgroup | None = field(default=None, repr=False)
     _enforced: str = field(default="", repr=False)
+    _cgroups: Cgroups | None = field(default=None, repr=False)
+    """The owner of our cgroup's removal (None: spawned without limits, no cgroup)."""
+    _table: ProcessTable | None = field(default=None, repr=False)
+    """The process-table snapshot shared with other agents' samplers."""
     _status: ExitStatus | None = field(default=None, init=False, repr=False)
     # Held while reaping and while signalling an unreaped child, so that the pid (and with it
     # the pgid) cannot be freed and reused between our check and killpg.
@@ -237,24 +213,28 @@ class AgentProcess:
     def attach(
         cls, *, pid: int, pgid: int, identity: str, started_mono: float, log_path: Path, run_dir: Path,
         job_id: int, attempt: int, worker: str, limits: Limits | None = None,
+        cgroups: Cgroups | None = None, table: ProcessTable | None = None,
     ) -> AgentProcess:  # fmt: skip
         """Re-adopt an agent recorded earlier (e.g. by a supervisor that has since died).
 
         Its cgroup, if it lives in one of ours, is found again (stats, breach, removal on
         ``close``); without ``limits`` the memory and pids limits are read back from it.
+        ``cgroups`` and ``table``: the caller's (``OsProcesses``), else fresh ones.
         """
         pidfd = _open_pidfd(pid)
         live = identity_of(pid) == identity
         if pidfd is not None and not live:
             os.close(pidfd)  # the pid now names another process: never watch it
             pidfd = None
+        cgroups = cgroups if cgroups is not None else Cgroups()
         cgroup = cgroups.find(pid) if live and sys.platform == "linux" else None
         if cgroup is not None and limits is None:
             limits = Limits(memory_max_bytes=cgroup.memory_max, pids_max=cgroup.pids_max)
-        enforced = describe(limits, cgroup, cgroups.current()) if limits is not None else ""
+        enforced = describe(limits, cgroup, cgroups.enforcement) if limits is not None else ""
         return cls(
             pid, pgid, identity, started_mono, log_path, run_dir, job_id, attempt, worker,
-            _pidfd=pidfd, _limits=limits, _cgroup=cgroup, _enforced=enforced,
+            _pidfd=pidfd, _limits=limits, _cgroup=cgroup, _enforced=enforced, _cgroups=cgroups,
+            _table=table,
         )  # fmt: skip
 
     @property
@@ -313,7 +293,8 @@ class AgentProcess:
                     ticks = self.identity.rpartition(":")[2]
                     start = int(ticks) if self.identity.startswith("linux:") and ticks.isdigit() else None
                     tag = (str(self.job_id), str(self.attempt), self.worker)
-                    self._sampler = TreeSampler(self.pid, self.pgid, start, tag, self.started_mono)
+                    table = self._table if self._table is not None else ProcessTable()
+                    self._sampler = TreeSampler(self.pid, self.pgid, start, tag, self.started_mono, table)
                 scanned = self._sampler.sample()
                 if scanned is None:
                     return None
@@ -331,7 +312,7 @@ class AgentProcess:
     @property
     def exit_file(self) -> Path:
         """Where the wrapper writes the agent's exit status."""
-        return self.run_dir / "exit"
+        return AttemptFiles(self.run_dir).exit
 
     @property
     def status(self) -> ExitStatus | None:
@@ -389,12 +370,13 @@ class AgentProcess:
         fd, self._pidfd = self._pidfd, None
         if fd is not None:
             os.close(fd)
-        cgroup = self._cgroup
-        if cgroup is not None and self._status is not None:
+        cgroup, owner = self._cgroup, self._cgroups
+        if cgroup is not None and owner is not None and self._status is not None:
             self._final_events = cgroup.events()  # limit_breach() must outlive the cgroup
             self._cgroup = None
-            cgroup.remove()
-        cgroups.sweep()  # others that were busy at their close (cheap when none are)
+            owner.remove(cgroup)
+        if owner is not None:
+            owner.sweep()  # others that were busy at their close (cheap when none are)
 
     def _matches(self, env: Mapping[str, str]) -> bool:
         return (
@@ -508,6 +490,9 @@ def spawn(
     attempt: int,
     worker: str,
     limits: Limits | None = None,
+    cgroups: Cgroups | None = None,
+    table: ProcessTable | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AgentProcess:
     """Start ``argv`` through the exit-status wrapper in a new session, output appended to ``log_path``.
 
@@ -518,6 +503,7 @@ def spawn(
     can fork; a limit that cannot be applied degrades, never fails the spawn
     (``AgentProcess.enforcement`` says what is in force).
     Raises ``SpawnError`` (errno ENOENT, EACCES, or the OS's) when the agent cannot start.
+    ``cgroups``, ``table``, ``clock``: the caller's (``OsProcesses``); by default fresh ones.
     """
     if not argv:
         raise SpawnError(errno.EINVAL, "empty command")
@@ -528,7 +514,7 @@ def spawn(
     if cwd is not None and not os.path.isdir(cwd):
         raise SpawnError(errno.ENOENT, f"working directory not found: {cwd}")
     exe = _resolve(argv[0], env, cwd)
-    exit_file = run_dir / "exit"
+    exit_file = AttemptFiles(run_dir).exit
     full_env = {**tags, **env, EXIT_FILE_ENV: str(exit_file)}
     try:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -537,8 +523,10 @@ def spawn(
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise SpawnError(exc.errno, f"cannot prepare {run_dir}: {exc.strerror}") from exc
-    setup = Setup.prepare(limits, job_id, attempt, worker) if limits is not None else None
-    args = [_SH, "-c", setup.script if setup else _WRAPPER, WRAPPER_NAME, exe, *argv[1:]]
+    if limits is not None and cgroups is None:
+        cgroups = Cgroups()
+    setup = Setup.prepare(limits, job_id, attempt, worker, cgroups) if limits and cgroups else None
+    args = [_SH, "-c", setup.script if setup else plain_wrapper(), WRAPPER_NAME, exe, *argv[1:]]
     proc: subprocess.Popen[bytes] | None = None
     try:
         if cwd is None and not (setup and setup.handshake) and _CAN_POSIX_SPAWN:
@@ -567,7 +555,7 @@ def spawn(
         raise SpawnError(exc.errno, f"cannot start {argv[0]}: {exc.strerror}") from exc
     finally:
         os.close(log_fd)
-    started = time.monotonic()
+    started = clock.monotonic()
     if setup is not None:
         # cgroups joined before the wrapper reads its line
         setup.start(pid, proc.stdin if proc is not None else None)
@@ -575,4 +563,94 @@ def spawn(
         pid, pid, "", started, log_path, run_dir, job_id, attempt, worker,
         _child=True, _pidfd=_open_pidfd(pid), _limits=limits,
         _cgroup=setup.cgroup if setup else None, _enforced=setup.describe() if setup else "",
+        _cgroups=cgroups, _table=table,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the seam
+
+
+class OsProcesses:
+    """The real ``supervisor.processes.Processes``: POSIX sessions and process groups, pidfds,
+    cgroups where writable. It owns what its agents share: the cgroup bookkeeping
+    (``Cgroups``: detection, busy removals, sweeps) and the process-table snapshot
+    (``ProcessTable``) that samplers read. ``clock`` stamps each agent's start."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, *, cgroups: Cgroups | None = None) -> None:
+        self._clock = clock
+        self._cgroups = cgroups
+        self._table = ProcessTable()
+
+    @property
+    def cgroups(self) -> Cgroups:
+        """Detected on first use: a supervisor whose agents have no limits never pays for it."""
+        if self._cgroups is None:
+            self._cgroups = Cgroups()
+        return self._cgroups
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        run_dir: Path,
+        log_path: Path,
+        cwd: str | None,
+        job_id: int,
+        attempt: int,
+        worker: str,
+        limits: Limits | None,
+    ) -> AgentProcess:
+        return spawn(
+            argv, env=env, run_dir=run_dir, log_path=log_path, cwd=cwd, job_id=job_id, attempt=attempt,
+            worker=worker, limits=limits, cgroups=self.cgroups if limits is not None else None,
+            table=self._table, clock=self._clock,
+        )  # fmt: skip
+
+    def attach(
+        self, *, pid: int, pgid: int, identity: str, started_mono: float, log_path: Path, run_dir: Path,
+        job_id: int, attempt: int, worker: str, limits: Limits | None = None,
+    ) -> AgentProcess:  # fmt: skip
+        return AgentProcess.attach(
+            pid=pid, pgid=pgid, identity=identity, started_mono=started_mono, log_path=log_path,
+            run_dir=run_dir, job_id=job_id, attempt=attempt, worker=worker, limits=limits,
+            cgroups=self.cgroups, table=self._table,
+        )  # fmt: skip
+
+    def waiter(self) -> Waiter:
+        return Waiter()
+
+    def scan_tagged(self, worker: str | None) -> list[TaggedProcess]:
+        return scan_tagged(worker)
+
+    def signal_process(self, pid: int, identity: str, sig: int) -> bool:
+        return signal_process(pid, identity, sig)
+
+    def same_process(self, pid: int, identity: str) -> bool:
+        return same_process(pid, identity)
+
+    def boot_id(self) -> str:
+        return boot_id()
+
+    def memory(self) -> tuple[int, int]:
+        return memory()
+
+    def load_per_cpu(self) -> float | None:
+        try:
+            return os.getloadavg()[0] / (os.cpu_count() or 1)
+        except OSError:  # no load average on this system
+            return None
+
+    def enforcement(self) -> str:
+        return self.cgroups.describe()
+
+    def set_child_subreaper(self, enabled: bool) -> bool:
+        return set_child_subreaper(enabled)
+
+    def reap_orphans(self, keep: Collection[int]) -> list[int]:
+        """``proctable.reap_orphans``, then retry removing agent cgroups that only the reaped
+        zombies kept busy (a killed agent's children re-parented to us as the subreaper)."""
+        reaped = proctable.reap_orphans(keep)
+        if reaped and self._cgroups is not None:
+            self._cgroups.sweep()
+        return reaped

@@ -26,12 +26,13 @@ from typing import Final, NamedTuple
 
 import psutil
 
-from supervisor.limits import TreeStats
+from supervisor.processes import TAG_ATTEMPT, TAG_JOB, TAG_WORKER, TaggedProcess, TreeStats
 
 __all__ = [
     "TAG_ATTEMPT",
     "TAG_JOB",
     "TAG_WORKER",
+    "ProcessTable",
     "TaggedProcess",
     "TreeSampler",
     "boot_id",
@@ -44,9 +45,6 @@ __all__ = [
     "signal_process",
 ]
 
-TAG_JOB: Final = "AGENT_SUPERVISOR_JOB_ID"
-TAG_ATTEMPT: Final = "AGENT_SUPERVISOR_ATTEMPT"
-TAG_WORKER: Final = "AGENT_SUPERVISOR_WORKER"
 _PR_SET_CHILD_SUBREAPER: Final = 36  # <linux/prctl.h>
 _TABLE_MAX_AGE: Final = 0.25  # one /proc pass serves every agent sampled within this long
 _TICK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -138,18 +136,6 @@ def same_process(pid: int, identity: str) -> bool:
 # ---------------------------------------------------------------- scanning
 
 
-@dataclass(frozen=True)
-class TaggedProcess:
-    """A live process of the current user whose environment carries our job tag."""
-
-    pid: int
-    identity: str
-    job_id: int
-    attempt: int
-    worker: str
-    pgid: int | None = None  # added: lets reconciliation tell the wrapper (pid == pgid) apart
-
-
 def _iter_tagged_env() -> Iterator[tuple[int, dict[str, str]]]:
     """(pid, environment) of this user's processes whose environment holds TAG_JOB, but us."""
     me = os.getpid()
@@ -217,17 +203,6 @@ def _group_members(pgid: int) -> list[int]:
             if found is not None and not found[1]:
                 members.append(pid)
     return members
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg succeeds on a group of zombies (e.g. orphans of an init that never reaps)
-    return bool(_group_members(pgid))
 
 
 # ---------------------------------------------------------------- signals
@@ -333,49 +308,53 @@ def _parse_row(raw: bytes) -> _Row:
     return _Row(int(f[1]), int(f[2]), int(f[19]), cpu, int(f[21]) * _PAGE, f[0] in (b"Z", b"X"))
 
 
-_table_lock = threading.Lock()
-_table: tuple[float, dict[int, _Row]] = (float("-inf"), {})
-_tags: dict[tuple[int, int], tuple[str, str, str] | None] = {}  # (pid, starttime) -> tag
+class ProcessTable:
+    """A snapshot of every process (``/proc/<pid>/stat``), at most ``_TABLE_MAX_AGE`` old, and
+    the env tag of each process read once: one pass serves every agent sampled meanwhile. The
+    supervisor's process layer owns one; samplers share it."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._table: tuple[float, dict[int, _Row]] = (float("-inf"), {})
+        self._tags: dict[tuple[int, int], tuple[str, str, str] | None] = {}  # (pid, starttime) -> tag
 
-def _process_table() -> tuple[float, dict[int, _Row]]:
-    """(monotonic time, {pid: row}) of every process, at most ``_TABLE_MAX_AGE`` old."""
-    global _table
-    with _table_lock:
-        if time.monotonic() - _table[0] < _TABLE_MAX_AGE:
-            return _table
-        rows: dict[int, _Row] = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    with open(f"/proc/{entry.name}/stat", "rb") as f:
-                        rows[int(entry.name)] = _parse_row(f.read())
-                except (OSError, ValueError, IndexError):  # gone meanwhile
-                    continue
-        _table = (time.monotonic(), rows)
-        for key in [k for k in _tags if k[0] not in rows or rows[k[0]].starttime != k[1]]:
-            del _tags[key]
-        return _table
+    def rows(self) -> tuple[float, dict[int, _Row]]:
+        """(monotonic time, {pid: row}) of every process."""
+        with self._lock:
+            if time.monotonic() - self._table[0] < _TABLE_MAX_AGE:
+                return self._table
+            rows: dict[int, _Row] = {}
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        with open(f"/proc/{entry.name}/stat", "rb") as f:
+                            rows[int(entry.name)] = _parse_row(f.read())
+                    except (OSError, ValueError, IndexError):  # gone meanwhile
+                        continue
+            self._table = (time.monotonic(), rows)
+            gone = [k for k in self._tags if k[0] not in rows or rows[k[0]].starttime != k[1]]
+            for key in gone:
+                del self._tags[key]
+            return self._table
 
-
-def _tag_of(pid: int, starttime: int) -> tuple[str, str, str] | None:
-    """(job, attempt, worker) from a process's environment; read once per process."""
-    key = (pid, starttime)
-    with _table_lock:
-        if key in _tags:
-            return _tags[key]
-    tag = None
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            raw = f.read()
-    except OSError:  # gone, or another user's
-        raw = b""
-    if TAG_JOB.encode() in raw:
-        env = dict(os.fsdecode(kv).partition("=")[::2] for kv in raw.split(b"\0") if kv)
-        tag = (env.get(TAG_JOB, ""), env.get(TAG_ATTEMPT, ""), env.get(TAG_WORKER, ""))
-    with _table_lock:
-        _tags[key] = tag
-    return tag
+    def tag_of(self, pid: int, starttime: int) -> tuple[str, str, str] | None:
+        """(job, attempt, worker) from a process's environment; read once per process."""
+        key = (pid, starttime)
+        with self._lock:
+            if key in self._tags:
+                return self._tags[key]
+        tag = None
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                raw = f.read()
+        except OSError:  # gone, or another user's
+            raw = b""
+        if TAG_JOB.encode() in raw:
+            env = dict(os.fsdecode(kv).partition("=")[::2] for kv in raw.split(b"\0") if kv)
+            tag = (env.get(TAG_JOB, ""), env.get(TAG_ATTEMPT, ""), env.get(TAG_WORKER, ""))
+        with self._lock:
+            self._tags[key] = tag
+        return tag
 
 
 @dataclass
@@ -387,6 +366,7 @@ class TreeSampler:
     starttime: int | None  # the wrapper's (Linux); None: unknown, trust no group membership
     tag: tuple[str, str, str]
     since: float  # monotonic start of the first interval
+    table: ProcessTable = field(default_factory=ProcessTable)
     _cpu: dict[tuple[int, int | float], float] = field(default_factory=dict)
 
     def sample(self) -> TreeStats | None:
@@ -404,7 +384,7 @@ class TreeSampler:
         return TreeStats(sum(rss for _, rss in members.values()), percent, len(members))
 
     def _members_linux(self) -> tuple[float, dict[tuple[int, int | float], tuple[float, int]]]:
-        at, table = _process_table()
+        at, table = self.table.rows()
         leader = table.get(self.pid)
         alive = leader is not None and leader.starttime == self.starttime
         roots = {pid for pid, row in table.items() if alive and row.pgrp == self.pgid}
@@ -424,7 +404,10 @@ class TreeSampler:
             orphans = [
                 pid
                 for pid, row in table.items()
-                if pid not in tree and pid != me and not row.zombie and _tag_of(pid, row.starttime) == tag
+                if pid not in tree
+                and pid != me
+                and not row.zombie
+                and self.table.tag_of(pid, row.starttime) == tag
             ]
             if not orphans:
                 break

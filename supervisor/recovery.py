@@ -19,13 +19,16 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
-from supervisor import procs, reconcile
+from supervisor import reconcile
 from supervisor.attempt import Attempt, limits_of, read_result
-from supervisor.datadir import write_private
+from supervisor.clock import Clock
+from supervisor.datadir import DataDir, write_private
 from supervisor.errors import InvalidJobError, StoreError
-from supervisor.lifecycle import LIVE, DecidedBy, ErrorKind, Job, Outcome, Status
+from supervisor.job import LIVE, DecidedBy, ErrorKind, Job, Outcome, Status
+from supervisor.logcap import LogCap
+from supervisor.processes import Agent, Processes, TaggedProcess
 from supervisor.reconcile import Action, Decision, OrphanPolicy
 from supervisor.scheduler import outcome_for
 from supervisor.settings import Settings
@@ -35,8 +38,6 @@ from supervisor.store import JobStore
 __all__ = ["Recorder", "load_worker_id", "read_worker_id", "reconcile_on_start"]
 
 log = logging.getLogger("agent_supervisor")
-
-_WORKER_ID_FILE: Final = "worker-id"
 
 
 class Recorder(Protocol):
@@ -53,7 +54,8 @@ def reconcile_on_start(
     store: JobStore,
     settings: Settings,
     worker_id: str,
-    clock: Callable[[], float],
+    processes: Processes,
+    clock: Clock,
     adopt: Callable[[Attempt], None],
     record: Recorder,
 ) -> list[Decision]:
@@ -65,8 +67,8 @@ def reconcile_on_start(
     belong to no adopted agent are killed. Returns the decisions, in the order carried out.
     """
     entries = state.agents if state else []
-    same_boot = state is not None and state.boot_id == procs.boot_id()
-    alive = {e.job_id for e in entries if same_boot and procs.same_process(e.pid, e.start_identity)}
+    same_boot = state is not None and state.boot_id == processes.boot_id()
+    alive = {e.job_id for e in entries if same_boot and processes.same_process(e.pid, e.start_identity)}
     try:
         jobs = {j.id: j for j in store.list(statuses=LIVE, lease_owner=worker_id)}
         leased = {j.id: j.attempt for j in jobs.values()}
@@ -75,7 +77,7 @@ def reconcile_on_start(
         # every write is fenced; the first heartbeat tells which leases are really gone.
         log.warning("reconcile: store unreachable (%s); keeping recorded agents", exc)
         jobs, leased = {}, {e.job_id: e.attempt for e in entries}
-    tagged = procs.scan_tagged(worker_id)
+    tagged = processes.scan_tagged(worker_id)
     found = reconcile.findings(entries, leased, alive, {t.job_id: t.attempt for t in tagged})
 
     def policy(f: reconcile.Finding) -> OrphanPolicy:
@@ -89,12 +91,14 @@ def reconcile_on_start(
     for d in decisions:
         log.info("reconcile: job %d attempt %d: %s (%s)", d.job_id, d.attempt, d.action, d.why)
         entry, job = by_job.get(d.job_id), jobs.get(d.job_id)
-        attempt = _carry_out(d, entry, job, tagged, settings, worker_id, clock, record)
+        attempt = _carry_out(d, entry, job, tagged, settings, worker_id, processes, clock, record)
         if attempt is not None:
             adopt(attempt)
             adopted.add((attempt.job.id, attempt.job.attempt))
     for t in tagged:  # tagged processes that belong to no agent we keep
-        if (t.job_id, t.attempt) not in adopted and procs.signal_process(t.pid, t.identity, signal.SIGKILL):
+        if (t.job_id, t.attempt) not in adopted and processes.signal_process(
+            t.pid, t.identity, signal.SIGKILL
+        ):
             log.warning("reconcile: killed stray process %d (job %s attempt %s)", t.pid, t.job_id, t.attempt)
     return decisions
 
@@ -103,16 +107,17 @@ def _carry_out(
     d: Decision,
     entry: AgentEntry | None,
     job: Job | None,
-    tagged: list[procs.TaggedProcess],
+    tagged: list[TaggedProcess],
     settings: Settings,
     worker_id: str,
-    clock: Callable[[], float],
+    processes: Processes,
+    clock: Clock,
     record: Recorder,
 ) -> Attempt | None:
     """Do what ``d`` says; the attempt to adopt, if it says adopt."""
     proc = None
     if entry is not None:
-        proc = procs.AgentProcess.attach(
+        proc = processes.attach(
             pid=entry.pid,
             pgid=entry.pgid,
             identity=entry.start_identity,
@@ -124,7 +129,7 @@ def _carry_out(
             worker=entry.worker,
         )
     if d.action is Action.ADOPT and proc is not None and entry is not None:
-        return _adoptable(proc, entry, job, settings, worker_id, clock())
+        return _adoptable(proc, entry, job, settings, worker_id, clock.monotonic())
     facts: dict[str, Any] = {"reconcile": d.action.value, "why": d.why}
     if d.action in (Action.KILL_AND_RECORD, Action.KILL_ONLY):
         if proc is not None:
@@ -133,7 +138,7 @@ def _carry_out(
             facts["killed_pids"] = [
                 t.pid
                 for t in tagged
-                if t.job_id == d.job_id and procs.signal_process(t.pid, t.identity, signal.SIGKILL)
+                if t.job_id == d.job_id and processes.signal_process(t.pid, t.identity, signal.SIGKILL)
             ]
     outcome: Outcome | None = None
     if d.action is Action.KILL_AND_RECORD:
@@ -162,7 +167,7 @@ def _carry_out(
 
 
 def _adoptable(
-    proc: procs.AgentProcess,
+    proc: Agent,
     entry: AgentEntry,
     job: Job | None,
     settings: Settings,
@@ -193,9 +198,7 @@ def _adoptable(
     )
 
 
-def _ended_while_away(
-    proc: procs.AgentProcess, entry: AgentEntry, facts: dict[str, Any], settings: Settings
-) -> Outcome:
+def _ended_while_away(proc: Agent, entry: AgentEntry, facts: dict[str, Any], settings: Settings) -> Outcome:
     status = proc.poll()
     code = status.exit_code if status else None
     sig = status.signal if status else None
@@ -226,16 +229,16 @@ def _ended_while_away(
     )
 
 
-def _logcap(settings: Settings, path: Path) -> procs.LogCap:
-    return procs.LogCap(path, settings.log_cap_bytes, settings.output_tail_bytes)
+def _logcap(settings: Settings, path: Path) -> LogCap:
+    return LogCap(path, settings.log_cap_bytes, settings.output_tail_bytes)
 
 
 # -- the worker id ---------------------------------------------------------------------------
-def load_worker_id(data_dir: Path, state: State | None) -> str:
-    """The worker id from the state file, else from its backup file in ``data_dir`` (a
+def load_worker_id(datadir: DataDir, state: State | None) -> str:
+    """The worker id from the state file, else from its backup file in the data dir (a
     quarantined state file must not cost us our leases), else a new one; the backup is kept
     in step with it."""
-    backup = data_dir / _WORKER_ID_FILE
+    backup = datadir.worker_id_file
     worker = state.worker_id if state else None
     if worker is None:
         with contextlib.suppress(OSError, UnicodeDecodeError):
@@ -253,7 +256,7 @@ def read_worker_id(settings: Settings) -> str | None:
     """The worker id of the data dir's supervisor, read without locking or repair (for
     ``health`` in another process); None when there is none yet."""
     try:
-        worker = (Path(settings.data_dir) / _WORKER_ID_FILE).read_text().strip()
+        worker = DataDir.at(settings.data_dir).worker_id_file.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
     return worker or None

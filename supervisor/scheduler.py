@@ -8,12 +8,12 @@ table-driven tests with no processes and no sleeping.
 from __future__ import annotations
 
 import math
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from supervisor.lifecycle import CancelMode, DecidedBy, ErrorKind
+from supervisor.job import CancelMode, DecidedBy, ErrorKind
+from supervisor.processes import describe_end
 
 __all__ = [
     "AgentView",
@@ -159,7 +159,7 @@ def outcome_for(
     if limit_breach and failed and (stop is None or stop.reason in _LIMIT_OVERRIDES):
         return (
             ErrorKind.RESOURCE_LIMIT,
-            f"{limit_breach}; {_ended(exit_code, signal_number)}",
+            f"{limit_breach}; {describe_end(exit_code, signal_number)}",
             (DecidedBy.LIMIT),
             False,
         )
@@ -176,26 +176,14 @@ def outcome_for(
         }[stop.reason]
         return (
             kind,
-            f"{how}; {_ended(exit_code, signal_number)}",
+            f"{how}; {describe_end(exit_code, signal_number)}",
             decided_by,
             (stop.reason is StopReason.SHUTDOWN),
         )
     if exit_code == 0:
         return None, None, DecidedBy.EXIT, False
     if signal_number is not None:
-        return ErrorKind.KILLED, _ended(exit_code, signal_number), DecidedBy.EXIT, False
+        return ErrorKind.KILLED, describe_end(exit_code, signal_number), DecidedBy.EXIT, False
     if exit_code is None:
         return ErrorKind.LOST, "exit status unknown", DecidedBy.RECONCILE, False
-    return ErrorKind.EXIT_CODE, _ended(exit_code, signal_number), DecidedBy.EXIT, False
-
-
-def _ended(exit_code: int | None, signal_number: int | None) -> str:
-    if signal_number is not None:
-        try:
-            name = signal.Signals(signal_number).name
-        except ValueError:
-            name = f"signal {signal_number}"
-        return f"killed by {name}"
-    if exit_code is None:
-        return "exit status unknown"
-    return f"exit code {exit_code}"
+    return ErrorKind.EXIT_CODE, describe_end(exit_code, signal_number), DecidedBy.EXIT, False

@@ -15,14 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Collection, Iterable
-from pathlib import Path
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from supervisor.datadir import write_private
-from supervisor.health import STATUS_FILE
-from supervisor.limits import enforcement as limits_enforcement
+from supervisor.datadir import DataDir, write_private
 
 if TYPE_CHECKING:
     from supervisor.admission import Gate, Machine
@@ -40,8 +36,8 @@ _STATUS_EVERY_S: Final = 5.0
 class StatusWriter:
     """Rewrites ``status.json`` in ``data_dir`` when due; one per run of a supervisor."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self._path = data_dir / STATUS_FILE
+    def __init__(self, datadir: DataDir) -> None:
+        self._path = datadir.status_file
         self._next = 0.0
         self._key: object = None
 
@@ -57,6 +53,8 @@ class StatusWriter:
         agents: Iterable[Attempt],
         observed: Collection[tuple[int, float]],
         outbox_depth: int,
+        enforcement: Callable[[], str],
+        wall_now: float,
     ) -> None:
         """Write the status if it changed (at most once a second) or has not been written for a
         few seconds. ``observed`` holds (peak tree RSS, mean CPU %) of recent attempts."""
@@ -81,7 +79,7 @@ class StatusWriter:
         status: dict[str, Any] = {
             "pid": os.getpid(),
             "worker_id": worker_id,
-            "updated_at": time.time(),
+            "updated_at": wall_now,
             "admission": {
                 "state": gate.state.value,
                 "reason": gate.reason,
@@ -92,7 +90,7 @@ class StatusWriter:
                 "total_bytes": machine.total_bytes,
                 "reserve_bytes": settings.memory_reserve_bytes,
             },
-            "enforcement": limits_enforcement(),
+            "enforcement": enforcement(),
             "agents": rows,
             "observed_peak_rss_bytes": max(peaks) if peaks else None,
             "observed_cpu_percent": sum(cpus) / len(cpus) if cpus else None,

@@ -1,9 +1,8 @@
-"""Waiting for agents: one ``Waiter`` to block on (exits, wake-ups, timeouts), and ``stop``.
+"""Waiting for agents: the ``Waiter`` the supervisor loop blocks on (exits, wake-ups, timeouts).
 
-``Waiter``: Linux uses a selector over a self-pipe and the agents' pidfds; macOS/BSD a kqueue
-with EVFILT_PROC/NOTE_EXIT; elsewhere the timeout is capped at 0.05 s. ``stop``: SIGTERM to
-the group, a grace period, then SIGKILL to the tree and a bounded reap. Both are re-exported by
-``supervisor.procs`` (``procs.Waiter``, ``procs.stop``).
+Linux uses a selector over a self-pipe and the agents' pidfds; macOS/BSD a kqueue with
+EVFILT_PROC/NOTE_EXIT; elsewhere the timeout is capped at 0.05 s. Re-exported by
+``supervisor.procs`` (``procs.Waiter``); the loop gets one from ``Processes.waiter()``.
 """
 
 from __future__ import annotations
@@ -12,22 +11,16 @@ import contextlib
 import os
 import select
 import selectors
-import signal
 import sys
 import threading
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from supervisor.proctable import _group_alive
-
 if TYPE_CHECKING:
-    from supervisor.procs import AgentProcess, ExitStatus
+    from supervisor.processes import Agent
 
-__all__ = ["Waiter", "stop"]
+__all__ = ["Waiter"]
 
 _POLL_INTERVAL: Final = 0.05  # longest blind wait where no exit notification exists
-_REAP_WAIT_S: Final = 2.0  # after SIGKILL, how long stop() waits for the leader to be reaped
 
 
 class Waiter:
@@ -45,10 +38,10 @@ class Waiter:
         os.set_blocking(self._w, False)
         self._closed = False
         self._wake_lock = threading.Lock()
-        self._polled: set[AgentProcess] = set()
-        self._fds: dict[AgentProcess, int] = {}
-        self._kq_pids: dict[int, AgentProcess] = {}
-        self._exited: set[AgentProcess] = set()
+        self._polled: set[Agent] = set()
+        self._fds: dict[Agent, int] = {}
+        self._kq_pids: dict[int, Agent] = {}
+        self._exited: set[Agent] = set()
         self._sel: selectors.BaseSelector | None = None
         if sys.platform != "linux" and hasattr(select, "kqueue"):
             self._kq: select.kqueue | None = select.kqueue()
@@ -59,7 +52,7 @@ class Waiter:
             self._sel = selectors.DefaultSelector()
             self._sel.register(self._r, selectors.EVENT_READ)
 
-    def register(self, agent: AgentProcess) -> None:
+    def register(self, agent: Agent) -> None:
         """Wake ``wait`` when ``agent`` exits; registering twice is a no-op."""
         if agent in self._fds or agent in self._polled or agent in self._kq_pids.values():
             return
@@ -83,7 +76,7 @@ class Waiter:
                 pass  # e.g. EPERM: fall back to polling
         self._polled.add(agent)
 
-    def unregister(self, agent: AgentProcess) -> None:
+    def unregister(self, agent: Agent) -> None:
         """Stop watching ``agent``; a no-op if it was not registered."""
         self._polled.discard(agent)
         self._exited.discard(agent)
@@ -142,40 +135,3 @@ class Waiter:
             self._kq.close()
         os.close(self._r)
         os.close(self._w)
-
-
-# ---------------------------------------------------------------- stopping
-
-
-def _await_exit(agent: AgentProcess, timeout: float, sleep: Callable[[float], None]) -> None:
-    fd = agent.fileno()
-    if agent.status is None and fd is not None and sys.platform == "linux":
-        poller = select.poll()  # not select(): a host may hold fds beyond FD_SETSIZE
-        poller.register(fd, select.POLLIN)
-        poller.poll(timeout * 1000)  # a pidfd turns readable as soon as the leader exits
-    else:
-        sleep(timeout)
-
-
-def stop(
-    agent: AgentProcess,
-    grace_s: float,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> ExitStatus | None:
-    """SIGTERM the group, wait up to ``grace_s`` for it to end, then ``kill_tree`` and reap.
-
-    Returns the leader's status, or None if it could not be reaped within 2 s of SIGKILL.
-    """
-    agent.signal_group(signal.SIGTERM)
-    deadline = clock() + grace_s
-    while (remaining := deadline - clock()) > 0:
-        if agent.poll() is not None and not _group_alive(agent.pgid):
-            break
-        _await_exit(agent, min(remaining, _POLL_INTERVAL), sleep)
-    agent.kill_tree()
-    deadline = clock() + _REAP_WAIT_S
-    while (status := agent.poll()) is None and clock() < deadline:
-        _await_exit(agent, _POLL_INTERVAL, sleep)
-    return status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import psutil
+
+from supervisor import procs
+from supervisor.procs import AgentProcess, ExitStatus
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +115,41 @@ def kill_tagged(under: Path | None = None) -> None:
 def agent_code(code: str) -> Sequence[str]:
     """An argv that runs ``code`` in this Python."""
     return [sys.executable, "-c", code]
+
+
+def stop_agent(agent: AgentProcess, grace_s: float) -> ExitStatus | None:
+    """SIGTERM the agent's group, wait up to ``grace_s`` for it to end, then ``kill_tree`` and
+    reap (within 2 s): the supervisor's stop ladder, composed of AgentProcess's own methods,
+    for tests that drive one agent without a supervisor loop."""
+    agent.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if agent.poll() is not None and not _group_alive(agent.pgid):
+            break
+        _await_exit(agent, min(deadline - time.monotonic(), 0.05))
+    agent.kill_tree()
+    deadline = time.monotonic() + 2.0
+    while (status := agent.poll()) is None and time.monotonic() < deadline:
+        _await_exit(agent, 0.05)
+    return status
+
+
+def _await_exit(agent: AgentProcess, timeout: float) -> None:
+    fd = agent.fileno()
+    if agent.status is None and fd is not None and sys.platform == "linux":
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(max(0.0, timeout) * 1000)  # a pidfd turns readable as soon as the leader exits
+    else:
+        time.sleep(max(0.0, timeout))  # no exit notification here: a bounded poll step
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg succeeds on a group of zombies (orphans of an init that never reaps)
+    return bool(procs._group_members(pgid))

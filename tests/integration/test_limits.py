@@ -14,21 +14,22 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor import cgroups, limits, procs
+from supervisor import cgroups, limits, procs, proctable
 from supervisor.limits import Limits
 from supervisor.procs import AgentProcess
 from tests.support import kill_tagged, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux limits and cgroups are tested here")
 
-ENF = cgroups.current() if sys.platform == "linux" else None
+ENF = cgroups.detect_host() if sys.platform == "linux" else None
+HOST = ENF.describe() if ENF is not None else "not Linux"
 needs_memory_cgroup = pytest.mark.skipif(
     ENF is None or ENF.memory_base is None,
-    reason=f"no writable memory cgroup here ({limits.enforcement()}); memory is only sampled",
+    reason=f"no writable memory cgroup here ({HOST}); memory is only sampled",
 )
 needs_pids_cgroup = pytest.mark.skipif(
     ENF is None or ENF.pids_base is None,
-    reason=f"no writable pids cgroup here ({limits.enforcement()}); processes are only sampled",
+    reason=f"no writable pids cgroup here ({HOST}); processes are only sampled",
 )
 PY = sys.executable
 
@@ -65,6 +66,7 @@ class Agents:
         self.tmp = tmp_path
         self.worker = f"limits-{uuid.uuid4().hex[:10]}"
         self.spawned: list[AgentProcess] = []
+        self.cgroups = cgroups.Cgroups(ENF)
 
     def spawn(self, argv: list[str], lim: Limits | None, job_id: int = 1) -> AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SUPERVISOR_")}
@@ -73,7 +75,7 @@ class Agents:
         env["AGENT_SUPERVISOR_PAYLOAD_FILE"] = str(run_dir / "payload.json")
         agent = procs.spawn(
             argv, env=env, run_dir=run_dir, log_path=self.tmp / f"log-{job_id}", job_id=job_id,
-            attempt=1, worker=self.worker, limits=lim,
+            attempt=1, worker=self.worker, limits=lim, cgroups=self.cgroups,
         )  # fmt: skip
         self.spawned.append(agent)
         return agent
@@ -87,10 +89,10 @@ class Agents:
             wait_until(agent.poll, 10, message=f"{agent.pid} to be reaped")
 
         def all_removed() -> bool:
-            procs.reap_orphans(())  # killed orphans (ours as subreaper) keep a v1 cgroup busy
+            proctable.reap_orphans(())  # killed orphans (ours as subreaper) keep a v1 cgroup busy
             for agent in self.spawned:
                 agent.close()
-            cgroups.sweep()
+            self.cgroups.sweep()
             return not any(os.path.exists(d) for d in dirs)
 
         wait_until(all_removed, 10, message="every agent cgroup removed")
@@ -222,7 +224,7 @@ def psutil_tree(pid: int) -> list[psutil.Process]:
 def test_tree_stats_sum_a_three_process_tree_like_psutil(agents: Agents, lim: Limits | None) -> None:
     """RSS of wrapper + 3 holders is within 20% of psutil's own sum; 4 processes; CPU % is sane."""
     if lim is not None and (ENF is None or ENF.memory_base is None or ENF.pids_base is None):
-        pytest.skip(f"no memory and pids cgroups here ({limits.enforcement()})")
+        pytest.skip(f"no memory and pids cgroups here ({HOST})")
     agent = agents.spawn([PY, "-c", THREE_HOLDERS], lim)
     wait_until(lambda: agent.log_path.read_text().count("ready") == 3, 15, message="3 holders ready")
     first = agent.tree_stats()
@@ -274,6 +276,7 @@ def test_close_of_a_running_agent_keeps_its_cgroup_for_readoption(agents: Agents
     again = AgentProcess.attach(
         pid=agent.pid, pgid=agent.pgid, identity=agent.identity, started_mono=agent.started_mono,
         log_path=agent.log_path, run_dir=agent.run_dir, job_id=1, attempt=1, worker=agents.worker,
+        cgroups=agents.cgroups,
     )  # fmt: skip
     assert again.limits == Limits(memory_max_bytes=100 << 20, pids_max=7)
     assert sorted(cgroup_dirs(again)) == sorted(dirs)
@@ -284,7 +287,12 @@ def test_close_of_a_running_agent_keeps_its_cgroup_for_readoption(agents: Agents
     wait_until(lambda: again.poll() is not None, 5, message="the adopted view to see the end")
     again.close()
     # the killed sleep, re-parented to us, keeps a v1 cgroup busy until reap_orphans reaps it
-    wait_until(lambda: (procs.reap_orphans(()), not [p for p in dirs if os.path.exists(p)])[1], 5)
+    def removed() -> bool:
+        proctable.reap_orphans(())
+        agents.cgroups.sweep()
+        return not [p for p in dirs if os.path.exists(p)]
+
+    wait_until(removed, 5, message="the agent's cgroup to be removed")
 
 
 @needs_pids_cgroup
@@ -309,7 +317,7 @@ def test_failed_cgroup_join_still_runs_the_agent_and_reports_the_fallback(
 ) -> None:
     """If cgroup.procs refuses the wrapper, the agent runs anyway, outside, with the NPROC fallback."""
     if ENF is None or not ENF.bases():
-        pytest.skip(f"no cgroup here ({limits.enforcement()})")
+        pytest.skip(f"no cgroup here ({HOST})")
     real_write = cgroups._write
 
     def refuse_procs(path: str, text: str) -> None:
@@ -320,7 +328,7 @@ def test_failed_cgroup_join_still_runs_the_agent_and_reports_the_fallback(
     monkeypatch.setattr(cgroups, "_write", refuse_procs)
     # as if we were not root: the wrapper then receives an RLIMIT_NPROC through the handshake
     not_root = cgroups.Enforcement(**{**vars(ENF), "nproc_exempt": False})
-    monkeypatch.setattr(limits, "current", lambda: not_root)
+    agents.cgroups = cgroups.Cgroups(not_root)
     script = f"cat /proc/self/cgroup; ulimit -{limits.nproc_flag()}"
     agent = agents.spawn(["sh", "-c", script], Limits(pids_max=25))
     assert finished(agent, 5).exit_code == 0
@@ -343,7 +351,7 @@ def test_without_cgroups_the_wrapper_alone_applies_rlimits_and_memory_is_sampled
     agents: Agents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rlimit backend (macOS, cgroup-less Linux): no handshake, RLIMIT_NPROC set, memory sampled."""
-    monkeypatch.setattr(limits, "current", lambda: cgroups.Enforcement("rlimit", nproc_exempt=False))
+    agents.cgroups = cgroups.Cgroups(cgroups.Enforcement("rlimit", nproc_exempt=False))
     script = f"readlink /proc/self/fd/0; ulimit -{limits.nproc_flag()}; cat /proc/self/cgroup"
     agent = agents.spawn(["sh", "-c", script], Limits(pids_max=25, memory_max_bytes=64 << 20))
     assert (

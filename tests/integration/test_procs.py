@@ -298,7 +298,7 @@ def test_sigterm_ignoring_tree_is_killed_after_grace(agents: Agents, tmp_path: P
     wait_until(lambda: psutil.Process(grandchild).name() == "sleep", 5, "grandchild to exec sleep")
     gc_identity = procs.identity_of(grandchild)
     started = time.monotonic()
-    status = procs.stop(agent, 0.5)
+    status = support.stop_agent(agent, 0.5)
     elapsed = time.monotonic() - started
     wait_until(lambda: gone(agent.pid, agent.identity) and gone(grandchild, gc_identity), 1.5 - elapsed)
     assert time.monotonic() - started < 0.5 + 1
@@ -316,7 +316,7 @@ def test_stop_returns_early_when_the_agent_obeys_sigterm(agents: Agents) -> None
     agent = agents.spawn(["sleep", "30"])
     wait_exec(agent, "sleep")
     started = time.monotonic()
-    status = procs.stop(agent, 5.0)
+    status = support.stop_agent(agent, 5.0)
     assert time.monotonic() - started < 1.0
     assert status is not None
     assert status.signal == signal.SIGTERM

@@ -1,0 +1,247 @@
+"""The seam between the supervisor loop and the operating system: ``Processes``.
+
+Everything the loop, recovery and admission need from the OS goes through this one narrow
+protocol (the httpx ``BaseTransport`` idea): start an agent, find one again, wait for exits,
+signal a group, kill a tree, scan for processes carrying our tag, read the machine's memory,
+load and boot id. ``supervisor.procs.OsProcesses`` is the real thing (POSIX process groups,
+pidfds, cgroups); ``supervisor.testing.FakeProcesses`` runs "agents" on a ``ManualClock`` so
+that every behaviour of the loop can be unit-tested without a process or a sleep.
+
+The value types both sides share live here too: ``ExitStatus``, ``TaggedProcess``,
+``Limits`` and ``TreeStats``, and the names of the env tags every agent carries.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+__all__ = [
+    "TAG_ATTEMPT",
+    "TAG_JOB",
+    "TAG_WORKER",
+    "Agent",
+    "ExitStatus",
+    "Limits",
+    "Processes",
+    "TaggedProcess",
+    "TreeStats",
+    "Waiter",
+    "describe_end",
+]
+
+TAG_JOB: Final = "AGENT_SUPERVISOR_JOB_ID"
+TAG_ATTEMPT: Final = "AGENT_SUPERVISOR_ATTEMPT"
+TAG_WORKER: Final = "AGENT_SUPERVISOR_WORKER"
+"""Every agent's environment carries these three: they name its job, attempt and worker, and
+let a later supervisor find descendants that escaped the agent's process group."""
+
+
+def describe_end(exit_code: int | None, signal_number: int | None) -> str:
+    """``"exit code 3"``, ``"killed by SIGKILL"`` or ``"exit status unknown"``."""
+    if signal_number is not None:
+        try:
+            return f"killed by {signal.Signals(signal_number).name}"
+        except ValueError:
+            return f"killed by signal {signal_number}"
+    if exit_code is not None:
+        return f"exit code {exit_code}"
+    return "exit status unknown"
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How an agent ended; all None when the outcome is unknown (e.g. no exit file)."""
+
+    exit_code: int | None
+    signal: int | None
+    peak_rss_bytes: int | None
+
+    def describe(self) -> str:
+        """``"exit code 3"``, ``"killed by SIGKILL"`` or ``"exit status unknown"``."""
+        return describe_end(self.exit_code, self.signal)
+
+
+@dataclass(frozen=True)
+class TaggedProcess:
+    """A live process of the current user whose environment carries our job tag."""
+
+    pid: int
+    identity: str
+    job_id: int
+    attempt: int
+    worker: str
+    pgid: int | None = None  # lets reconciliation tell the wrapper (pid == pgid) apart
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one agent's tree may use; None means no limit (``supervisor.limits`` says how
+    each is enforced)."""
+
+    memory_max_bytes: int | None = None
+    pids_max: int | None = None
+    cpu_time_s: float | None = None
+    address_space_bytes: int | None = None
+
+    def any(self) -> bool:
+        """True when at least one limit is set."""
+        values = (self.memory_max_bytes, self.pids_max, self.cpu_time_s, self.address_space_bytes)
+        return any(v is not None for v in values)
+
+
+@dataclass(frozen=True)
+class TreeStats:
+    """One sample of an agent's whole tree."""
+
+    rss_bytes: int
+    """cgroup: usage minus inactive page cache (as ``docker stats``); else the sum of RSS."""
+    cpu_percent: float
+    """CPU time used since the previous sample over wall time, in percent of one CPU."""
+    processes: int
+    """cgroup: pids.current (tasks, threads included: what pids.max limits); else processes."""
+
+
+class Agent(Protocol):
+    """One running agent: its wrapper (session and group leader) and everything it started."""
+
+    pid: int
+    pgid: int
+    started_mono: float
+    """The supervisor's monotonic clock when the agent was spawned."""
+
+    @property
+    def identity(self) -> str:
+        """The kernel start identity ("" when it cannot be known)."""
+        ...
+
+    @property
+    def enforcement(self) -> str:
+        """How this agent's limits are enforced, in one line ("" without limits)."""
+        ...
+
+    def poll(self, *, kill_remnants: bool = False) -> ExitStatus | None:
+        """The exit status once the wrapper has ended, else None; never blocks. With
+        ``kill_remnants`` whatever is left of its group is killed as it is reaped."""
+        ...
+
+    def signal_group(self, sig: int) -> bool:
+        """Signal the agent's process group while it still holds a process of ours."""
+        ...
+
+    def kill_tree(self) -> list[int]:
+        """SIGKILL the group and every process carrying this attempt's tag; the pids hit."""
+        ...
+
+    def tree_stats(self) -> TreeStats | None:
+        """RSS, CPU % since the previous call and process count of the tree; None once gone."""
+        ...
+
+    def limit_breach(self) -> str | None:
+        """A one-line cause when the tree hit a kernel-enforced limit, else None."""
+        ...
+
+    def fileno(self) -> int | None:
+        """A descriptor that turns readable when the agent exits (a pidfd), or None."""
+        ...
+
+    def close(self) -> None:
+        """Release what watching it holds (a pidfd, an empty cgroup); idempotent."""
+        ...
+
+
+class Waiter(Protocol):
+    """One place for the loop to block: until ``wake()``, a registered agent's exit, or a timeout."""
+
+    def register(self, agent: Agent) -> None: ...
+
+    def unregister(self, agent: Agent) -> None: ...
+
+    def wake(self) -> None:
+        """Make the current or next ``wait`` return; safe from any thread or a signal handler."""
+        ...
+
+    def wait(self, timeout: float | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Processes(Protocol):
+    """What the supervisor needs from the operating system (see the module docstring)."""
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        run_dir: Path,
+        log_path: Path,
+        cwd: str | None,
+        job_id: int,
+        attempt: int,
+        worker: str,
+        limits: Limits | None,
+    ) -> Agent:
+        """Start ``argv`` as an agent in a new session, output appended to ``log_path``;
+        ``SpawnError`` when it cannot start."""
+        ...
+
+    def attach(
+        self,
+        *,
+        pid: int,
+        pgid: int,
+        identity: str,
+        started_mono: float,
+        log_path: Path,
+        run_dir: Path,
+        job_id: int,
+        attempt: int,
+        worker: str,
+        limits: Limits | None = None,
+    ) -> Agent:
+        """Find an agent recorded earlier (a previous supervisor's) to watch it again."""
+        ...
+
+    def waiter(self) -> Waiter:
+        """A new ``Waiter`` (the caller closes it)."""
+        ...
+
+    def scan_tagged(self, worker: str | None) -> list[TaggedProcess]:
+        """Live processes of this user carrying our tag (of ``worker``'s agents, if given)."""
+        ...
+
+    def signal_process(self, pid: int, identity: str, sig: int) -> bool:
+        """Send ``sig`` to ``pid`` only if it still is ``identity``; True if sent."""
+        ...
+
+    def same_process(self, pid: int, identity: str) -> bool:
+        """True when ``pid`` is alive and is the very process ``identity`` names."""
+        ...
+
+    def boot_id(self) -> str:
+        """This boot's id: after a reboot every recorded agent is dead."""
+        ...
+
+    def memory(self) -> tuple[int, int]:
+        """(available, total) bytes of memory."""
+        ...
+
+    def load_per_cpu(self) -> float | None:
+        """The 1-minute load average per CPU, or None where unknown."""
+        ...
+
+    def enforcement(self) -> str:
+        """How per-agent limits are enforced on this machine, in one line."""
+        ...
+
+    def set_child_subreaper(self, enabled: bool) -> bool:
+        """Make escaped descendants re-parent to this process; False where unsupported."""
+        ...
+
+    def reap_orphans(self, keep: Collection[int]) -> list[int]:
+        """As a subreaper, reap exited children that are not ``keep`` (our agents)."""
+        ...
