@@ -1,0 +1,397 @@
+"""The driver: one run of the supervisor loop, from opening the data dir to closing it.
+
+Each tick (``Loop.tick``) collects exits and records their outcomes, checks log caps, carries
+out the stops ``scheduler.plan_stops`` decides, then does the store duties ``timers.plan``
+says are due: one heartbeat for all running jobs, outbox replay, reaping other workers' stale
+leases, claiming work for free slots, saving the state file. Between ticks it blocks in the
+``Waiter`` until an agent exits, another thread (or a signal) wakes it, or the next deadline
+(``timers.next_wake``) comes: it never busy-polls.
+
+Who does what: ``session`` opens and closes the data dir's resources; ``pool`` owns the
+running agents; ``sync`` gets outcomes into the store (or the outbox); ``recovery`` settles
+what a previous run left behind; the OS is reached only through ``processes.Processes``.
+``supervisor.runner.Supervisor`` is the public face (threads, subscriptions, reload).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Final
+
+from supervisor.admission import Gate, GateState, Machine, admit
+from supervisor.attempt import Attempt, base_env
+from supervisor.clock import Clock
+from supervisor.errors import LeaseLostError, StateFileError, StoreError, StoreUnavailableError
+from supervisor.job import LIVE, Job, Outcome, Status
+from supervisor.pool import AgentPool
+from supervisor.processes import Processes
+from supervisor.reconcile import Decision
+from supervisor.recovery import reconcile_on_start
+from supervisor.session import Session
+from supervisor.settings import Settings
+from supervisor.statefile import State
+from supervisor.store import JobStore
+from supervisor.sync import OutcomeSync
+from supervisor.timers import Timers, next_wake, plan
+
+__all__ = ["Control", "Emit", "Loop"]
+
+log = logging.getLogger("agent_supervisor")
+
+_SAVE_RETRY_S: Final = 1.0  # a state file that cannot be saved (a full disk): not every tick
+
+Emit = Callable[[Job, Status | None, str], None]
+"""How the loop announces a job change: (the job as it is now, its status before, why)."""
+
+
+@dataclass
+class Control:
+    """What other threads ask of the loop: written by ``Supervisor``, read by each tick."""
+
+    stopping: bool = False
+    leave_agents: bool = False
+    drain_at: float = 0.0
+
+
+class Loop:
+    """One run: build it with ``open`` (takes the data dir, reconciles), drive it with ``run``,
+    release it with ``close``. ``settings`` is read anew each tick (``Supervisor.reload``)."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        settings: Callable[[], Settings],
+        store: JobStore,
+        processes: Processes,
+        clock: Clock,
+        control: Control,
+        emit: Emit,
+        rng: random.Random,
+    ) -> None:
+        self.session = session
+        self._settings = settings
+        self._store = store
+        self._processes = processes
+        self._clock = clock
+        self._control = control
+        self._emit = emit
+        self.worker_id = session.worker_id
+        self.timers = Timers()
+        self.pool = AgentPool(
+            processes,
+            session.waiter,
+            session.datadir,
+            settings=settings,
+            clock=clock,
+            worker_id=session.worker_id,
+            shared_store=store.shared,
+            subreaper=session.subreaper,
+            env=base_env(),
+        )
+        self.sync = OutcomeSync(
+            store,
+            session.outbox,
+            self.timers,
+            clock=clock,
+            emit=emit,
+            down_for_s=settings().heartbeat_s,
+            rng=rng,
+        )
+        self.gate = Gate(GateState.OPEN, None, 0)
+        self.gate_since = clock.time()
+        self.machine = Machine(0, 0)
+        self.decisions: list[Decision] = []
+        self._last_start: float | None = None
+        self._shutdown_sent = False
+        self._idle_check_at = 0.0
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        settings: Callable[[], Settings],
+        store: JobStore,
+        processes: Processes,
+        clock: Clock,
+        control: Control,
+        emit: Emit,
+        rng: random.Random,
+        subreaper: bool,
+    ) -> Loop:
+        """Take the data dir, replay the outbox, settle what a previous run left behind."""
+        session = Session.open(settings(), processes, subreaper=subreaper)
+        try:
+            loop = cls(
+                session,
+                settings=settings,
+                store=store,
+                processes=processes,
+                clock=clock,
+                control=control,
+                emit=emit,
+                rng=rng,
+            )
+            loop.sync.replay(clock.monotonic())
+            loop.decisions = reconcile_on_start(
+                session.state,
+                store=store,
+                settings=settings(),
+                worker_id=session.worker_id,
+                processes=processes,
+                clock=clock,
+                adopt=loop._adopt,
+                record=loop.sync.record,
+            )
+            loop._save_state(durable=True)  # once per start: a new worker id or boot must stick
+        except BaseException:
+            session.close()
+            raise
+        return loop
+
+    def close(self) -> None:
+        """Save the state file if needed and release the data dir; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.timers.save_at is not None or self._control.leave_agents:
+            self._save_state()
+        self.pool.close()
+        self.session.close()
+
+    def wake(self) -> None:
+        """Look at the store now, not at the next poll (any thread)."""
+        self.timers.claim_at = 0.0
+        self.session.waiter.wake()
+
+    def reloaded(self) -> None:
+        """Settings changed: take the environment and the intervals anew."""
+        self.pool.env = base_env()  # a host that changed os.environ reloads to pass it on
+        self.sync.down_for_s = self._settings().heartbeat_s
+        self.timers.beat_at = 0.0
+        self.wake()
+
+    def _adopt(self, attempt: Attempt) -> None:
+        self.pool.adopt(attempt)
+        self.timers.beat_at = 0.0  # renew the lease at once: the restart may have eaten most of it
+        self._emit(attempt.job, attempt.job.status, f"agent adopted (pid {attempt.entry.pid})")
+
+    # -- driving -------------------------------------------------------------------------
+    def run(self, until_idle: bool) -> None:
+        """Tick until stopped (or, with ``until_idle``, until nothing is left to do)."""
+        while not self.tick(until_idle):
+            now = self._clock.monotonic()
+            self.session.waiter.wait(
+                next_wake(
+                    self.timers,
+                    now,
+                    agents_due=self.pool.next_due(),
+                    agents=len(self.pool),
+                    check_s=self.pool.check_s(),
+                    outbox=self.sync.depth,
+                    stopping=self._control.stopping,
+                    drain_at=None if self._shutdown_sent else self._control.drain_at,
+                    poll_s=self._settings().wake_poll_s,
+                )
+            )
+
+    def tick(self, until_idle: bool = False) -> bool:
+        """One pass of the loop; True when the loop should end."""
+        now = self._clock.monotonic()
+        pool, control = self.pool, self._control
+        changed = self._store.changed()
+        for attempt, outcome in pool.collect_exits():
+            self._state_changed()
+            self._record(attempt.job, outcome)
+        pool.watch_output(now)
+        pool.act_on_stops(now)
+        due = plan(
+            self.timers,
+            now,
+            agents=len(pool),
+            outbox=self.sync.depth,
+            changed=changed,
+            stopping=control.stopping,
+        )
+        if due.beat:
+            self._heartbeat(now)
+        if due.replay:
+            self.sync.replay(now)
+        pool.reap_strays(now)
+        pool.sample(now)
+        if control.stopping:
+            if not len(pool) or control.leave_agents:
+                return True
+            if now >= control.drain_at and not self._shutdown_sent:
+                self._shutdown_sent = True
+                pool.shutdown(now)
+        else:
+            if due.reap:
+                self._reap(now)
+            if due.claim:
+                self._claim(now)
+            if until_idle and self._idle(now):
+                return True
+        if self.timers.save_at is not None and self._clock.monotonic() >= self.timers.save_at:
+            self._save_state()
+        self._write_status(now)
+        return False
+
+    def _idle(self, now: float) -> bool:
+        """Nothing runs here, nothing waits to be synced, and the store has nothing to do:
+        asked at the poll interval on a remote store, not on every tick."""
+        if len(self.pool) or self.sync.depth or now < self._idle_check_at:
+            return False
+        self._idle_check_at = now + (self._settings().poll_s if self._store.shared else 0.0)
+        try:
+            counts = self._store.counts().by_status
+        except StoreError:
+            return False
+        return not any(counts.get(s, 0) for s in (Status.PENDING, *LIVE, Status.WAITING_RETRY))
+
+    # -- the store duties ----------------------------------------------------------------
+    def _heartbeat(self, now: float) -> None:
+        settings = self._settings()
+        self.timers.beat_at = now + settings.heartbeat_s
+        self.timers.last_beat = now
+        beats = self.pool.beats()
+        for beat in beats:
+            attempt = self.pool.get(beat.job_id)
+            if beat.progress is not None and attempt is not None:
+                self._emit(replace(attempt.job, progress=beat.progress), attempt.job.status, "progress")
+        try:
+            replies = self._store.heartbeat(self.worker_id, beats, lease_s=settings.lease_s)
+        except StoreError as exc:
+            # Agents stay under their local deadlines; the lease may lapse and another
+            # supervisor may take the job, which the next successful beat reports as lost.
+            log.warning("heartbeat failed: %s", exc)
+            if isinstance(exc, StoreUnavailableError):
+                self.sync.store_down(exc)
+            return
+        self.sync.store_answered()
+        self.pool.apply(replies)
+
+    def _reap(self, now: float) -> None:
+        settings = self._settings()
+        self.timers.reap_at = now + settings.heartbeat_s
+        try:
+            for job in self._store.reap_stale(settings.reap_grace_s):
+                log.warning("reaped job %d: %s", job.id, job.error)
+        except StoreUnavailableError as exc:
+            self.sync.store_down(exc)
+
+    def _claim(self, now: float) -> None:
+        settings = self._settings()
+        self.timers.claim_at = now + settings.poll_s
+        gate = self._admit(now)
+        if gate.state is not GateState.OPEN:
+            return
+        try:
+            jobs = self._store.claim(
+                self.worker_id,
+                gate.limit,
+                lease_s=settings.lease_s,
+                kinds=gate.only_kinds if gate.only_kinds is not None else settings.claim_kinds,
+                exclude_kinds=gate.exclude_kinds,
+            )
+        except StoreUnavailableError as exc:
+            self.sync.store_down(exc)
+            return
+        if jobs:
+            self._last_start = now
+            if len(jobs) == gate.limit and settings.start_stagger_s == 0:
+                self.timers.claim_at = 0.0  # there may be more: look again on the next tick
+        launched: list[Attempt] = []
+        for job in jobs:
+            self._emit(job, Status.PENDING, "claimed")
+            started = self.pool.launch(job)
+            if isinstance(started, Outcome):
+                self._record(job, started)
+            else:
+                launched.append(started)
+        if launched:
+            self._state_changed()
+        for attempt in launched:
+            self._mark_running(attempt)
+
+    def _admit(self, now: float) -> Gate:
+        """Ask the admission gate, measuring the machine only when a slot is free."""
+        settings = self._settings()
+        running = self.pool.running()
+        machine = Machine(0, 0)
+        if len(running) < settings.concurrency:
+            available, total = self._processes.memory()
+            load = self._processes.load_per_cpu() if settings.max_load_per_cpu is not None else None
+            machine = Machine(available, total, load)
+        gate = admit(
+            settings, running, machine, now=now, last_start=self._last_start, claim_kinds=settings.claim_kinds
+        )
+        if gate.state is not self.gate.state or gate.reason != self.gate.reason:
+            if gate.state is GateState.BLOCKED:
+                log.info("admission blocked: %s", gate.reason)
+            self.gate_since = self._clock.time()
+        self.gate, self.machine = gate, machine
+        return gate
+
+    def _mark_running(self, attempt: Attempt) -> None:
+        job, proc, entry = attempt.job, attempt.proc, attempt.entry
+        facts = {"pgid": proc.pgid, "command": entry.command, "log_path": entry.log_path}
+        try:
+            attempt.job = self._store.mark_running(job.id, self.worker_id, job.attempt, proc.pid, facts)
+            self._emit(attempt.job, Status.PREPARING, f"agent started (pid {proc.pid})")
+        except LeaseLostError:
+            attempt.lease_lost = True
+        except StoreError as exc:
+            log.warning("job %d: not marked running (%s); it runs on, recorded at exit", job.id, exc)
+
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        self.sync.record(job.id, self.worker_id, job.attempt, outcome, before=job.status)
+
+    # -- state file and status -----------------------------------------------------------
+    def _state_changed(self) -> None:
+        """An agent started or ended: save the state file within ``state_save_delay_s``.
+
+        Not at once: a busy queue starts and ends agents every millisecond, and one save per
+        batch costs a fraction of one per change (about 0.4 ms per save, and reading a new
+        process's identity blocks while it starts). A supervisor that dies inside the delay
+        leaves an agent unrecorded; the restart still finds it by its env tag and, its lease
+        held, kills it and records the attempt as lost (retried per policy) instead of
+        adopting it: never an orphan or a duplicate."""
+        if self.timers.save_at is None:
+            self.timers.save_at = self._clock.monotonic() + self._settings().state_save_delay_s
+
+    def _save_state(self, *, durable: bool = False) -> None:
+        state = State(
+            format="agent-supervisor/running-agents",
+            version=1,
+            worker_id=self.worker_id,
+            boot_id=self._processes.boot_id(),
+            updated_at=self._clock.time(),
+            agents=self.pool.state_entries(),
+        )
+        try:
+            self.session.statefile.save(state, durable=durable)
+            self.timers.save_at = None
+        except StateFileError as exc:  # keep running: the agents stay supervised in memory
+            log.error("could not save the state file: %s", exc)
+            self.timers.save_at = self._clock.monotonic() + _SAVE_RETRY_S
+
+    def _write_status(self, now: float) -> None:
+        """``status.json`` for ``health`` in other processes, when due (see ``StatusWriter``)."""
+        self.session.status.write_if_due(
+            now,
+            worker_id=self.worker_id,
+            gate=self.gate,
+            gate_since=self.gate_since,
+            machine=self.machine,
+            settings=self._settings(),
+            agents=list(self.pool),
+            observed=self.pool.observed,
+            outbox_depth=self.sync.depth,
+            enforcement=self._processes.enforcement,
+            wall_now=self._clock.time(),
+        )
