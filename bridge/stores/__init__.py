@@ -1,0 +1,1 @@
+"""The job stores: the adapters behind ``supervisor.store.JobStore``."""
