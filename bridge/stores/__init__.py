@@ -8,7 +8,7 @@
     postgres.py  PostgresStore(RemoteStore): one direct connection (psycopg)
     supabase.py  SupabaseStore(RemoteStore): ``.rpc()`` through PostgREST (supabase-py, httpx)
     policy.py    what a remote call retries (tenacity) and which error it becomes
-    rows.py      the remote stores' JSON rows as ``Job`` and ``Event``, and their JSON arguments
+    rows.py      each store's rows as ``Job`` and ``Event``, and back; the remote JSON arguments
 
 Who uses what: ``bridge/compose.py``, the composition root, builds the configured store and
 imports only that store's module; the engine (``supervisor/``) never imports this package;

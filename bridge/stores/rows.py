@@ -1,17 +1,22 @@
-"""Rows of the SQL functions (``bridge/sql/functions.sql``) as the engine's model, and back.
+"""The stores' rows as the engine's ``Job`` and ``Event``, and back.
 
-Both remote stores get the same JSON rows (PostgREST's encoding, which ``PostgresStore``
-reproduces with ``json_agg``), so one set of conversions serves both: ``job_from_row`` and
-``event_from_row`` read them; ``spec_json``, ``outcome_json`` and ``clean`` build the JSON
-arguments; ``check_changes`` validates an update before its round trip.
+The remote stores get the JSON rows of the SQL functions (``bridge/sql/functions.sql``) in one
+encoding, PostgREST's, which ``PostgresStore`` reproduces with ``json_agg``; so one set of
+conversions serves both: ``job_from_row`` and ``event_from_row`` read them; ``spec_json``,
+``outcome_json`` and ``clean`` build the JSON arguments; ``check_changes`` validates an update
+before its round trip.
+
+The SQLite store keeps times as REAL seconds and JSON as text (``bridge/sql/sqlite.sql``):
+``job_to_sqlite`` / ``job_from_sqlite`` and ``event_to_sqlite`` / ``event_from_sqlite``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.errors import InvalidJobError
 from supervisor.lifecycle import (
@@ -26,12 +31,19 @@ from supervisor.lifecycle import (
     Status,
 )
 
+if TYPE_CHECKING:
+    import sqlite3
+
 __all__ = [
     "check_changes",
     "clean",
     "epoch",
     "event_from_row",
+    "event_from_sqlite",
+    "event_to_sqlite",
     "job_from_row",
+    "job_from_sqlite",
+    "job_to_sqlite",
     "outcome_json",
     "spec_json",
 ]
@@ -42,8 +54,10 @@ _TIMES: Final = frozenset(
 )
 _FLOATS: Final = frozenset({"backoff_s", "timeout_s", "idle_timeout_s", "stuck_after_s", "queue_timeout_s"})
 _ENUMS: Final = {"status": Status, "cancel_requested": CancelMode, "error_kind": ErrorKind}
+_JSON_TEXT: Final = ("payload", "result", "progress", "stats")  # SQLite: JSON kept as text
 
 
+# -- JSON rows of the SQL functions <-> model --------------------------------------------
 def epoch(value: Any) -> float:
     """A timestamptz as JSON (ISO 8601 with offset) → epoch seconds. ``timestamp()`` divides
     exact microseconds, so a time the store got as a float comes back as the same float."""
@@ -142,3 +156,57 @@ def check_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:  # InvalidJobError is a ValueError
         raise InvalidJobError(str(exc) or f"invalid change {dict(changes)!r:.80}") from exc
     return {name: getattr(spec, name) for name in changes}
+
+
+# -- SQLite columns <-> model ------------------------------------------------------------
+def _dumps(job_id: int, name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(f"job {job_id}: {name!r} is not plain JSON: {exc}") from exc
+
+
+def job_to_sqlite(job: Job) -> dict[str, Any]:
+    """A ``Job`` as the named parameters of the SQLite store's INSERT / UPDATE of a row."""
+    row = {name: getattr(job, name) for name in _JOB_FIELDS}
+    for name in _JSON_TEXT:
+        row[name] = _dumps(job.id, name, row[name])
+    row["command"] = None if job.command is None else json.dumps(list(job.command), ensure_ascii=False)
+    for name in _ENUMS:
+        row[name] = None if row[name] is None else row[name].value
+    return row
+
+
+def job_from_sqlite(row: sqlite3.Row) -> Job:
+    """A row of the SQLite ``jobs`` table → ``Job``."""
+    values = {name: row[name] for name in _JOB_FIELDS}  # by name: column order is no contract
+    for name in _JSON_TEXT:
+        if values[name] is not None:
+            values[name] = json.loads(values[name])
+    if values["command"] is not None:
+        values["command"] = tuple(json.loads(values["command"]))
+    for name, enum in _ENUMS.items():
+        if values[name] is not None:
+            values[name] = enum(values[name])
+    return Job(**values)
+
+
+def event_to_sqlite(event: Event) -> tuple[Any, ...]:
+    """An ``Event`` as the parameters of the SQLite store's ``insert_event``."""
+    # Facts are diagnostics: a value that is not JSON is kept as its str() rather than refusing
+    # the transition it describes.
+    facts = json.dumps(dict(event.facts), ensure_ascii=False, default=str)
+    from_status = None if event.from_status is None else event.from_status.value
+    return (event.job_id, event.at, from_status, event.to_status.value, event.reason,
+            event.decided_by.value, event.worker, event.attempt, facts)  # fmt: skip
+
+
+def event_from_sqlite(row: Sequence[Any]) -> Event:
+    """A row of the SQLite store's ``events`` statement → ``Event``."""
+    job_id, at, src, dst, reason, decided_by, worker, attempt, facts = row
+    src = None if src is None else Status(src)
+    return Event(
+        job_id, at, src, Status(dst), reason, DecidedBy(decided_by), worker, attempt, json.loads(facts)
+    )

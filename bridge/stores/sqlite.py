@@ -30,16 +30,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from bridge.stores.rows import event_from_sqlite, event_to_sqlite, job_from_sqlite, job_to_sqlite
 from supervisor import lifecycle as lc
 from supervisor.errors import (
-    InvalidJobError,
     JobNotFoundError,
     LeaseLostError,
     StoreError,
     StoreUnavailableError,
     UpdateConflictError,
 )
-from supervisor.lifecycle import LIVE, CancelMode, DecidedBy, ErrorKind, Event, Job, JobSpec, Outcome, Status
+from supervisor.lifecycle import LIVE, CancelMode, Event, Job, JobSpec, Outcome, Status
 from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "schema_sql"]
@@ -54,8 +54,6 @@ _VALUES: Final = ", ".join(f":{c}" for c in _COLUMNS)
 _ASSIGN: Final = ", ".join(f"{c} = :{c}" for c in _COLUMNS if c != "id")
 _INSERT: Final = f"insert into jobs ({_NAMES}) values ({_VALUES})"  # noqa: S608
 _UPDATE: Final = f"update jobs set {_ASSIGN} where id = :id"  # noqa: S608
-_JSON_COLUMNS: Final = ("payload", "result", "progress", "stats")
-_ENUMS: Final = {"status": Status, "cancel_requested": CancelMode, "error_kind": ErrorKind}
 _NAME_MARK: Final = "-- name: "
 
 # sqlite3 primary result codes (https://sqlite.org/rescode.html), the table of _translate.
@@ -245,7 +243,7 @@ class SQLiteStore:
     ) -> list[Job]:
         rows = db.execute(sql, params).fetchall()
         try:
-            return [_job_from_row(row) for row in rows]
+            return [job_from_sqlite(row) for row in rows]
         except (ValueError, TypeError, IndexError) as exc:
             raise StoreError(f"SQLite store {self._path} holds a corrupt job row: {exc}") from exc
 
@@ -256,9 +254,9 @@ class SQLiteStore:
         return jobs[0]
 
     def _put(self, db: sqlite3.Connection, job: Job, event: Event | None, *, insert: bool = False) -> Job:
-        db.execute(_INSERT if insert else _UPDATE, _job_to_row(job))
+        db.execute(_INSERT if insert else _UPDATE, job_to_sqlite(job))
         if event is not None:
-            db.execute(_sql("insert_event"), _event_to_row(event))
+            db.execute(_sql("insert_event"), event_to_sqlite(event))
         self._writes += 1
         return job
 
@@ -326,7 +324,7 @@ class SQLiteStore:
         keys: set[str] = set()
         try:
             while len(taken) < limit and (rows := cursor.fetchmany(max(limit * 2, 16))):
-                for job in map(_job_from_row, rows):
+                for job in map(job_from_sqlite, rows):
                     if job.concurrency_key is not None:
                         if job.concurrency_key in keys:
                             continue
@@ -374,7 +372,7 @@ class SQLiteStore:
                 current[job.id] = renewed[job.id] = job
                 replies.append(BeatReply(job.id, job.cancel_requested, lease_lost=False))
             # Not counted in self._writes: a renewed lease is no news for an idle supervisor.
-            db.executemany(_UPDATE, [_job_to_row(job) for job in renewed.values()])
+            db.executemany(_UPDATE, [job_to_sqlite(job) for job in renewed.values()])
             return replies
 
     def finish(self, job_id: int, worker: str, attempt: int, outcome: Outcome) -> Job:
@@ -502,7 +500,7 @@ class SQLiteStore:
             self._get(db, job_id)
             rows = db.execute(_sql("events"), (job_id,)).fetchall()
         try:
-            return [_event_from_row(row) for row in rows]
+            return [event_from_sqlite(row) for row in rows]
         except (ValueError, TypeError) as exc:
             raise StoreError(f"SQLite store {self._path} holds a corrupt event row: {exc}") from exc
 
@@ -527,53 +525,3 @@ class SQLiteStore:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-
-
-# -- row conversion ----------------------------------------------------------------------
-def _dumps(job_id: int, name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobError(f"job {job_id}: {name!r} is not plain JSON: {exc}") from exc
-
-
-def _job_to_row(job: Job) -> dict[str, Any]:
-    row = {name: getattr(job, name) for name in _COLUMNS}
-    for name in _JSON_COLUMNS:
-        row[name] = _dumps(job.id, name, row[name])
-    row["command"] = None if job.command is None else json.dumps(list(job.command), ensure_ascii=False)
-    for name in _ENUMS:
-        row[name] = None if row[name] is None else row[name].value
-    return row
-
-
-def _job_from_row(row: sqlite3.Row) -> Job:
-    values = {name: row[name] for name in _COLUMNS}  # by name: the table's column order is not Job's
-    for name in _JSON_COLUMNS:
-        if values[name] is not None:
-            values[name] = json.loads(values[name])
-    if values["command"] is not None:
-        values["command"] = tuple(json.loads(values["command"]))
-    for name, enum in _ENUMS.items():
-        if values[name] is not None:
-            values[name] = enum(values[name])
-    return Job(**values)
-
-
-def _event_to_row(event: Event) -> tuple[Any, ...]:
-    # Facts are diagnostics: a value that is not JSON is kept as its str() rather than refusing
-    # the transition it describes.
-    facts = json.dumps(dict(event.facts), ensure_ascii=False, default=str)
-    from_status = None if event.from_status is None else event.from_status.value
-    return (event.job_id, event.at, from_status, event.to_status.value, event.reason,
-            event.decided_by.value, event.worker, event.attempt, facts)  # fmt: skip
-
-
-def _event_from_row(row: Sequence[Any]) -> Event:
-    job_id, at, src, dst, reason, decided_by, worker, attempt, facts = row
-    src = None if src is None else Status(src)
-    return Event(
-        job_id, at, src, Status(dst), reason, DecidedBy(decided_by), worker, attempt, json.loads(facts)
-    )

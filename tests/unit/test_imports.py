@@ -34,10 +34,13 @@ def test_engine_module_imports_no_adapter(path: Path) -> None:
         assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
 
 
-def test_sqlite_store_imports_no_remote_code() -> None:
-    """The SQLite store imports no remote client, tenacity, nor any other module of bridge/."""
-    for name in imported(STORES / "sqlite.py"):
-        assert name.split(".")[0] not in REMOTE | {"bridge"}, f"sqlite.py imports {name}"
+@pytest.mark.parametrize("path", [STORES / "sqlite.py", STORES / "rows.py"], ids=lambda p: p.name)
+def test_sqlite_store_imports_no_remote_code(path: Path) -> None:
+    """The SQLite store and its row conversion import no remote client nor tenacity, and of
+    bridge/ only the row conversion."""
+    for name in imported(path):
+        assert name.split(".")[0] not in REMOTE, f"{path.name} imports {name}"
+        assert not name.startswith("bridge") or name == "bridge.stores.rows", f"{path.name} imports {name}"
 
 
 @pytest.mark.parametrize("path", sorted(STORES.glob("*.py")), ids=lambda p: p.name)
