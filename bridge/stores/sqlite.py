@@ -4,7 +4,8 @@ Every status change runs through ``supervisor.lifecycle`` in Python inside one t
 read the rows, call the pure function, write the new row and append its event, commit. The
 schema (``bridge/sql/sqlite.sql``) holds data and indexes, never transition rules, so this store
 can be no more permissive than ``MemoryStore``; one contract suite runs against both. The
-statements live in ``bridge/sql/sqlite_queries.sql``, read once (``_sql``).
+statements live in ``bridge/sql/sqlite_queries.sql``, read once (``_sql``); rows are encoded
+and decoded by ``bridge/stores/rows.py``.
 
 Several supervisors (processes) may share the file: ``BEGIN IMMEDIATE`` takes SQLite's write
 lock before the first read, so two claims are serialised and never return the same job. Inside
