@@ -34,11 +34,11 @@ def build_store(settings: Settings) -> JobStore:
     url = settings.store_url
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
-        from bridge.sqlite_store import SQLiteStore
+        from bridge.stores.sqlite import SQLiteStore
 
         return SQLiteStore(sqlite_path(url), backoff_cap_s=settings.backoff_cap_s)
     if scheme in ("postgresql", "postgres"):
-        from bridge.postgres_store import PostgresStore
+        from bridge.stores.postgres import PostgresStore
 
         return PostgresStore(url, backoff_cap_s=settings.backoff_cap_s)
     if url == "supabase":
@@ -48,7 +48,7 @@ def build_store(settings: Settings) -> JobStore:
                 "AGENT_SUPERVISOR_SUPABASE_URL (or SUPABASE_URL) and AGENT_SUPERVISOR_SUPABASE_KEY "
                 "(or SUPABASE_SERVICE_ROLE_KEY)"
             )
-        from bridge.supabase_store import SupabaseStore
+        from bridge.stores.supabase import SupabaseStore
 
         return SupabaseStore(
             settings.supabase_url, settings.supabase_key, backoff_cap_s=settings.backoff_cap_s

@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 from bench_common import ROOT, child_env, emit_json, machine_line, median, percentile, stop_process, table
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor.health import check_health
 from supervisor.lifecycle import ErrorKind, JobSpec, Outcome
 from supervisor.settings import Settings

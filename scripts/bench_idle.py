@@ -107,7 +107,7 @@ def idle_breakdown(
 ) -> tuple[list[tuple[str, int, float, float]], float]:
     """Run the real loop on an empty store in a thread; time its periodic operations."""
     from bridge.compose import build_supervisor
-    from bridge.sqlite_store import SQLiteStore
+    from bridge.stores.sqlite import SQLiteStore
     from supervisor import procs
     from supervisor.runner import Supervisor
     from supervisor.settings import load_settings

@@ -43,7 +43,7 @@ from typing import Any
 
 import bench_common as bc  # puts the repo root on sys.path
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor import procs
 from supervisor import runner as _runner_mod
 from supervisor.lifecycle import JobSpec, Outcome, Status

@@ -276,7 +276,7 @@ def clocked_postgres_store(
 ) -> Any:
     """A PostgresStore whose every call runs at ``clock()`` on the server (test databases only:
     the template's ``_jobs_now()`` reads the setting). ``on_close`` runs once, after close."""
-    from bridge.postgres_store import PostgresStore
+    from bridge.stores.postgres import PostgresStore
 
     class ClockedPostgresStore(PostgresStore):
         def _session_settings(self) -> dict[str, str]:

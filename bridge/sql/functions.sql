@@ -1,6 +1,6 @@
 -- agent-supervisor: the Postgres / Supabase job store, part 2 of 2: one function per JobStore
--- operation (supervisor/store.py), called by bridge/postgres_store.py over psycopg and by
--- bridge/supabase_store.py as `.rpc()` through PostgREST. Apply after schema.sql.
+-- operation (supervisor/store.py), called by bridge/stores/postgres.py over psycopg and by
+-- bridge/stores/supabase.py as `.rpc()` through PostgREST. Apply after schema.sql.
 --
 -- Each function mirrors supervisor.lifecycle EXACTLY (same legal moves, same columns reset,
 -- same event reasons and facts); the contract suite (tests/contract) runs the same tests
@@ -12,7 +12,7 @@
 --  * `security invoker` (the default) and `set search_path = ''`: every name is qualified, so
 --    an object planted in another schema cannot hijack a call.
 --  * Time comes from public._jobs_now() (server time, read once per call), never the client.
---  * Errors use our own SQLSTATEs, mapped back to supervisor.errors by bridge/remote.py:
+--  * Errors use our own SQLSTATEs, mapped back to supervisor.errors by bridge/stores/policy.py:
 --      ASN01 job not found, ASL01 lease lost (fencing), ASC01 version conflict,
 --      AST01 illegal transition, ASV01 invalid job or change.
 --    PostgREST answers them with HTTP 400 (not 5xx), so no client retries them.

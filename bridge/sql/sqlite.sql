@@ -1,4 +1,4 @@
--- agent-supervisor: the embedded SQLite job store (bridge/sqlite_store.py), schema version 1.
+-- agent-supervisor: the embedded SQLite job store (bridge/stores/sqlite.py), schema version 1.
 --
 -- Idempotent: every statement is "if not exists", so any number of supervisors may open the
 -- same file at once. The store sets PRAGMA user_version = 1 in the same transaction.

@@ -32,7 +32,7 @@ def _memory(clock: ManualClock, tmp_path: Path) -> JobStore:
 
 
 def _sqlite(clock: ManualClock, tmp_path: Path) -> JobStore:
-    from bridge.sqlite_store import SQLiteStore
+    from bridge.stores.sqlite import SQLiteStore
 
     return SQLiteStore(tmp_path / "jobs.sqlite3", clock=clock, rng=random.Random(7))
 
@@ -40,7 +40,7 @@ def _sqlite(clock: ManualClock, tmp_path: Path) -> JobStore:
 def _postgres(clock: ManualClock, tmp_path: Path) -> JobStore:
     """PostgresStore on a fresh database of the session's PostgreSQL server (tests/pg.py),
     its server clock driven by ``clock``."""
-    from bridge.remote import RetryPolicy
+    from bridge.stores.policy import RetryPolicy
     from tests import pg
 
     server = pg.server(pytest.skip, pytest.fail)
@@ -56,8 +56,8 @@ def _supabase(clock: ManualClock, tmp_path: Path) -> JobStore:
     PostgREST would (tests/postgrest_lite.py), with the server clock driven by ``clock``."""
     from pydantic import SecretStr
 
-    from bridge.remote import RetryPolicy
-    from bridge.supabase_store import SupabaseStore
+    from bridge.stores.policy import RetryPolicy
+    from bridge.stores.supabase import SupabaseStore
     from tests import pg
     from tests.postgrest_lite import SERVICE_KEY, URL, PostgrestLite, routed_client
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor.lifecycle import JobSpec, Status
 from supervisor.runner import Supervisor
 from supervisor.settings import Settings

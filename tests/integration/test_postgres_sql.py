@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from bridge.postgres_store import PostgresStore
-from bridge.remote import RetryPolicy
 from bridge.sqlcli import apply_sql
+from bridge.stores.policy import RetryPolicy
+from bridge.stores.postgres import PostgresStore
 from supervisor.errors import ConfigError, InvalidJobError, StoreError, StoreUnavailableError
 from supervisor.lifecycle import ErrorKind, Job, JobSpec, Outcome, Status
 from supervisor.store import Beat

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from bridge.postgres_store import PostgresStore
+from bridge.stores.postgres import PostgresStore
 from supervisor.errors import LeaseLostError
 from supervisor.lifecycle import JobSpec, Outcome, Status
 from supervisor.runner import Supervisor
@@ -129,7 +129,7 @@ def stores(
         else:
             from pydantic import SecretStr
 
-            from bridge.supabase_store import SupabaseStore
+            from bridge.stores.supabase import SupabaseStore
             from tests.postgrest_lite import SERVICE_KEY, URL, PostgrestLite, routed_client
 
             lite = PostgrestLite(pg_dsn, clock=clock)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor import procs
 from supervisor.lifecycle import ErrorKind, JobSpec, Status
 from supervisor.runner import Supervisor

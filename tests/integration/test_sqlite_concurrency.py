@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor.errors import StoreError, StoreUnavailableError
 from supervisor.lifecycle import JobSpec, Outcome, Status
 from tests.support import wait_until
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # what it holds, until the queue is drained. Prints the ids it claimed as one JSON line.
 WORKER = r"""
 import json, os, random, sys, time
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor.lifecycle import Outcome
 
 path, name, seed, gate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -184,7 +184,7 @@ def test_changed_sees_commits_of_another_connection(tmp_path: Path) -> None:
         assert watcher.changed() is False
         assert watcher.changed() is False
         script = (
-            "import sys; from bridge.sqlite_store import SQLiteStore;"
+            "import sys; from bridge.stores.sqlite import SQLiteStore;"
             "from supervisor.lifecycle import JobSpec;"
             "s = SQLiteStore(sys.argv[1]); s.enqueue([JobSpec(kind='echo')]); s.close()"
         )

@@ -17,9 +17,9 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from bridge.postgres_store import PostgresStore
-from bridge.remote import RetryPolicy
-from bridge.supabase_store import SupabaseStore
+from bridge.stores.policy import RetryPolicy
+from bridge.stores.postgres import PostgresStore
+from bridge.stores.supabase import SupabaseStore
 from supervisor.lifecycle import LIVE, JobSpec, Status
 from supervisor.runner import Supervisor
 from supervisor.settings import load_settings

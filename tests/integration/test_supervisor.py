@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor import procs
 from supervisor.attempt import UNREAD_IDENTITY
 from supervisor.errors import StateFileError, StoreUnavailableError

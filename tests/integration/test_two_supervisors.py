@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge.sqlite_store import SQLiteStore
+from bridge.stores.sqlite import SQLiteStore
 from supervisor.lifecycle import JobSpec, Status
 from tests.support import ROOT, cli_env, kill_tagged
 

@@ -12,20 +12,54 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"bridge", "httpx", "supabase", "postgrest", "psycopg", "sqlite3", "tenacity", "respx"}
+REMOTE = {"httpx", "supabase", "postgrest", "psycopg", "realtime", "tenacity", "respx"}
+STORES = ROOT / "bridge" / "stores"
+
+
+def imported(path: Path) -> list[str]:
+    """Every absolute module name the file imports, at any depth (lazy imports included)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "supervisor").glob("*.py")), ids=lambda p: p.name)
 def test_engine_module_imports_no_adapter(path: Path) -> None:
     """No module of supervisor/ imports an adapter, a remote client or sqlite3."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
-            assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+    for name in imported(path):
+        assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", [STORES / "sqlite.py", STORES / "rows.py"], ids=lambda p: p.name)
+def test_sqlite_store_imports_no_remote_code(path: Path) -> None:
+    """The SQLite store and its row conversion import no remote client nor tenacity, and of
+    bridge/ only the row conversion."""
+    for name in imported(path):
+        assert name.split(".")[0] not in REMOTE, f"{path.name} imports {name}"
+        assert not name.startswith("bridge") or name == "bridge.stores.rows", f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", sorted(STORES.glob("*.py")), ids=lambda p: p.name)
+def test_stores_import_no_front_end(path: Path) -> None:
+    """A store imports from bridge/ only other stores; the one exception is sqlcli's DSN display."""
+    for name in imported(path):
+        if name.split(".")[0] == "bridge":
+            assert name.startswith("bridge.stores") or name == "bridge.sqlcli", f"{path.name} imports {name}"
+
+
+def test_stores_package_names_resolve() -> None:
+    """Every public name of bridge.stores is the class of the module that defines it."""
+    import bridge.stores
+
+    for name in bridge.stores.__all__:
+        value = getattr(bridge.stores, name)
+        assert value.__name__ == name and value.__module__.startswith("bridge.stores.")
+    with pytest.raises(AttributeError):
+        _ = bridge.stores.NoSuchStore
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -41,6 +75,7 @@ def loaded_after(statement: str) -> set[str]:
     [
         "import supervisor",
         "import supervisor.runner",
+        "from bridge.stores import SQLiteStore",
         "from bridge.compose import build_store; from supervisor.settings import Settings; "
         "build_store(Settings(data_dir={data_dir!r}))",
     ],
@@ -49,3 +84,9 @@ def test_sqlite_path_does_not_import_remote_clients(statement: str, tmp_path: Pa
     """The engine and the SQLite path never load supabase, httpx or postgrest."""
     loaded = loaded_after(statement.format(data_dir=str(tmp_path)))
     assert not loaded & {"supabase", "httpx", "postgrest", "psycopg", "realtime", "tenacity"}
+
+
+def test_stores_package_imports_no_store() -> None:
+    """Importing bridge.stores loads no store, so neither sqlite3 nor a remote client."""
+    loaded = loaded_after("import bridge.stores")
+    assert not loaded & (REMOTE | {"sqlite3", "_sqlite3"})

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from postgrest import APIError
 
-from bridge.remote import RetryPolicy, ServerError, clean, describe, epoch, is_retryable, translate
+from bridge.stores.policy import RetryPolicy, ServerError, describe, is_retryable, translate
+from bridge.stores.rows import clean, epoch
 from supervisor.errors import (
     IllegalTransitionError,
     InvalidJobError,

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.remote import RetryPolicy, ServerError
-from bridge.remote_store import RemoteStore
+from bridge.stores.policy import RetryPolicy, ServerError
+from bridge.stores.remote import RemoteStore
 from supervisor.errors import IllegalTransitionError, StoreUnavailableError, UpdateConflictError
 from supervisor.lifecycle import Job, JobSpec, Outcome, Status
 from supervisor.store import Beat

@@ -13,8 +13,8 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from bridge.remote import RetryPolicy
-from bridge.supabase_store import SupabaseStore
+from bridge.stores.policy import RetryPolicy
+from bridge.stores.supabase import SupabaseStore
 from supervisor.errors import ConfigError, LeaseLostError, StoreError, StoreUnavailableError
 from supervisor.lifecycle import Outcome
 from supervisor.settings import load_settings

@@ -3,7 +3,8 @@
 The base of ``PostgresStore`` and ``SupabaseStore`` (the filelock pattern: the base owns the
 policy, a subclass only moves bytes). A subclass implements ``_send(fn, params) -> rows``,
 raising its library's errors untouched; every call here goes through the retry policy and the
-error translation of ``bridge/remote.py``, and converts rows with its functions.
+error translation of ``bridge/stores/policy.py``, and converts rows with the functions of
+``bridge/stores/rows.py``.
 """
 
 from __future__ import annotations
@@ -18,18 +19,15 @@ from typing import Any
 
 import tenacity
 
-from bridge.remote import (
-    RetryPolicy,
+from bridge.stores.policy import RetryPolicy, describe, safe_cause, translate
+from bridge.stores.rows import (
     check_changes,
     clean,
-    describe,
     epoch,
     event_from_row,
     job_from_row,
     outcome_json,
-    safe_cause,
     spec_json,
-    translate,
 )
 from supervisor.errors import (
     IllegalTransitionError,

@@ -10,7 +10,7 @@ One supabase client per store, built once, on an httpx client of our own:
 * HTTP/1.1 with keep-alive expiry (20 s) below the idle timeouts of Supabase's proxies:
   long-lived idle HTTP/2 connections die with "Server disconnected" (supabase-py #1064);
 * postgrest-py's own retry off (``postgrest_client_retry=False``): it retries GET/HEAD only,
-  with hidden sleeps; tenacity in bridge/remote.py is the one retry layer, for every call.
+  with hidden sleeps; tenacity in bridge/stores/policy.py is the one retry layer, for every call.
 
 The key is a ``SecretStr``: it is unwrapped only to build the client, and never appears in a
 repr, a log line or an error message.
@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
-from bridge.remote import RetryPolicy, ServerError
-from bridge.remote_store import RemoteStore
+from bridge.stores.policy import RetryPolicy, ServerError
+from bridge.stores.remote import RemoteStore
 from supervisor.errors import ConfigError, StoreError
 from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
 

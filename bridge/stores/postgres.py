@@ -7,7 +7,7 @@ connection: the store keeps one session, LISTENs, and sets session settings). Se
 One connection per store, in autocommit mode: every operation is ONE statement calling one
 function, so it is one transaction on the server, and nothing is left open between calls.
 Threads share the connection under a lock. A broken connection is dropped and the next
-attempt reconnects (bridge/remote.py decides what to retry). Arguments travel exactly as
+attempt reconnects (bridge/stores/policy.py decides what to retry). Arguments travel exactly as
 PostgREST sends them: one JSON object decoded by ``json_to_record`` into the function's named
 parameters, and the rows come back as one JSON array, so both remote stores share one
 conversion and the contract suite tests the same decoding twice.
@@ -22,15 +22,20 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from bridge.remote import NOTIFY_CHANNEL, SCHEMA_VERSION, RetryPolicy
-from bridge.remote_store import RemoteStore
+from bridge.stores.policy import RetryPolicy
+from bridge.stores.remote import RemoteStore
 from supervisor.errors import ConfigError, StoreError
 from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SIGNATURES", "PostgresStore"]
+__all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "PostgresStore"]
+
+SCHEMA_VERSION: Final = 1
+"""What ``public.jobs_schema_version()`` must answer (functions.sql)."""
+NOTIFY_CHANNEL: Final = "agent_supervisor_jobs"
+"""The channel ``public._jobs_notify()`` of functions.sql notifies; ``changed()`` listens."""
 
 SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "jobs_enqueue": (("p_specs", "jsonb"), ("p_request_id", "uuid")),

@@ -3,7 +3,9 @@
 Every status change runs through ``supervisor.lifecycle`` in Python inside one transaction:
 read the rows, call the pure function, write the new row and append its event, commit. The
 schema (``bridge/sql/sqlite.sql``) holds data and indexes, never transition rules, so this store
-can be no more permissive than ``MemoryStore``; one contract suite runs against both.
+can be no more permissive than ``MemoryStore``; one contract suite runs against both. The
+statements live in ``bridge/sql/sqlite_queries.sql``, read once (``_sql``); rows are encoded
+and decoded by ``bridge/stores/rows.py``.
 
 Several supervisors (processes) may share the file: ``BEGIN IMMEDIATE`` takes SQLite's write
 lock before the first read, so two claims are serialised and never return the same job. Inside
@@ -22,22 +24,23 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
+from bridge.stores.rows import event_from_sqlite, event_to_sqlite, job_from_sqlite, job_to_sqlite
 from supervisor import lifecycle as lc
 from supervisor.errors import (
-    InvalidJobError,
     JobNotFoundError,
     LeaseLostError,
     StoreError,
     StoreUnavailableError,
     UpdateConflictError,
 )
-from supervisor.lifecycle import LIVE, CancelMode, DecidedBy, ErrorKind, Event, Job, JobSpec, Outcome, Status
+from supervisor.lifecycle import LIVE, CancelMode, Event, Job, JobSpec, Outcome, Status
 from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "schema_sql"]
@@ -52,34 +55,7 @@ _VALUES: Final = ", ".join(f":{c}" for c in _COLUMNS)
 _ASSIGN: Final = ", ".join(f"{c} = :{c}" for c in _COLUMNS if c != "id")
 _INSERT: Final = f"insert into jobs ({_NAMES}) values ({_VALUES})"  # noqa: S608
 _UPDATE: Final = f"update jobs set {_ASSIGN} where id = :id"  # noqa: S608
-_INSERT_EVENT: Final = (
-    "insert into job_events (job_id, at, from_status, to_status, reason, decided_by, worker, attempt, facts)"
-    " values (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_EVENTS: Final = (
-    "select job_id, at, from_status, to_status, reason, decided_by, worker, attempt, facts"
-    " from job_events where job_id = ? order by seq"
-)
-_JSON_COLUMNS: Final = ("payload", "result", "progress", "stats")
-_ENUMS: Final = {"status": Status, "cancel_requested": CancelMode, "error_kind": ErrorKind}
-
-# Live statuses are spelled exactly as in the partial indexes of sqlite.sql ("status in
-# ('preparing', 'running')"): SQLite uses a partial index only when the query's WHERE contains
-# the index's terms (https://sqlite.org/partialindex.html).
-_CLAIM: Final = """
-select * from jobs
-where status = 'pending' and run_after <= :now
-  and (:kinds is null or kind in (select value from json_each(:kinds)))
-  and (kind is null or kind not in (select value from json_each(:exclude)))
-  and (concurrency_key is null or concurrency_key not in (
-      select concurrency_key from jobs
-      where status in ('preparing', 'running') and concurrency_key is not null))
-order by priority desc, created_at, id
-"""
-"""Pending jobs in claim order (a walk of the jobs_claim index), keys held by live jobs skipped.
-The caller stops after ``limit`` and skips a key it already took in this claim: a window
-function doing the same sorted every pending row on every claim (24 ms at 10,000 pending,
-against 0.02 ms for the walk)."""
+_NAME_MARK: Final = "-- name: "
 
 # sqlite3 primary result codes (https://sqlite.org/rescode.html), the table of _translate.
 _BUSY: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
@@ -91,6 +67,26 @@ _UNREACHABLE: Final = frozenset({3, 8, 10, 13, 14, 15})  # PERM, READONLY, IOERR
 def schema_sql() -> str:
     """The schema this store applies (``agent-supervisor db schema`` prints it)."""
     return resources.files("bridge").joinpath("sql/sqlite.sql").read_text(encoding="utf-8")
+
+
+@functools.cache
+def _queries() -> Mapping[str, str]:
+    """The statements of ``sqlite_queries.sql`` by name: each runs from its ``-- name: <name>``
+    line to the next one, without its comment lines and its final semicolon."""
+    text = resources.files("bridge").joinpath("sql/sqlite_queries.sql").read_text(encoding="utf-8")
+    lines: dict[str, list[str]] = {}
+    current: list[str] = []  # the file's header, before the first name: not a statement
+    for line in text.splitlines():
+        if line.startswith(_NAME_MARK):
+            current = lines.setdefault(line.removeprefix(_NAME_MARK).strip(), [])
+        elif not line.lstrip().startswith("--"):
+            current.append(line)
+    return MappingProxyType({name: "\n".join(body).strip().removesuffix(";") for name, body in lines.items()})
+
+
+def _sql(name: str) -> str:
+    """The statement ``name`` of ``sqlite_queries.sql``."""
+    return _queries()[name]
 
 
 class SQLiteStore:
@@ -248,20 +244,20 @@ class SQLiteStore:
     ) -> list[Job]:
         rows = db.execute(sql, params).fetchall()
         try:
-            return [_job_from_row(row) for row in rows]
+            return [job_from_sqlite(row) for row in rows]
         except (ValueError, TypeError, IndexError) as exc:
             raise StoreError(f"SQLite store {self._path} holds a corrupt job row: {exc}") from exc
 
     def _get(self, db: sqlite3.Connection, job_id: int) -> Job:
-        jobs = self._fetch(db, "select * from jobs where id = ?", (job_id,))
+        jobs = self._fetch(db, _sql("job"), (job_id,))
         if not jobs:
             raise JobNotFoundError(f"no job with id {job_id}")
         return jobs[0]
 
     def _put(self, db: sqlite3.Connection, job: Job, event: Event | None, *, insert: bool = False) -> Job:
-        db.execute(_INSERT if insert else _UPDATE, _job_to_row(job))
+        db.execute(_INSERT if insert else _UPDATE, job_to_sqlite(job))
         if event is not None:
-            db.execute(_INSERT_EVENT, _event_to_row(event))
+            db.execute(_sql("insert_event"), event_to_sqlite(event))
         self._writes += 1
         return job
 
@@ -277,10 +273,7 @@ class SQLiteStore:
         with self._transaction() as (db, now):
             # AUTOINCREMENT keeps its high-water mark in sqlite_sequence; under the write lock
             # we can hand out the next ids ourselves, so new_job builds the row with its id.
-            next_id = db.execute(
-                "select max(coalesce((select seq from sqlite_sequence where name = 'jobs'), 0),"
-                " coalesce((select max(id) from jobs), 0)) + 1"
-            ).fetchone()[0]
+            next_id = db.execute(_sql("next_id")).fetchone()[0]
             ids: list[int] = []
             staged: dict[str, int] = {}
             for spec in specs:
@@ -301,11 +294,7 @@ class SQLiteStore:
             return None
         if key in staged:
             return staged[key]
-        row = db.execute(
-            "select id from jobs where dedup_key = ? and status in ('pending', 'waiting_retry')"
-            " order by id limit 1",
-            (key,),
-        ).fetchone()
+        row = db.execute(_sql("dedup"), (key,)).fetchone()
         return None if row is None else int(row[0])
 
     def claim(
@@ -319,8 +308,7 @@ class SQLiteStore:
     ) -> list[Job]:
         """Promote due retries, then take up to ``limit`` pending jobs (see ``JobStore.claim``)."""
         with self._transaction() as (db, now):
-            due = "select * from jobs where status = 'waiting_retry' and run_after <= ? order by id"
-            for job in self._fetch(db, due, (now,)):
+            for job in self._fetch(db, _sql("due_retries"), (now,)):
                 self._put(db, *lc.promote(job, now=now))
             if limit <= 0 or (kinds is not None and not kinds):
                 return []
@@ -330,13 +318,14 @@ class SQLiteStore:
             return [self._put(db, *lc.claim(job, worker=worker, now=now, lease_s=lease_s)) for job in ready]
 
     def _walk_claimable(self, db: sqlite3.Connection, params: dict[str, Any], limit: int) -> list[Job]:
-        """The first ``limit`` claimable jobs, at most one per concurrency key."""
-        cursor = db.execute(_CLAIM, params)
+        """The first ``limit`` claimable jobs, at most one per concurrency key (why the key
+        rule is split between SQL and here: the comment of ``claimable`` in the queries)."""
+        cursor = db.execute(_sql("claimable"), params)
         taken: list[Job] = []
         keys: set[str] = set()
         try:
             while len(taken) < limit and (rows := cursor.fetchmany(max(limit * 2, 16))):
-                for job in map(_job_from_row, rows):
+                for job in map(job_from_sqlite, rows):
                     if job.concurrency_key is not None:
                         if job.concurrency_key in keys:
                             continue
@@ -367,7 +356,7 @@ class SQLiteStore:
             return []
         with self._transaction() as (db, now):
             ids = json.dumps(sorted({beat.job_id for beat in beats}))
-            rows = self._fetch(db, "select * from jobs where id in (select value from json_each(?))", (ids,))
+            rows = self._fetch(db, _sql("jobs_by_ids"), (ids,))
             current = {job.id: job for job in rows}
             renew = functools.partial(lc.heartbeat, worker=worker, now=now, lease_s=lease_s)
             renewed: dict[int, Job] = {}
@@ -384,7 +373,7 @@ class SQLiteStore:
                 current[job.id] = renewed[job.id] = job
                 replies.append(BeatReply(job.id, job.cancel_requested, lease_lost=False))
             # Not counted in self._writes: a renewed lease is no news for an idle supervisor.
-            db.executemany(_UPDATE, [_job_to_row(job) for job in renewed.values()])
+            db.executemany(_UPDATE, [job_to_sqlite(job) for job in renewed.values()])
             return replies
 
     def finish(self, job_id: int, worker: str, attempt: int, outcome: Outcome) -> Job:
@@ -409,20 +398,9 @@ class SQLiteStore:
         """Settle as ``lost`` the live jobs whose lease expired more than ``grace_s`` ago, and
         fail the pending jobs past their queue timeout."""
         with self._transaction() as (db, now):
-            # lease_expires_at + grace < now, the same float expression MemoryStore evaluates.
-            stale = self._fetch(
-                db,
-                "select * from jobs where status in ('preparing', 'running')"
-                " and lease_expires_at + ? < ? order by id",
-                (grace_s, now),
-            )
+            stale = self._fetch(db, _sql("stale_leases"), (grace_s, now))
             reaped = [self._put(db, *lc.reap(job, now=now, **self._policy)) for job in stale]
-            waiting = self._fetch(
-                db,
-                "select * from jobs where status = 'pending' and queue_timeout_s is not null"
-                " and ? - run_after > queue_timeout_s order by id",
-                (now,),
-            )
+            waiting = self._fetch(db, _sql("queue_expired"), (now,))
             return reaped + [self._put(db, *lc.expire(job, now=now)) for job in waiting]
 
     def request_cancel(self, job_id: int, mode: CancelMode = CancelMode.CANCEL) -> Job:
@@ -465,10 +443,7 @@ class SQLiteStore:
     def counts(self) -> QueueCounts:
         """Counts by status and the oldest running/pending times, in one query."""
         with self._transaction(write=False) as (db, now):
-            rows = db.execute(
-                "select status, count(*), min(coalesce(started_at, updated_at)), min(created_at)"
-                " from jobs group by status"
-            ).fetchall()
+            rows = db.execute(_sql("counts")).fetchall()
         by_status = dict.fromkeys(Status, 0)
         oldest_running: float | None = None
         oldest_pending: float | None = None
@@ -493,11 +468,7 @@ class SQLiteStore:
             params: list[Any] = []
             if ids is not None:
                 wanted = json.dumps(list(ids))
-                missing = db.execute(
-                    "select value from json_each(?)"
-                    " where value not in (select id from jobs) order by key limit 1",
-                    (wanted,),
-                ).fetchone()
+                missing = db.execute(_sql("missing_id"), (wanted,)).fetchone()
                 if missing is not None:
                     raise JobNotFoundError(f"no job with id {missing[0]}")
                 clauses.append("id in (select value from json_each(?))")
@@ -520,10 +491,7 @@ class SQLiteStore:
                 if not job.is_terminal:
                     lc.request_cancel(job, now=now)  # pending → cancelled, then deleted below
                 deleted.append(job.id)
-            # on delete cascade (foreign_keys=on) takes the job's events along.
-            db.execute(
-                "delete from jobs where id in (select value from json_each(?))", (json.dumps(deleted),)
-            )
+            db.execute(_sql("delete_jobs"), (json.dumps(deleted),))  # and their events
             self._writes += 1
             return PurgeResult(tuple(deleted), tuple(flagged))
 
@@ -531,9 +499,9 @@ class SQLiteStore:
         """The job's event log, oldest first."""
         with self._transaction(write=False) as (db, _):
             self._get(db, job_id)
-            rows = db.execute(_EVENTS, (job_id,)).fetchall()
+            rows = db.execute(_sql("events"), (job_id,)).fetchall()
         try:
-            return [_event_from_row(row) for row in rows]
+            return [event_from_sqlite(row) for row in rows]
         except (ValueError, TypeError) as exc:
             raise StoreError(f"SQLite store {self._path} holds a corrupt event row: {exc}") from exc
 
@@ -558,53 +526,3 @@ class SQLiteStore:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-
-
-# -- row conversion ----------------------------------------------------------------------
-def _dumps(job_id: int, name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobError(f"job {job_id}: {name!r} is not plain JSON: {exc}") from exc
-
-
-def _job_to_row(job: Job) -> dict[str, Any]:
-    row = {name: getattr(job, name) for name in _COLUMNS}
-    for name in _JSON_COLUMNS:
-        row[name] = _dumps(job.id, name, row[name])
-    row["command"] = None if job.command is None else json.dumps(list(job.command), ensure_ascii=False)
-    for name in _ENUMS:
-        row[name] = None if row[name] is None else row[name].value
-    return row
-
-
-def _job_from_row(row: sqlite3.Row) -> Job:
-    values = {name: row[name] for name in _COLUMNS}  # by name: claim's rows carry key_rank too
-    for name in _JSON_COLUMNS:
-        if values[name] is not None:
-            values[name] = json.loads(values[name])
-    if values["command"] is not None:
-        values["command"] = tuple(json.loads(values["command"]))
-    for name, enum in _ENUMS.items():
-        if values[name] is not None:
-            values[name] = enum(values[name])
-    return Job(**values)
-
-
-def _event_to_row(event: Event) -> tuple[Any, ...]:
-    # Facts are diagnostics: a value that is not JSON is kept as its str() rather than refusing
-    # the transition it describes.
-    facts = json.dumps(dict(event.facts), ensure_ascii=False, default=str)
-    from_status = None if event.from_status is None else event.from_status.value
-    return (event.job_id, event.at, from_status, event.to_status.value, event.reason,
-            event.decided_by.value, event.worker, event.attempt, facts)  # fmt: skip
-
-
-def _event_from_row(row: Sequence[Any]) -> Event:
-    job_id, at, src, dst, reason, decided_by, worker, attempt, facts = row
-    src = None if src is None else Status(src)
-    return Event(
-        job_id, at, src, Status(dst), reason, DecidedBy(decided_by), worker, attempt, json.loads(facts)
-    )
