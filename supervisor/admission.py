@@ -56,6 +56,8 @@ class Gate:
     only_kinds: frozenset[str] | None = None
     """When raw commands and unregistered kinds do not fit, claim only these kinds."""
     headroom_bytes: int = 0
+    retry_in_s: float | None = None
+    """When the gate opens by itself (a stagger ends); None: when something changes."""
 
 
 def estimate_for(settings: Settings, kind: str | None) -> int:
@@ -79,7 +81,7 @@ def admit(
         return Gate(GateState.FULL, f"all {settings.concurrency} slots busy", 0)
     if last_start is not None and now - last_start < settings.start_stagger_s:
         wait = settings.start_stagger_s - (now - last_start)
-        return Gate(GateState.BLOCKED, f"staggering starts: next in {wait:.1f} s", 0)
+        return Gate(GateState.BLOCKED, f"staggering starts: next in {wait:.1f} s", 0, retry_in_s=wait)
     limit_load = settings.max_load_per_cpu
     if limit_load is not None and machine.load_per_cpu is not None and machine.load_per_cpu > limit_load:
         reason = f"CPU load {machine.load_per_cpu:.2f} per CPU is above {limit_load:g}"
@@ -104,6 +106,8 @@ def admit(
         return Gate(GateState.BLOCKED, reason, 0, headroom_bytes=headroom)
     largest = max([*fitting.values(), *([settings.memory_estimate_bytes] if default_fits else [])])
     limit = min(limit, max(1, headroom // largest))
+    if settings.start_stagger_s > 0:
+        limit = 1  # one start per stagger interval, a batch included
     only = None if default_fits else frozenset(fitting)
     return Gate(GateState.OPEN, None, limit, frozenset(exclude), only, headroom)
 

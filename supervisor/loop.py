@@ -289,6 +289,8 @@ class Loop:
         self.timers.claim_at = now + settings.poll_s
         gate = self._admit(now)
         if gate.state is not GateState.OPEN:
+            if gate.retry_in_s is not None:
+                self.timers.claim_at = min(self.timers.claim_at, now + gate.retry_in_s)
             return
         try:
             jobs = self._store.claim(
@@ -303,8 +305,8 @@ class Loop:
             return
         if jobs:
             self._last_start = now
-            if len(jobs) == gate.limit and settings.start_stagger_s == 0:
-                self.timers.claim_at = 0.0  # there may be more: look again on the next tick
+            if len(jobs) == gate.limit:  # there may be more: look again as soon as the gate allows
+                self.timers.claim_at = now + settings.start_stagger_s
         launched: list[Attempt] = []
         for job in jobs:
             self._emit(job, Status.PENDING, "claimed")

@@ -97,7 +97,8 @@ def next_wake(
     ``agents_due``: the next stop deadline of any agent (``scheduler.next_due``); ``check_s``:
     how often running agents' logs are checked against their cap; ``drain_at``: the drain
     deadline while stopping, until SIGTERM went out; ``poll_s``: the longest idle sleep
-    (None: none, something else wakes the loop).
+    (None: none, something else wakes the loop). The next claim and reap count too, unless the
+    store is down (then not before it may be asked again) or outcomes wait in the outbox.
     """
     due = agents_due
     if agents:
@@ -109,6 +110,9 @@ def next_wake(
     if stopping:
         if drain_at is not None:
             due = min(due, drain_at)
-    elif poll_s is not None:
-        due = min(due, now + poll_s)
+    else:
+        if not outbox:  # with outcomes waiting, the replay decides when the store is next asked
+            due = min(due, max(t.store_down_until, min(t.claim_at, t.reap_at)))
+        if poll_s is not None:
+            due = min(due, now + poll_s)
     return max(0.0, due - now)

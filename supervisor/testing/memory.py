@@ -1,9 +1,4 @@
-"""Test helpers that ship with the package: an in-memory ``JobStore`` and a manual clock.
-
-``MemoryStore`` moves jobs only through ``supervisor.lifecycle``, the same functions the SQLite
-store uses, so a unit test against it can never pass on a transition the real stores refuse.
-It is thread-safe (one lock) so that a supervisor thread and a test can share it.
-"""
+"""``MemoryStore``: the ``JobStore`` in a dict, and ``ManualClock`` (see ``supervisor.testing``)."""
 
 from __future__ import annotations
 
@@ -28,12 +23,21 @@ __all__ = ["ManualClock", "MemoryStore"]
 
 
 class ManualClock:
-    """A clock that moves only when told: ``clock()`` reads it, ``advance(s)`` moves it."""
+    """A clock that moves only when told: ``clock()`` reads it, ``advance(s)`` moves it.
+
+    It is a ``supervisor.clock.Clock`` too (``monotonic()`` and ``time()`` read the same value),
+    so one object can be a store's clock and a supervisor's."""
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self.t = start
 
     def __call__(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def time(self) -> float:
         return self.t
 
     def advance(self, seconds: float) -> None:
