@@ -210,7 +210,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_db(args, sys.stdout)
     if args.command == "bridge":
-        from bridge.stdio import run_bridge
+        from bridge.jsonrpc.stdio import run_bridge
 
         return run_bridge(args, lambda **extra: _settings(args, **extra))
     settings = _settings(args, concurrency=getattr(args, "concurrency", None))

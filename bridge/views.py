@@ -1,4 +1,6 @@
-"""The stable JSON shapes of jobs, events and health, shared by the CLI and the stdio server.
+"""The stable JSON shapes of jobs, events and health, shared by every front end: the CLI's
+``--json`` output, the JSON-RPC answers, the web dashboard. The rules behind them are
+bridge/service.py's; this module only turns its domain objects into JSON.
 
 Times are ISO 8601 in UTC with milliseconds (``2026-11-22T14:00:00.123+00:00``); durations
 are seconds. Fields are only ever added, never renamed or removed (README, "JSON output").
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.errors import InvalidJobError
 from supervisor.health import HealthReport
@@ -17,10 +19,14 @@ from supervisor.lifecycle import Event, Job
 from supervisor.settings import Settings
 from supervisor.store import JobStore
 
-__all__ = ["event_json", "health_json", "health_report", "iso", "job_json", "log_path"]
+if TYPE_CHECKING:
+    from bridge.service import JobDetail
+
+__all__ = ["detail_json", "event_json", "health_json", "health_report", "iso", "job_json", "log_path"]
 
 
 def iso(ts: float | None) -> str | None:
+    """Seconds since the epoch → ISO 8601 UTC with milliseconds; None stays None."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
@@ -65,6 +71,7 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def event_json(event: Event) -> dict[str, Any]:
+    """One event of a job's log, as each item of ``show --json``'s ``events``."""
     return {
         "at": iso(event.at),
         "from": event.from_status.value if event.from_status else None,
@@ -77,7 +84,15 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
+def detail_json(detail: JobDetail) -> dict[str, Any]:
+    """One job with its event log, as ``show --json`` prints it (JSON-RPC ``get``)."""
+    data = job_json(detail.job)
+    data["events"] = [event_json(e) for e in detail.events]
+    return data
+
+
 def health_json(report: HealthReport) -> dict[str, Any]:
+    """The health report as ``health --json`` prints it: the dataclass as a dict."""
     data = asdict(report)
     data["alerts"] = [asdict(a) for a in report.alerts]
     return data
