@@ -10,19 +10,15 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.errors import InvalidJobError
 from supervisor.health import HealthReport
 from supervisor.lifecycle import Event, Job
-from supervisor.settings import Settings
-from supervisor.store import JobStore
 
 if TYPE_CHECKING:
     from bridge.service import JobDetail
 
-__all__ = ["detail_json", "event_json", "health_json", "health_report", "iso", "job_json", "log_path"]
+__all__ = ["detail_json", "event_json", "health_json", "iso", "job_json"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -96,32 +92,3 @@ def health_json(report: HealthReport) -> dict[str, Any]:
     data = asdict(report)
     data["alerts"] = [asdict(a) for a in report.alerts]
     return data
-
-
-def log_path(store: JobStore, settings: Settings, job_id: int, attempt: int | None) -> Path:
-    """The log file of a job's attempt (default: the latest), as recorded when it started."""
-    job = store.get(job_id)
-    wanted = attempt or job.attempt
-    if wanted == 0:
-        raise InvalidJobError(f"job {job_id} has not run yet; no log")
-    for event in reversed(store.events(job_id)):
-        path = event.facts.get("log_path")
-        if path and event.attempt == wanted:
-            return Path(path)
-    return Path(settings.data_dir) / "logs" / f"{job_id}-{wanted}.log"
-
-
-def health_report(store: JobStore, settings: Settings) -> HealthReport:
-    """The health report of ``settings.data_dir``'s supervisor, as ``health --json`` shows it."""
-    from supervisor.health import check_health, read_status
-    from supervisor.outbox import outbox_depth
-    from supervisor.runner import read_worker_id
-
-    data = Path(settings.data_dir)
-    return check_health(
-        store,
-        settings,
-        worker_id=read_worker_id(settings),
-        outbox_depth=outbox_depth(data / "outbox.jsonl"),
-        status=read_status(data),
-    )
