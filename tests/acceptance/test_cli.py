@@ -252,6 +252,7 @@ def test_stuck_alert_appears_and_disappears_with_the_job(tmp_path: Path) -> None
         return [a["kind"] for a in h["alerts"]]  # type: ignore[union-attr]
 
     with supervisor_process(data, env=env):
+
         def stuck_report() -> dict[str, object] | None:
             report = health()
             return report if "stuck" in kinds(report) else None
