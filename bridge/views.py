@@ -1,4 +1,6 @@
-"""The stable JSON shapes of jobs, events and health, shared by the CLI and the stdio server.
+"""The stable JSON shapes of jobs, events and health, shared by every front end: the CLI's
+``--json`` output, the JSON-RPC answers, the web dashboard. The rules behind them are
+bridge/service.py's; this module only turns its domain objects into JSON.
 
 Times are ISO 8601 in UTC with milliseconds (``2026-11-22T14:00:00.123+00:00``); durations
 are seconds. Fields are only ever added, never renamed or removed (README, "JSON output").
@@ -8,19 +10,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from supervisor.errors import InvalidJobError
 from supervisor.health import HealthReport
 from supervisor.lifecycle import Event, Job
-from supervisor.settings import Settings
-from supervisor.store import JobStore
 
-__all__ = ["event_json", "health_json", "health_report", "iso", "job_json", "log_path"]
+if TYPE_CHECKING:
+    from bridge.service import JobDetail
+
+__all__ = ["detail_json", "event_json", "health_json", "iso", "job_json"]
 
 
 def iso(ts: float | None) -> str | None:
+    """Seconds since the epoch → ISO 8601 UTC with milliseconds; None stays None."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
@@ -65,6 +67,7 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def event_json(event: Event) -> dict[str, Any]:
+    """One event of a job's log, as each item of ``show --json``'s ``events``."""
     return {
         "at": iso(event.at),
         "from": event.from_status.value if event.from_status else None,
@@ -77,36 +80,15 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
-def health_json(report: HealthReport) -> dict[str, Any]:
-    data = asdict(report)
-    data["alerts"] = [asdict(a) for a in report.alerts]
+def detail_json(detail: JobDetail) -> dict[str, Any]:
+    """One job with its event log, as ``show --json`` prints it (JSON-RPC ``get``)."""
+    data = job_json(detail.job)
+    data["events"] = [event_json(e) for e in detail.events]
     return data
 
 
-def log_path(store: JobStore, settings: Settings, job_id: int, attempt: int | None) -> Path:
-    """The log file of a job's attempt (default: the latest), as recorded when it started."""
-    job = store.get(job_id)
-    wanted = attempt or job.attempt
-    if wanted == 0:
-        raise InvalidJobError(f"job {job_id} has not run yet; no log")
-    for event in reversed(store.events(job_id)):
-        path = event.facts.get("log_path")
-        if path and event.attempt == wanted:
-            return Path(path)
-    return Path(settings.data_dir) / "logs" / f"{job_id}-{wanted}.log"
-
-
-def health_report(store: JobStore, settings: Settings) -> HealthReport:
-    """The health report of ``settings.data_dir``'s supervisor, as ``health --json`` shows it."""
-    from supervisor.health import check_health, read_status
-    from supervisor.outbox import outbox_depth
-    from supervisor.runner import read_worker_id
-
-    data = Path(settings.data_dir)
-    return check_health(
-        store,
-        settings,
-        worker_id=read_worker_id(settings),
-        outbox_depth=outbox_depth(data / "outbox.jsonl"),
-        status=read_status(data),
-    )
+def health_json(report: HealthReport) -> dict[str, Any]:
+    """The health report as ``health --json`` prints it: the dataclass as a dict."""
+    data = asdict(report)
+    data["alerts"] = [asdict(a) for a in report.alerts]
+    return data

@@ -1,8 +1,9 @@
 """Settings: keyword arguments > ``AGENT_SUPERVISOR_*`` environment > TOML config file > defaults.
 
-The config file is ``$AGENT_SUPERVISOR_CONFIG`` when set, else ``config.toml`` in the
-platformdirs user config dir (``~/.config/agent-supervisor/config.toml`` on Linux). A missing
-file is fine; a malformed one is a ``ConfigError`` naming the file. Agent kinds are TOML tables::
+The config file is the one given to ``load_settings(config_file=...)``, else
+``$AGENT_SUPERVISOR_CONFIG`` when set, else ``config.toml`` in the platformdirs user config dir
+(``~/.config/agent-supervisor/config.toml`` on Linux). A missing file is fine; a malformed one
+is a ``ConfigError`` naming the file. Agent kinds are TOML tables::
 
     concurrency = 4
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import quote, urlsplit
@@ -69,11 +71,20 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Grace = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-def config_path() -> Path:
-    """The TOML config file to read: ``$AGENT_SUPERVISOR_CONFIG`` or the platformdirs default."""
-    explicit = os.environ.get(CONFIG_ENV, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
+_CONFIG_FILE: Final[ContextVar[Path | None]] = ContextVar("agent_supervisor_config_file", default=None)
+"""The explicit config file of the ``load_settings`` call under way in this thread (or task).
+pydantic-settings builds its sources in a classmethod, so the path cannot be an argument;
+a ContextVar set for one construction keeps concurrent loads apart and os.environ untouched."""
+
+
+def config_path(explicit: Path | None = None) -> Path:
+    """The TOML config file to read: ``explicit`` if given, else ``$AGENT_SUPERVISOR_CONFIG``,
+    else the platformdirs default."""
+    if explicit is not None:
+        return explicit.expanduser()
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    if from_env:
+        return Path(from_env).expanduser()
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
@@ -370,16 +381,21 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """kwargs > env > TOML file; no .env and no secrets dir. Called on every construction,
-        so the file path follows ``$AGENT_SUPERVISOR_CONFIG`` as it is at that moment."""
-        return (init_settings, env_settings, _CheckedTomlSource(settings_cls, toml_file=config_path()))
+        so the file path follows ``load_settings(config_file=...)`` or, without one,
+        ``$AGENT_SUPERVISOR_CONFIG`` as it is at that moment."""
+        toml_file = config_path(_CONFIG_FILE.get())
+        return (init_settings, env_settings, _CheckedTomlSource(settings_cls, toml_file=toml_file))
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings; any problem is a ``ConfigError`` with one line that names the setting.
 
-    ``overrides`` take precedence over the environment and the config file (e.g. the CLI's
-    ``--concurrency``).
+    ``config_file`` is the TOML file to read instead of ``$AGENT_SUPERVISOR_CONFIG`` or the
+    default (the CLI's ``--config``); like those, a missing one is ignored. The environment is
+    not changed. ``overrides`` take precedence over the environment and the config file (e.g.
+    the CLI's ``--concurrency``).
     """
+    token = _CONFIG_FILE.set(config_file)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -393,3 +409,5 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid setting {loc}: {msg}{more}") from None
     except SettingsError as exc:  # e.g. AGENT_SUPERVISOR_KINDS that is not JSON
         raise ConfigError("invalid setting: " + " ".join(str(exc).split())) from exc
+    finally:
+        _CONFIG_FILE.reset(token)

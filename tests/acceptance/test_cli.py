@@ -121,6 +121,17 @@ def test_bad_input_gets_one_line_error(tmp_path: Path, args: list[str], needle: 
     assert len(out.stderr.splitlines()) == 1
 
 
+def test_config_option_names_the_config_file(tmp_path: Path) -> None:
+    """--config FILE is read in place of $AGENT_SUPERVISOR_CONFIG's file: its kinds submit."""
+    data = tmp_path / "d"
+    config = tmp_path / "other.toml"
+    config.write_text('[kinds.echo]\nargv = ["echo", "{job_id}"]\n')
+    assert "unknown kind 'echo'" in cli(data, "submit", "--kind", "echo").stderr
+    out = cli(data, "--config", str(config), "submit", "--kind", "echo")
+    assert out.returncode == 0, out.stderr
+    assert show(data, int(out.stdout))["kind"] == "echo"
+
+
 def test_cancel_from_another_process_stops_running_agent(tmp_path: Path) -> None:
     """cancel in another process ends a running agent within grace + 1 s."""
     data = tmp_path / "d"
@@ -241,6 +252,7 @@ def test_stuck_alert_appears_and_disappears_with_the_job(tmp_path: Path) -> None
         return [a["kind"] for a in h["alerts"]]  # type: ignore[union-attr]
 
     with supervisor_process(data, env=env):
+
         def stuck_report() -> dict[str, object] | None:
             report = health()
             return report if "stuck" in kinds(report) else None

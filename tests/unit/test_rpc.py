@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.backend import Bridge
-from bridge.protocol import (
+from bridge.jsonrpc.backend import Bridge
+from bridge.jsonrpc.dispatch import Dispatcher, encode
+from bridge.jsonrpc.protocol import (
     METHODS,
     NOTIFICATIONS,
     EventModel,
@@ -23,57 +24,64 @@ from bridge.protocol import (
     JobChangedParams,
     JobModel,
     LogsResult,
-    ReconcileResult,
     SubmitParams,
     schema_document,
 )
-from bridge.rpc import Dispatcher, encode, utf8_bounds
-from bridge.stdio import read_lines, serve
+from bridge.jsonrpc.stdio import read_lines, serve
+from bridge.service import JobService, utf8_bounds
 from bridge.views import event_json, health_json, job_json
 from supervisor.errors import DataDirLockedError, StoreUnavailableError, UpdateConflictError
 from supervisor.health import HealthReport, check_health
 from supervisor.lifecycle import CancelMode, ErrorKind, Job, JobSpec, Outcome, Status
-from supervisor.runner import JobChange, resolve_spec
+from supervisor.runner import JobChange
 from supervisor.settings import Settings
 from supervisor.testing import MemoryStore
 
 
+class FailingStore(MemoryStore):
+    """A MemoryStore whose ``enqueue`` raises ``fail`` while it is set."""
+
+    fail: Exception | None = None
+
+    def enqueue(self, specs: Any) -> list[int]:
+        if self.fail is not None:
+            raise self.fail
+        return super().enqueue(specs)
+
+
 class FakeBackend:
-    """An ``rpc.Backend`` on a MemoryStore that records what the dispatcher asked of it."""
+    """A ``dispatch.Backend`` that records what the dispatcher asked of it, beside a real
+    ``JobService`` on a MemoryStore (``service``; ``fail`` makes its store's enqueue raise)."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.store = MemoryStore()
+        self.store = FailingStore()
         self.settings = Settings(data_dir=tmp_path)
+        self.service = JobService(self.settings, self.store)
         self.mode: Any = "no_run"
         self.worker_id = "w"
         self.locked = False
-        self.changes: list[tuple[int, Status, Status, str]] = []
+        self.changes: list[tuple[int, Status | None, Status, str]] = []
         self.stopped: tuple[bool, bool | None] | None = None
         self.events: frozenset[str] = frozenset()
-        self.fail: Exception | None = None
+
+    @property
+    def fail(self) -> Exception | None:
+        return self.store.fail
+
+    @fail.setter
+    def fail(self, exc: Exception | None) -> None:
+        self.store.fail = exc
 
     def check_writable(self) -> None:
         if self.locked:
             raise DataDirLockedError("another supervisor is running on /x (pid 1)")
 
-    def submit(self, spec: JobSpec) -> int:
-        if self.fail is not None:
-            raise self.fail
-        return self.store.enqueue([resolve_spec(spec, self.settings)])[0]
-
-    def changed(self, job: Job, before: Status, reason: str) -> None:
+    def changed(self, job: Job, before: Status | None, reason: str) -> None:
         self.changes.append((job.id, before, job.status, reason))
 
     def health(self) -> HealthReport:
-        return check_health(self.store, self.settings, worker_id=self.worker_id)
-
-    def read_log(self, path: Path, offset: int | None, limit: int) -> tuple[bytes, int, int]:
-        data = path.read_bytes()
-        start = max(0, len(data) - limit) if offset is None else offset
-        return data[start : start + limit], start, len(data)
-
-    def reconcile(self) -> ReconcileResult:
-        return ReconcileResult(ran=False, message="fake")
+        """The report the service gives (for comparing with the `health` answer)."""
+        return self.service.health()
 
     def shutdown(self, *, drain: bool, leave_agents: bool | None) -> bool:
         self.stopped = (drain, leave_agents)
@@ -94,7 +102,17 @@ def backend(tmp_path: Path) -> FakeBackend:
 
 @pytest.fixture
 def rpc(backend: FakeBackend) -> Dispatcher:
-    return Dispatcher(backend)
+    return Dispatcher(backend.service, backend)
+
+
+class Waker:
+    """Stands for a supervisor running in the process: counts its wake-ups."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
 
 
 def call(rpc: Dispatcher, method: str, params: Any = None, rid: Any = 1) -> dict[str, Any]:
@@ -394,9 +412,21 @@ def test_shutdown_subscribe_and_reconcile_reach_the_backend(rpc: Dispatcher, bac
         "worker_id": "w",
     }
     assert backend.events == {"job.changed"}
-    assert result(rpc, "reconcile") == {"ran": False, "message": "fake", "decisions": []}
+    assert result(rpc, "reconcile") == {
+        "ran": True,
+        "message": "reconciled 0 agents; outbox depth 0",
+        "decisions": [],
+    }
     assert result(rpc, "shutdown", {"leave_agents": True}) == {"stopping": True, "leave_agents": True}
     assert backend.stopped == (True, True)
+
+
+def test_reconcile_does_nothing_while_a_supervisor_runs_here(rpc: Dispatcher, backend: FakeBackend) -> None:
+    """With a supervisor running in the process, reconcile answers ran false and why."""
+    backend.service.supervisor = Waker()
+    answer = result(rpc, "reconcile")
+    assert (answer["ran"], answer["decisions"]) == (False, [])
+    assert answer["message"].startswith("this bridge's supervisor reconciled when it started")
 
 
 def test_unsubscribe_removes_events_and_answers_what_is_left(rpc: Dispatcher, backend: FakeBackend) -> None:
@@ -469,12 +499,12 @@ def test_utf8_bounds(data: bytes, skip_head: bool, hold_tail: bool, bounds: tupl
 
 # -- the server's backend, without a supervisor ---------------------------------------------
 def test_backend_health_is_a_snapshot_until_a_change(tmp_path: Path) -> None:
-    """Bridge.health: two calls share one report; a submit through the bridge refreshes it."""
+    """The bridge's service: two health calls share one report; a submit refreshes it."""
     b = Bridge(Settings(data_dir=tmp_path), ListSink(), run=False, store=MemoryStore())
-    first = b.health()
-    assert b.health() is first
-    b.submit(JobSpec(command=("true",)))
-    assert b.health().pending == 1
+    first = b.service.health()
+    assert b.service.health() is first
+    b.service.submit([JobSpec(command=("true",))])
+    assert b.service.health().pending == 1
 
 
 def test_backend_sends_only_subscribed_notifications(tmp_path: Path) -> None:

@@ -91,6 +91,40 @@ def test_default_config_path_is_platformdirs(monkeypatch: pytest.MonkeyPatch) ->
     assert config_path() == Path(platformdirs.user_config_dir("agent-supervisor")) / "config.toml"
 
 
+def test_explicit_config_file_is_read_and_the_environment_is_untouched(
+    isolated_env: Path, tmp_path: Path
+) -> None:
+    """load_settings(config_file=...) reads that file instead of $AGENT_SUPERVISOR_CONFIG's,
+    and os.environ is exactly as before (the CLI's --config no longer writes it)."""
+    write_config(isolated_env, "concurrency = 3\n")
+    explicit = write_config(tmp_path / "explicit.toml", "concurrency = 9\n")
+    before = dict(os.environ)
+    assert load_settings(config_file=explicit).concurrency == 9
+    assert dict(os.environ) == before
+    assert load_settings().concurrency == 3  # the explicit file was for that one call only
+
+
+def test_explicit_config_file_is_forgotten_after_a_failed_load(isolated_env: Path, tmp_path: Path) -> None:
+    """A load that fails still drops its explicit file: the next load reads the usual one."""
+    write_config(isolated_env, "concurrency = 3\n")
+    explicit = write_config(tmp_path / "explicit.toml", "concurrency = 0\n")
+    assert config_error(config_file=explicit).startswith("invalid setting concurrency")
+    assert load_settings().concurrency == 3
+
+
+def test_missing_explicit_config_file_is_ignored(isolated_env: Path, tmp_path: Path) -> None:
+    """An explicit config file that does not exist is ignored, like a missing default one."""
+    write_config(isolated_env, "concurrency = 3\n")
+    assert load_settings(config_file=tmp_path / "nope.toml").concurrency == 2
+
+
+def test_config_path_prefers_the_explicit_file(isolated_env: Path, tmp_path: Path) -> None:
+    """config_path(explicit) is that path (home expanded); without it, the environment's."""
+    assert config_path(tmp_path / "x.toml") == tmp_path / "x.toml"
+    assert config_path(Path("~/x.toml")) == Path.home() / "x.toml"
+    assert config_path() == isolated_env
+
+
 def test_kinds_come_from_toml_tables(isolated_env: Path) -> None:
     """[kinds.<name>] tables become KindConfig entries, and claim_kinds may name them."""
     write_config(

@@ -1,6 +1,6 @@
 /**
  * A typed client for `agent-supervisor bridge`: JSON-RPC 2.0 over the stdio of one long-lived
- * child process, one JSON message per line (bridge/PROTOCOL.md).
+ * child process, one JSON message per line (bridge/jsonrpc/PROTOCOL.md).
  *
  * Copy this one file into a plugin (Obsidian, VS Code, Electron; Node >= 18). It has no runtime
  * dependencies beyond Node's own `child_process`. What it does:
@@ -168,7 +168,7 @@ export interface ReconcileResult {
   decisions: { job_id: number; attempt: number; action: string; why: string }[];
 }
 
-/** The bridge's error codes (bridge/PROTOCOL.md). */
+/** The bridge's error codes (bridge/jsonrpc/PROTOCOL.md). */
 export const ErrorCode = {
   ParseError: -32700,
   InvalidRequest: -32600,

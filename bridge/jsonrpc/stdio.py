@@ -1,7 +1,7 @@
 """``agent-supervisor bridge``: the stdio JSON-RPC server a plugin host spawns and keeps.
 
-A small line loop around ``rpc.Dispatcher`` (decode → dispatch → encode) and
-``backend.Bridge`` (the supervisor, health snapshot, notifications). Here:
+A small line loop around ``dispatch.Dispatcher`` (decode → dispatch → encode, calling
+``bridge.service.JobService``) and ``backend.Bridge`` (the supervisor, notifications). Here:
 
 - ``read_lines``: stdin in 64 KiB chunks, cut into lines; a line over 1 MiB is dropped as it
   streams in, never held whole;
@@ -34,9 +34,9 @@ from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any, Final
 
-from bridge.backend import Bridge, Sink
-from bridge.protocol import INVALID_REQUEST, schema_document
-from bridge.rpc import Dispatcher, RpcError, encode, error_response
+from bridge.jsonrpc.backend import Bridge, Sink
+from bridge.jsonrpc.dispatch import Dispatcher, RpcError, encode, error_response
+from bridge.jsonrpc.protocol import INVALID_REQUEST, schema_document
 from supervisor.settings import Settings
 
 __all__ = ["MAX_LINE", "Writer", "read_lines", "run_bridge", "serve"]
@@ -242,7 +242,7 @@ def run_bridge(args: argparse.Namespace, make_settings: Callable[..., Settings])
             bridge.open()
             log.info("bridge ready: mode %s, data dir %s", bridge.mode, settings.data_dir)
             serve(
-                Dispatcher(bridge),
+                Dispatcher(bridge.service, bridge),
                 writer,
                 inp.read,
                 order=bridge.order,

@@ -1,6 +1,7 @@
 """The stdio JSON-RPC protocol as data: error codes, methods, pydantic models, JSON Schema.
 
-bridge/rpc.py processes lines against this contract; bridge/PROTOCOL.md explains it to people.
+bridge/jsonrpc/dispatch.py processes lines against this contract; bridge/jsonrpc/PROTOCOL.md
+explains it to people.
 
 Params models validate requests (unknown fields refused, no type coercion: ``"5"`` is not an
 id). Result models *describe* the answers for the JSON Schema (``bridge --schema``) and for the
@@ -377,7 +378,8 @@ def schema_document() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "agent-supervisor bridge: JSON-RPC 2.0 over stdio, one message per line",
         "description": (
-            "Requests are {jsonrpc: '2.0', id, method, params}, params by name; see bridge/PROTOCOL.md."
+            "Requests are {jsonrpc: '2.0', id, method, params}, params by name; "
+            "see bridge/jsonrpc/PROTOCOL.md."
         ),
         "methods": {
             name: {

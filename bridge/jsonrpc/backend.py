@@ -1,5 +1,6 @@
-"""The ``rpc.Backend`` of the stdio server: the supervisor it runs, the data-dir lock it may
-wait for, the health snapshot, and the notifications it sends.
+"""The ``dispatch.Backend`` of the stdio server: the process around the dispatcher. It owns
+the ``JobService`` the methods call, the supervisor it runs (handed to the service while it
+runs), the data-dir lock it may wait for, and the notifications it sends.
 
 Threads (besides the main one, which calls the ``Backend`` methods while dispatching):
 
@@ -27,14 +28,13 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from bridge.compose import build_store, build_supervisor
-from bridge.protocol import DecisionModel, Mode, ReconcileResult
-from bridge.rpc import notification
-from bridge.views import health_report  # `health --json`'s report, so both agree
+from bridge.jsonrpc.dispatch import notification
+from bridge.jsonrpc.protocol import Mode
+from bridge.service import JobService
 from supervisor.datadir import prepare_data_dir
 from supervisor.errors import DataDirLockedError, SupervisorError
-from supervisor.health import HealthReport
-from supervisor.lifecycle import Job, JobSpec, Status
-from supervisor.runner import JobChange, Supervisor, read_worker_id, resolve_spec
+from supervisor.lifecycle import Job, Status
+from supervisor.runner import JobChange, Supervisor, read_worker_id
 from supervisor.settings import Settings
 from supervisor.store import JobStore
 
@@ -58,11 +58,14 @@ class Sink(Protocol):
 
 
 class Bridge:
-    """The ``rpc.Backend`` of the real server: the store, the supervisor, caches, notifications."""
+    """The ``dispatch.Backend`` of the real server: the service, the supervisor, notifications."""
 
     def __init__(self, settings: Settings, writer: Sink, *, run: bool, store: JobStore | None = None) -> None:
         self.settings = settings
-        self.store = store if store is not None else build_store(settings)
+        self.service = JobService(
+            settings, store if store is not None else build_store(settings), health_ttl_s=_HEALTH_TTL_S
+        )
+        """What the methods call; its ``supervisor`` is ours while that runs."""
         self.order = threading.RLock()
         """Held while a line is dispatched and its answer queued, and to queue a notification."""
         self._writer = writer
@@ -77,9 +80,6 @@ class Bridge:
         self._alerts_fresh = False
         self._closing = False
         self._closed = False
-        self._health: tuple[int, float, HealthReport] | None = None
-        self._health_gen = 0
-        self._health_lock = threading.Lock()
         self._poke = threading.Event()
         self._watcher: threading.Thread | None = None
         self.stop_request: tuple[bool, bool | None] | None = None
@@ -97,7 +97,7 @@ class Bridge:
                 return
             sup = build_supervisor(
                 self.settings,
-                store=self.store,
+                store=self.service.store,
                 on_change=self._on_change,
                 install_signal_handlers=False,  # the bridge owns the signals (run_bridge)
                 subreaper=True,  # this process is nothing but the supervisor and its agents
@@ -117,7 +117,8 @@ class Bridge:
                 return
             with self._state:
                 self._sup, self._thread, self._mode = sup, thread, "run"
-        self._health_gen += 1
+                self.service.supervisor = sup  # submits and changes now wake its loop
+        self.service.note_change()
         self._mode_changed(f"running agents as worker {sup.worker_id}")
 
     def _wait_for_lock(self) -> None:
@@ -146,6 +147,7 @@ class Bridge:
                 return
             self._closing = self._closed = True
             sup, thread = self._sup, self._thread
+            self.service.supervisor = None
         self._poke.set()
         if sup is not None and thread is not None:
             leave = self._leave(leave_agents)
@@ -155,7 +157,7 @@ class Bridge:
                 log.error("the supervisor did not stop in time; its agents are reconciled on next start")
         if self._watcher is not None:
             self._watcher.join(5.0)
-        self.store.close()
+        self.service.store.close()
 
     def interrupt(self) -> None:
         """A second signal while stopping: no more draining (safe in a signal handler)."""
@@ -170,14 +172,17 @@ class Bridge:
     def _stop_timeout(self) -> float:
         return self.settings.drain_timeout_s + self.settings.stop_grace_s + 30.0
 
-    # -- rpc.Backend ---------------------------------------------------------------------
+    # -- dispatch.Backend ----------------------------------------------------------------
     @property
     def mode(self) -> Mode:
         with self._state:
             thread, crashed = self._thread, False
             if self._mode == "run" and thread is not None and not thread.is_alive() and not self._closing:
                 # Its loop crashed (the traceback is on stderr already); the store still answers.
+                # Every change request reads the mode first (check_writable), so the service
+                # never wakes a loop that is gone.
                 self._mode, crashed = "no_run", True
+                self.service.supervisor = None
             mode = self._mode
         if crashed:
             log.error("the supervisor stopped unexpectedly; jobs wait until the bridge restarts")
@@ -195,58 +200,9 @@ class Bridge:
                 f"{self._locked_reason}; this bridge only reads until that supervisor exits"
             )
 
-    def submit(self, spec: JobSpec) -> int:
-        sup = self._sup
-        if sup is not None and self.mode == "run":
-            job_id = sup.submit(spec)
-        else:
-            [job_id] = self.store.enqueue([resolve_spec(spec, self.settings)])
-        self._health_gen += 1
-        return job_id
-
-    def changed(self, job: Job, before: Status, reason: str) -> None:
-        self._health_gen += 1
-        sup = self._sup
-        if sup is not None:
-            sup.wake()  # a cancel reaches the agent on this tick, not at the next heartbeat
+    def changed(self, job: Job, before: Status | None, reason: str) -> None:
         if job.status is not before:
             self._job_changed(job.id, before, job.status, reason, job.attempt, job.progress)
-
-    def health(self) -> HealthReport:
-        gen = self._health_gen
-        with self._health_lock:
-            cached = self._health
-            if cached is not None and cached[0] == gen and time.monotonic() - cached[1] < _HEALTH_TTL_S:
-                return cached[2]
-            report: HealthReport = health_report(self.store, self.settings)  # the CLI's, exactly
-            self._health = (gen, time.monotonic(), report)
-            return report
-
-    def read_log(self, path: Path, offset: int | None, limit: int) -> tuple[bytes, int, int]:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            start = max(0, size - limit) if offset is None else offset
-            f.seek(start)
-            data = f.read(limit)
-        return data, start, max(size, start + len(data))
-
-    def reconcile(self) -> ReconcileResult:
-        if self.mode == "run":
-            return ReconcileResult(
-                ran=False,
-                message="this bridge's supervisor reconciled when it started and keeps agents "
-                "and store in agreement while it runs",
-            )
-        sup = build_supervisor(self.settings, store=self.store, install_signal_handlers=False)
-        decisions = sup.reconcile()  # takes the data dir lock for a moment, like the CLI's
-        return ReconcileResult(
-            ran=True,
-            message=f"reconciled {len(decisions)} agents; outbox depth {sup.outbox_depth}",
-            decisions=[
-                DecisionModel(job_id=d.job_id, attempt=d.attempt, action=str(d.action), why=d.why)
-                for d in decisions
-            ],
-        )
 
     def shutdown(self, *, drain: bool, leave_agents: bool | None) -> bool:
         self.stop_request = (drain, leave_agents)
@@ -272,7 +228,7 @@ class Bridge:
     # -- notifications -------------------------------------------------------------------
     def _on_change(self, change: JobChange) -> None:
         """The supervisor thread's callback: one job.changed, and a fresh look at health."""
-        self._health_gen += 1
+        self.service.note_change()
         self._poke.set()
         self._job_changed(
             change.job_id,
@@ -310,7 +266,7 @@ class Bridge:
                 self._alerts_fresh = False
                 seen = set()
             try:
-                alerts = {(a.kind, a.job_id): a for a in self.health().alerts}
+                alerts = {(a.kind, a.job_id): a for a in self.service.health().alerts}
             except SupervisorError as exc:
                 log.warning("health check for alerts failed: %s", exc)
                 alerts = {}

@@ -2,11 +2,12 @@
 
 ``Dispatcher.handle(line)`` takes the bytes of one input line and returns the bytes of the one
 line to write back (or None: notifications get no answer). It does no stream I/O and starts no
-thread; what it needs from the process around it (the running supervisor, the health cache,
-reading a log file, stopping) comes through the ``Backend`` protocol, which bridge/backend.py
-implements and the unit tests fake. The contract itself (codes, methods, pydantic models, the
-JSON Schema) is data in bridge/protocol.py. The methods mirror the CLI verb for verb and answer
-with the same JSON shapes (bridge/views.py); bridge/PROTOCOL.md has one example each.
+thread. The methods call ``bridge.service.JobService``, which holds every rule they share with
+the CLI, and answer with the same JSON shapes (bridge/views.py). What is not the service's
+(the bridge's mode, notifications, subscriptions, stopping) comes through the ``Backend``
+protocol, which bridge/jsonrpc/backend.py implements and the unit tests fake. The contract
+itself (codes, methods, pydantic models, the JSON Schema) is data in bridge/jsonrpc/protocol.py;
+bridge/jsonrpc/PROTOCOL.md has one example per method.
 
 Errors are JSON-RPC error objects, never a dead server. Domain errors have stable codes, mapped
 from the error tree by one table (``_DOMAIN_ERRORS``), the way httpx maps transport errors::
@@ -23,12 +24,11 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
-from bridge.protocol import (
+from bridge.jsonrpc.protocol import (
     CONFLICT,
     DATA_DIR_LOCKED,
     ERRORS,
@@ -43,7 +43,7 @@ from bridge.protocol import (
     PARSE_ERROR,
     STORE_ERROR,
     SUPERVISOR_ERROR,
-    IdParams,
+    DecisionModel,
     ListParams,
     LogsParams,
     Mode,
@@ -53,12 +53,8 @@ from bridge.protocol import (
     SubmitParams,
     SubscribeParams,
 )
-from bridge.views import (
-    event_json,
-    health_json,
-    job_json,
-    log_path,  # the CLI's own lookup, so `logs` reads the file the CLI would
-)
+from bridge.service import ChangeResult, JobService, LogNotFoundError, UsageError
+from bridge.views import detail_json, health_json, job_json
 from supervisor.errors import (
     DataDirLockedError,
     IllegalTransitionError,
@@ -70,15 +66,13 @@ from supervisor.errors import (
     SupervisorError,
     UpdateConflictError,
 )
-from supervisor.health import HealthReport
-from supervisor.lifecycle import LIVE, TERMINAL, CancelMode, Job, JobSpec, Status
-from supervisor.settings import Settings
-from supervisor.store import JobStore
+from supervisor.lifecycle import CancelMode, Job, JobSpec, Status
 
 __all__ = [
     "ERRORS",
     "MAX_BATCH",
     "METHODS",
+    "RPC_NAMES",
     "Backend",
     "Dispatcher",
     "RpcError",
@@ -92,6 +86,9 @@ log = logging.getLogger("agent_supervisor.bridge")
 MAX_BATCH: Final = 1000
 """Requests in one batch; a bigger one is refused whole (a 1 MiB line of ``{}`` is ~500,000)."""
 _MAX_MESSAGE: Final = 1000
+
+RPC_NAMES: Final = {"ids": "ids", "statuses": "status", "older_than_s": "older_than_s"}
+"""The service's parameters as the protocol spells them, for its usage errors (-32602)."""
 
 # The error tree → codes, most specific first (JobNotFoundError is also a StoreError).
 _DOMAIN_ERRORS: Final[tuple[tuple[type[BaseException], int], ...]] = (
@@ -118,13 +115,8 @@ class RpcError(Exception):
 
 
 class Backend(Protocol):
-    """What the dispatcher needs from the process around it (bridge/backend.py's ``Bridge``)."""
-
-    @property
-    def store(self) -> JobStore: ...
-
-    @property
-    def settings(self) -> Settings: ...
+    """What the dispatcher needs from the process around it besides the service
+    (bridge/jsonrpc/backend.py's ``Bridge``): its mode, notifications, stopping."""
 
     @property
     def mode(self) -> Mode:
@@ -138,24 +130,9 @@ class Backend(Protocol):
         """Raise ``DataDirLockedError`` while another supervisor holds the data dir."""
         ...
 
-    def submit(self, spec: JobSpec) -> int:
-        """Check the kind, fill in defaults (``resolve_spec``), enqueue, wake the loop."""
+    def changed(self, job: Job, before: Status | None, reason: str) -> None:
+        """A request of ours moved ``job`` (cancel, retry): notify the subscribers."""
         ...
-
-    def changed(self, job: Job, before: Status, reason: str) -> None:
-        """A request of ours moved ``job`` (cancel, retry): notify subscribers, wake the loop."""
-        ...
-
-    def health(self) -> HealthReport:
-        """The health report, possibly from a snapshot a moment old."""
-        ...
-
-    def read_log(self, path: Path, offset: int | None, limit: int) -> tuple[bytes, int, int]:
-        """Up to ``limit`` bytes from ``offset`` (None: the last ``limit`` bytes) →
-        (bytes, where they start, the file's size). ``FileNotFoundError`` if there is none."""
-        ...
-
-    def reconcile(self) -> ReconcileResult: ...
 
     def shutdown(self, *, drain: bool, leave_agents: bool | None) -> bool:
         """Ask the server to stop after this answer; returns whether agents are left running."""
@@ -171,19 +148,20 @@ class Backend(Protocol):
 class Dispatcher:
     """Decode one line, call the method, encode the answer. Never raises for bad input."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, service: JobService, backend: Backend) -> None:
+        self.service = service
         self.backend = backend
         self._handlers: dict[str, Callable[[Any], Any]] = {
             "submit": self._submit,
-            "get": self._get,
+            "get": lambda p: detail_json(self.service.get(p.id)),
             "list": self._list,
-            "cancel": lambda p: self._cancel(p, CancelMode.CANCEL),
-            "kill": lambda p: self._cancel(p, CancelMode.KILL),
-            "retry": self._retry,
+            "cancel": lambda p: self._changed(self.service.cancel([p.id], CancelMode.CANCEL)),
+            "kill": lambda p: self._changed(self.service.cancel([p.id], CancelMode.KILL)),
+            "retry": lambda p: self._changed(self.service.retry([p.id])),
             "purge": self._purge,
-            "health": lambda p: health_json(self.backend.health()),
+            "health": lambda p: health_json(self.service.health()),
             "logs": self._logs,
-            "reconcile": lambda p: self.backend.reconcile().model_dump(),
+            "reconcile": self._reconcile,
             "shutdown": self._shutdown,
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -256,81 +234,61 @@ class Dispatcher:
 
     # -- methods -------------------------------------------------------------------------
     def _submit(self, p: SubmitParams) -> dict[str, Any]:
-        spec = JobSpec.from_dict(p.model_dump(exclude_unset=True))
-        return {"id": self.backend.submit(spec)}
-
-    def _get(self, p: IdParams) -> dict[str, Any]:
-        store = self.backend.store
-        data = job_json(store.get(p.id))
-        data["events"] = [event_json(e) for e in store.events(p.id)]
-        return data
+        [job_id] = self.service.submit([JobSpec.from_dict(p.model_dump(exclude_unset=True))])
+        return {"id": job_id}
 
     def _list(self, p: ListParams) -> list[dict[str, Any]]:
-        statuses = set(p.status) if p.status else None
-        # The store pages newest-first through its id index; an offset costs offset + limit rows.
-        jobs = self.backend.store.list(statuses=statuses, limit=p.offset + p.limit)
-        return [job_json(j) for j in jobs[p.offset :]]
+        jobs = self.service.list(p.status, limit=p.limit, offset=p.offset)
+        return [job_json(j) for j in jobs]
 
-    def _cancel(self, p: IdParams, mode: CancelMode) -> dict[str, Any]:
-        store = self.backend.store
-        before = store.get(p.id).status
-        job = store.request_cancel(p.id, mode)
-        self.backend.changed(job, before, f"{mode.value} requested")
-        return job_json(job)
-
-    def _retry(self, p: IdParams) -> dict[str, Any]:
-        store = self.backend.store
-        before = store.get(p.id).status
-        job = store.retry(p.id)
-        self.backend.changed(job, before, "retry requested")
+    def _changed(self, results: list[ChangeResult]) -> dict[str, Any]:
+        [result] = results
+        job = result.unwrap()
+        self.backend.changed(job, result.before, result.reason)
         return job_json(job)
 
     def _purge(self, p: PurgeParams) -> dict[str, Any]:
-        # The CLI's rules: ids or statuses, not both; with neither, only finished jobs go.
-        if not p.ids and not p.status and p.older_than_s is None:
-            raise RpcError(
-                INVALID_PARAMS,
-                "invalid params: purge needs ids, status or older_than_s",
-                {"field": "ids", "reason": "give ids, status or older_than_s"},
-            )
-        if p.ids and p.status:
-            raise RpcError(
-                INVALID_PARAMS,
-                "invalid params: give ids or status, not both",
-                {"field": "status", "reason": "not allowed together with ids"},
-            )
-        result = self.backend.store.purge(
-            ids=p.ids or None,
-            statuses=set(p.status) if p.status else (None if p.ids else TERMINAL),
-            older_than_s=p.older_than_s,
-        )
+        result = self.service.purge(ids=p.ids, statuses=p.status, older_than_s=p.older_than_s)
         return {"deleted": list(result.deleted), "cancel_requested": list(result.cancel_requested)}
 
     def _logs(self, p: LogsParams) -> dict[str, Any]:
-        store = self.backend.store
-        job = store.get(p.id)
-        attempt = p.attempt or job.attempt
-        if attempt == 0:
-            raise RpcError(NOT_FOUND, f"job {p.id} has not run yet; no log", {"id": p.id})
-        path = log_path(store, self.backend.settings, p.id, attempt)
         try:
-            data, start, size = self.backend.read_log(path, p.offset, p.limit)
-        except FileNotFoundError:
+            chunk = self.service.logs(p.id, attempt=p.attempt, offset=p.offset, limit=p.limit)
+        except LogNotFoundError as exc:
+            if exc.path is None:
+                raise RpcError(NOT_FOUND, str(exc), {"id": p.id}) from None
             raise RpcError(
-                NOT_FOUND, f"no log for job {p.id} attempt {attempt}", {"id": p.id, "attempt": attempt}
+                NOT_FOUND,
+                f"no log for job {p.id} attempt {exc.attempt}",
+                {"id": p.id, "attempt": exc.attempt},
             ) from None
-        # Cut on character boundaries: a tail may start inside a character, and the end of a
-        # live log may be half a character the agent has not finished writing.
-        live = job.status in LIVE and attempt == job.attempt
-        begin, end = utf8_bounds(data, skip_head=p.offset is None and start > 0, hold_tail=live)
         return {
-            "data": data[begin:end].decode("utf-8", errors="replace"),
-            "offset": start + begin,
-            "next_offset": start + end,
-            "eof": start + end >= size,
-            "size": size,
-            "attempt": attempt,
+            "data": chunk.data.decode("utf-8", errors="replace"),
+            "offset": chunk.offset,
+            "next_offset": chunk.next_offset,
+            "eof": chunk.eof,
+            "size": chunk.size,
+            "attempt": chunk.attempt,
         }
+
+    def _reconcile(self, p: object) -> dict[str, Any]:
+        result = self.service.reconcile()
+        if not result.ran:
+            answer = ReconcileResult(
+                ran=False,
+                message="this bridge's supervisor reconciled when it started and keeps agents "
+                "and store in agreement while it runs",
+            )
+        else:
+            answer = ReconcileResult(
+                ran=True,
+                message=f"reconciled {len(result.decisions)} agents; outbox depth {result.outbox_depth}",
+                decisions=[
+                    DecisionModel(job_id=d.job_id, attempt=d.attempt, action=str(d.action), why=d.why)
+                    for d in result.decisions
+                ],
+            )
+        return answer.model_dump()
 
     def _shutdown(self, p: ShutdownParams) -> dict[str, Any]:
         left = self.backend.shutdown(drain=p.drain, leave_agents=p.leave_agents)
@@ -393,33 +351,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def utf8_bounds(data: bytes, *, skip_head: bool, hold_tail: bool) -> tuple[int, int]:
-    """(begin, end) of ``data`` without a partial character at the start (when ``skip_head``)
-    and at the end (when ``hold_tail``); at most 3 bytes are cut on either side."""
-    begin = 0
-    if skip_head:
-        while begin < min(3, len(data)) and data[begin] & 0xC0 == 0x80:
-            begin += 1
-    end = len(data)
-    if hold_tail:
-        for back in range(1, min(4, end - begin) + 1):
-            byte = data[end - back]
-            if byte & 0xC0 != 0x80:  # the last lead (or ASCII) byte
-                need = (
-                    2
-                    if byte & 0xE0 == 0xC0
-                    else 3
-                    if byte & 0xF0 == 0xE0
-                    else 4
-                    if byte & 0xF8 == 0xF0
-                    else 1
-                )
-                if back < need:
-                    end -= back
-                break
-    return begin, end
-
-
 # -- decoding and errors -------------------------------------------------------------------
 def _decode(line: bytes) -> Any:
     try:
@@ -461,6 +392,12 @@ def _invalid_params(exc: ValidationError) -> RpcError:
 
 
 def _translate(exc: Exception) -> RpcError:
+    if isinstance(exc, UsageError):  # the service's rule, in the protocol's names
+        field = RPC_NAMES.get(exc.param, exc.param) if exc.param else "params"
+        reason = exc.render(RPC_NAMES, reason=True)
+        return RpcError(
+            INVALID_PARAMS, f"invalid params: {exc.render(RPC_NAMES)}", {"field": field, "reason": reason}
+        )
     for kind, code in _DOMAIN_ERRORS:
         if isinstance(exc, kind):
             data: dict[str, Any] = {"type": type(exc).__name__}

@@ -1,0 +1,437 @@
+"""The one service layer: every rule the front ends share (CLI, JSON-RPC, the web dashboard).
+
+A front end parses its input, calls ``JobService`` and renders what comes back; it drives no
+store and holds no rule of its own. The service answers with domain objects (``Job``,
+``Event``, ``HealthReport``, ``PurgeResult`` and the small dataclasses below); the stable JSON
+shapes are bridge/views.py's. It prints nothing and knows no JSON-RPC.
+
+Errors: only the project's tree (supervisor/errors.py), plus two of its own, both subclasses
+of ``SupervisorError``::
+
+    SupervisorError
+     ├── UsageError (also a ValueError)       arguments the rule forbids together or apart
+     └── LogNotFoundError (also a LookupError) the attempt never ran, or its log file is gone
+
+A ``UsageError`` names parameters as ``{ids}``, ``{statuses}``, ``{older_than_s}`` in its
+template, and each front end fills in its own spelling (``render``): the CLI says
+``--status``, JSON-RPC ``status``, so the rule is written once and each text stays the one its
+users know.
+
+When a supervisor runs in the same process (the stdio bridge), the service wakes it after
+every change it makes, so a new job is claimed and a cancel reaches its agent on this tick
+rather than at the next poll or heartbeat.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+from supervisor.errors import (
+    IllegalTransitionError,
+    JobNotFoundError,
+    LeaseLostError,
+    SupervisorError,
+    UpdateConflictError,
+)
+from supervisor.health import HealthReport
+from supervisor.lifecycle import LIVE, TERMINAL, CancelMode, Event, Job, JobSpec, Status
+from supervisor.reconcile import Decision
+from supervisor.settings import Settings
+from supervisor.store import JobStore, PurgeResult
+
+__all__ = [
+    "ChangeResult",
+    "JobDetail",
+    "JobService",
+    "LogChunk",
+    "LogNotFoundError",
+    "Reconciliation",
+    "RunningSupervisor",
+    "UsageError",
+    "utf8_bounds",
+]
+
+_PER_JOB_ERRORS: Final = (JobNotFoundError, IllegalTransitionError, UpdateConflictError, LeaseLostError)
+"""Errors about one job of a bulk cancel or retry: reported for that id, the others go on.
+Anything else (the store is down) ends the whole call: it would fail every id alike."""
+
+
+class UsageError(SupervisorError, ValueError):
+    """A combination of arguments that a rule forbids (the CLI's exit 2, JSON-RPC's -32602).
+
+    ``template`` and ``reason`` name the parameters involved as ``{ids}``, ``{statuses}`` and
+    ``{older_than_s}``; ``param`` is the one to point at (None: no single one). ``str()`` uses
+    those names as they are; a front end calls ``render`` with its own spelling of each.
+    """
+
+    def __init__(self, template: str, *, param: str | None = None, reason: str | None = None) -> None:
+        self.template = template
+        self.param = param
+        self.reason = reason if reason is not None else template
+        super().__init__(self.render())
+
+    def render(self, names: Mapping[str, str] | None = None, *, reason: bool = False) -> str:
+        """The message (or with ``reason``, the reason) with each ``{param}`` spelled as
+        ``names`` says; a parameter ``names`` leaves out keeps the service's name."""
+        return (self.reason if reason else self.template).format_map(_Names(names or {}))
+
+
+class _Names(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+class LogNotFoundError(SupervisorError, LookupError):
+    """No log to read: the job never ran (``attempt`` 0, ``path`` None), or the attempt's log
+    file does not exist (yet)."""
+
+    def __init__(self, message: str, *, job: Job, attempt: int, path: Path | None) -> None:
+        super().__init__(message)
+        self.job = job
+        self.attempt = attempt
+        self.path = path
+
+
+class RunningSupervisor(Protocol):
+    """What the service needs of a supervisor running in its process (``runner.Supervisor``)."""
+
+    def wake(self) -> None:
+        """Look at the store now instead of at the next poll."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    """One job and its event log, oldest event first (``show``, JSON-RPC ``get``)."""
+
+    job: Job
+    events: builtins.list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """What one id of a cancel or retry came to: the job after the change and its status
+    before, or the error that refused it (the other ids of the call went on)."""
+
+    job_id: int
+    reason: str
+    """Why the job changed, for notifications: ``cancel requested``, ``retry requested``."""
+    job: Job | None = None
+    before: Status | None = None
+    error: SupervisorError | None = None
+
+    def unwrap(self) -> Job:
+        """The changed job, or raise the error that refused the change."""
+        if self.error is not None:
+            raise self.error
+        assert self.job is not None
+        return self.job
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """Bytes of one attempt's log: ``data`` starts at ``offset`` in a file of ``size`` bytes."""
+
+    job: Job
+    """The job as it was just before the file was read: not live → nothing more will come."""
+    attempt: int
+    path: Path
+    data: bytes
+    offset: int
+    size: int
+
+    @property
+    def next_offset(self) -> int:
+        """Where to read on."""
+        return self.offset + len(self.data)
+
+    @property
+    def eof(self) -> bool:
+        """Nothing more to read now (a live job may write more)."""
+        return self.next_offset >= self.size
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """The outcome of ``reconcile``: whether it ran, what it decided, the outbox left."""
+
+    ran: bool
+    decisions: builtins.list[Decision]
+    outbox_depth: int
+
+
+class JobService:
+    """The jobs of one store under one settings: submit, read, change, purge, logs, health.
+
+    ``store`` belongs to the caller (it closes it). ``supervisor`` is the supervisor running in
+    this process, if any; a host that starts or loses one later assigns the attribute.
+    ``health_ttl_s`` > 0 serves ``health()`` from a snapshot at most that old, dropped on every
+    change this service makes or is told of (``note_change``); ``clock`` measures that age.
+    Safe to call from several threads as far as the store is.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        *,
+        supervisor: RunningSupervisor | None = None,
+        health_ttl_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.supervisor = supervisor
+        self._health_ttl_s = health_ttl_s
+        self._clock = clock
+        self._generations = itertools.count(1)  # next() is atomic: no lock for a counter
+        self._generation = 0
+        self._health: tuple[int, float, HealthReport] | None = None
+        self._health_lock = threading.Lock()
+
+    # -- submit and read -----------------------------------------------------------------
+    def submit(self, specs: Sequence[JobSpec]) -> builtins.list[int]:
+        """Queue jobs; returns their ids in order.
+
+        Every spec is checked against the kinds registry and given its defaults
+        (``resolve_spec``: the kind's, then the settings' timeouts) before anything is written,
+        then all go in one ``enqueue``: one bad spec queues none. A spec whose ``dedup_key``
+        matches a waiting job returns that job's id (the store's rule).
+        """
+        from supervisor.runner import resolve_spec  # the engine's loop module: not for every command
+
+        resolved = [resolve_spec(spec, self.settings) for spec in specs]
+        if not resolved:
+            return []
+        ids = self.store.enqueue(resolved)
+        self._changed()  # what Supervisor.submit does, for a whole batch at once
+        return ids
+
+    def get(self, job_id: int) -> JobDetail:
+        """The job and its event log; ``JobNotFoundError`` if there is none."""
+        return JobDetail(self.store.get(job_id), self.store.events(job_id))
+
+    def list(
+        self, statuses: Collection[Status] | None = None, *, limit: int = 100, offset: int = 0
+    ) -> builtins.list[Job]:
+        """Jobs newest first, only of ``statuses`` if given: ``limit`` of them after skipping
+        ``offset``. The store pages through its id index, so an offset costs offset + limit rows."""
+        jobs = self.store.list(statuses=set(statuses) if statuses else None, limit=offset + limit)
+        return jobs[offset:]
+
+    # -- change --------------------------------------------------------------------------
+    def cancel(self, ids: Sequence[int], mode: CancelMode = CancelMode.CANCEL) -> builtins.list[ChangeResult]:
+        """Cancel each job: a pending or waiting one at once, a live one by a request its
+        supervisor carries out (``KILL``: without the grace period). A finished job is refused
+        (``IllegalTransitionError``) and a missing one is ``JobNotFoundError``, each in its own
+        result; the other ids go on."""
+        return self._each(ids, f"{mode.value} requested", lambda i: self.store.request_cancel(i, mode))
+
+    def retry(self, ids: Sequence[int]) -> builtins.list[ChangeResult]:
+        """Run each failed or cancelled job again, with a fresh attempt budget. A job in any
+        other status is refused (``IllegalTransitionError``) and a missing one is
+        ``JobNotFoundError``, each in its own result; the other ids go on."""
+        return self._each(ids, "retry requested", self.store.retry)
+
+    def purge(
+        self,
+        *,
+        ids: Collection[int] | None = None,
+        statuses: Collection[Status] | None = None,
+        older_than_s: float | None = None,
+    ) -> PurgeResult:
+        """Delete finished jobs and their events.
+
+        The rule: give ``ids`` or ``statuses``, not both, or ``older_than_s`` alone; without
+        ``ids`` and ``statuses`` only terminal jobs are chosen; ``older_than_s`` narrows the
+        choice to jobs unchanged for that long (store clock). A chosen live job gets a cancel
+        request and is deleted once it stopped (``cancel_requested``). A ``UsageError`` names
+        the parameter that breaks the rule.
+        """
+        if not ids and not statuses and older_than_s is None:
+            raise UsageError(
+                "purge needs {ids}, {statuses} or {older_than_s}",
+                param="ids",
+                reason="give {ids}, {statuses} or {older_than_s}",
+            )
+        if ids and statuses:
+            raise UsageError(
+                "give {ids} or {statuses}, not both",
+                param="statuses",
+                reason="not allowed together with {ids}",
+            )
+        result = self.store.purge(
+            ids=list(ids) if ids else None,
+            statuses=set(statuses) if statuses else (None if ids else TERMINAL),
+            older_than_s=older_than_s,
+        )
+        self._changed()
+        return result
+
+    def note_change(self) -> None:
+        """Something else changed the store (the supervisor's ``on_change``): the next
+        ``health()`` reads it afresh."""
+        self._generation = next(self._generations)
+
+    # -- logs ----------------------------------------------------------------------------
+    def logs(
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        offset: int | None = None,
+        limit: int | None = None,
+        whole_characters: bool = True,
+    ) -> LogChunk:
+        """Up to ``limit`` bytes (None: all) of an attempt's log (default: the latest attempt)
+        from ``offset`` (None: the last ``limit`` bytes, the tail).
+
+        With ``whole_characters`` the chunk never starts or ends inside a UTF-8 character: a
+        tail drops the partial character it starts in, and the end of a live attempt's log
+        holds back a character the agent has not finished writing (read it from
+        ``next_offset``). Without, the bytes are exactly the file's (a byte stream).
+        ``LogNotFoundError`` if the job never ran or the log file does not exist;
+        ``JobNotFoundError`` if there is no such job.
+        """
+        job = self.store.get(job_id)
+        wanted = attempt or job.attempt
+        if wanted == 0:
+            raise LogNotFoundError(f"job {job_id} has not run yet; no log", job=job, attempt=0, path=None)
+        path = self._log_path(job_id, wanted)
+        try:
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                start = (max(0, size - limit) if limit is not None else 0) if offset is None else offset
+                f.seek(start)
+                data = f.read(-1 if limit is None else limit)
+        except FileNotFoundError:
+            raise LogNotFoundError(
+                f"no log for job {job_id} at {path}", job=job, attempt=wanted, path=path
+            ) from None
+        size = max(size, start + len(data))  # it grew between fstat and read
+        if whole_characters:
+            live = job.status in LIVE and wanted == job.attempt
+            begin, end = utf8_bounds(data, skip_head=offset is None and start > 0, hold_tail=live)
+            data, start = data[begin:end], start + begin
+        return LogChunk(job=job, attempt=wanted, path=path, data=data, offset=start, size=size)
+
+    def _log_path(self, job_id: int, attempt: int) -> Path:
+        """The log file of an attempt, as recorded when it started; the data dir's default
+        place (``DataDir.log_path``) for an attempt without a recorded path."""
+        for event in reversed(self.store.events(job_id)):
+            path = event.facts.get("log_path")
+            if path and event.attempt == attempt:
+                return Path(path)
+        return Path(self.settings.data_dir) / "logs" / f"{job_id}-{attempt}.log"
+
+    # -- health and reconcile ------------------------------------------------------------
+    def health(self) -> HealthReport:
+        """The health report of the data dir's supervisor and the queue (``health --json``);
+        from a snapshot at most ``health_ttl_s`` old when that is set."""
+        if self._health_ttl_s <= 0:
+            return self._health_report()
+        generation = self._generation
+        with self._health_lock:
+            cached = self._health
+            if (
+                cached is not None
+                and cached[0] == generation
+                and self._clock() - cached[1] < self._health_ttl_s
+            ):
+                return cached[2]
+            report = self._health_report()
+            self._health = (generation, self._clock(), report)
+            return report
+
+    def _health_report(self) -> HealthReport:
+        from supervisor.health import check_health, read_status
+        from supervisor.outbox import outbox_depth
+        from supervisor.runner import read_worker_id
+
+        data = Path(self.settings.data_dir)
+        return check_health(
+            self.store,
+            self.settings,
+            worker_id=read_worker_id(self.settings),
+            outbox_depth=outbox_depth(data / "outbox.jsonl"),
+            status=read_status(data),
+        )
+
+    def reconcile(self, *, subreaper: bool = False) -> Reconciliation:
+        """Settle the agents a crashed supervisor left on this data dir (adopt or kill them,
+        record their outcomes), then release the data dir.
+
+        A supervisor running in this process did that when it started and keeps agents and
+        store in agreement while it runs: then nothing is done (``ran`` False). Otherwise the
+        data dir's lock is taken for a moment (``DataDirLockedError`` while another supervisor
+        holds it). ``subreaper`` only in a process that is nothing but this command (the CLI).
+        """
+        if self.supervisor is not None:
+            return Reconciliation(ran=False, decisions=[], outbox_depth=0)
+        from bridge.compose import build_supervisor
+
+        sup = build_supervisor(
+            self.settings, store=self.store, install_signal_handlers=False, subreaper=subreaper
+        )
+        decisions = sup.reconcile()
+        self._changed()
+        return Reconciliation(ran=True, decisions=decisions, outbox_depth=sup.outbox_depth)
+
+    # -- internals -----------------------------------------------------------------------
+    def _each(
+        self, ids: Sequence[int], reason: str, change: Callable[[int], Job]
+    ) -> builtins.list[ChangeResult]:
+        results = []
+        for job_id in ids:
+            try:
+                before = self.store.get(job_id).status
+                job = change(job_id)
+            except _PER_JOB_ERRORS as exc:
+                results.append(ChangeResult(job_id, reason, error=exc))
+            else:
+                results.append(ChangeResult(job_id, reason, job=job, before=before))
+        if any(r.error is None for r in results):
+            self._changed()
+        return results
+
+    def _changed(self) -> None:
+        """A change of ours: drop the health snapshot, wake the supervisor of this process."""
+        self.note_change()
+        supervisor = self.supervisor
+        if supervisor is not None:
+            supervisor.wake()
+
+
+def utf8_bounds(data: bytes, *, skip_head: bool, hold_tail: bool) -> tuple[int, int]:
+    """(begin, end) of ``data`` without a partial character at the start (when ``skip_head``)
+    and at the end (when ``hold_tail``); at most 3 bytes are cut on either side."""
+    begin = 0
+    if skip_head:
+        while begin < min(3, len(data)) and data[begin] & 0xC0 == 0x80:
+            begin += 1
+    end = len(data)
+    if hold_tail:
+        for back in range(1, min(4, end - begin) + 1):
+            byte = data[end - back]
+            if byte & 0xC0 != 0x80:  # the last lead (or ASCII) byte
+                need = (
+                    2
+                    if byte & 0xE0 == 0xC0
+                    else 3
+                    if byte & 0xF0 == 0xE0
+                    else 4
+                    if byte & 0xF8 == 0xF0
+                    else 1
+                )
+                if back < need:
+                    end -= back
+                break
+    return begin, end
