@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
+from supervisor.datadir import DataDir
 from supervisor.errors import (
     IllegalTransitionError,
     JobNotFoundError,
@@ -330,7 +331,7 @@ class JobService:
             path = event.facts.get("log_path")
             if path and event.attempt == attempt:
                 return Path(path)
-        return Path(self.settings.data_dir) / "logs" / f"{job_id}-{attempt}.log"
+        return DataDir.at(self.settings.data_dir).log_path(job_id, attempt)
 
     # -- health and reconcile ------------------------------------------------------------
     def health(self) -> HealthReport:
@@ -356,13 +357,13 @@ class JobService:
         from supervisor.outbox import outbox_depth
         from supervisor.runner import read_worker_id
 
-        data = Path(self.settings.data_dir)
+        data = DataDir.at(self.settings.data_dir)
         return check_health(
             self.store,
             self.settings,
             worker_id=read_worker_id(self.settings),
-            outbox_depth=outbox_depth(data / "outbox.jsonl"),
-            status=read_status(data),
+            outbox_depth=outbox_depth(data.outbox),
+            status=read_status(data.root),
         )
 
     def reconcile(self, *, subreaper: bool = False) -> Reconciliation:

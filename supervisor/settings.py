@@ -26,7 +26,7 @@ import re
 import stat
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 import platformdirs
@@ -49,6 +49,9 @@ from pydantic_settings import (
 )
 
 from supervisor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = ["CONFIG_ENV", "PLACEHOLDERS", "KindConfig", "Settings", "config_path", "load_settings"]
 
@@ -112,6 +115,7 @@ class KindConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for the agent."""
     cwd: str | None = None
+    """Working directory of the agent (default: the supervisor's)."""
     orphan_policy: Literal["adopt", "kill"] | None = None
     """Overrides the global ``orphan_policy`` for agents of this kind."""
     memory_estimate_bytes: int | None = Field(default=None, gt=0)
@@ -126,7 +130,6 @@ class KindConfig(BaseModel):
     """CPU seconds an agent process may use (RLIMIT_CPU)."""
     address_space_bytes: int | None = Field(default=None, gt=0)
     """Virtual memory limit of each agent process (RLIMIT_AS; mind that runtimes reserve a lot)."""
-    """Working directory of the agent (default: the supervisor's)."""
 
     @field_validator("argv")
     @classmethod
@@ -184,9 +187,11 @@ class _CheckedTomlSource(TomlConfigSettingsSource):
     """pydantic-settings' TOML source, plus our checks on the same open file: a malformed or
     unreadable file becomes one ConfigError line, a loosely permissioned secret is refused."""
 
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         import tomllib  # stdlib, but only needed when a config file exists
 
+        # pydantic-settings 2.16 also accepts package resources; ours is always a file path.
+        file_path = Path(str(file_path))
         try:
             with file_path.open("rb") as handle:
                 mode = os.fstat(handle.fileno()).st_mode  # fstat: the file we parse, not a swapped one

@@ -18,9 +18,7 @@ request caused.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 import time
 from dataclasses import asdict
@@ -31,7 +29,7 @@ from bridge.compose import build_store, build_supervisor
 from bridge.jsonrpc.dispatch import notification
 from bridge.jsonrpc.protocol import Mode
 from bridge.service import JobService
-from supervisor.datadir import prepare_data_dir
+from supervisor.datadir import DataDirLock, prepare_data_dir
 from supervisor.errors import DataDirLockedError, SupervisorError
 from supervisor.lifecycle import Job, Status
 from supervisor.runner import JobChange, Supervisor, read_worker_id
@@ -124,18 +122,12 @@ class Bridge:
     def _wait_for_lock(self) -> None:
         """Block until the data dir's flock is free (the holder exited), then start ours.
 
-        A blocking ``flock`` on the same file filelock uses: the kernel wakes us, no polling.
-        We let go at once and let ``Supervisor.start`` take it; if a third bridge wins that
-        race we are locked out again and wait again.
+        The kernel wakes us (``DataDirLock.wait_until_free``), no polling. We let go at once
+        and let ``Supervisor.start`` take it; if a third bridge wins that race we are locked
+        out again and wait again.
         """
         try:
-            lock_file = prepare_data_dir(Path(self.settings.data_dir)).lock_file
-            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+            DataDirLock(prepare_data_dir(Path(self.settings.data_dir))).wait_until_free()
             self._start_supervisor()
         except (SupervisorError, OSError) as exc:
             log.error("cannot take over the data dir: %s", exc)

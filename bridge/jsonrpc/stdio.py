@@ -31,13 +31,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from types import FrameType
 from typing import Any, Final
 
 from bridge.jsonrpc.backend import Bridge, Sink
 from bridge.jsonrpc.dispatch import Dispatcher, RpcError, encode, error_response
 from bridge.jsonrpc.protocol import INVALID_REQUEST, schema_document
 from supervisor.settings import Settings
+from supervisor.signals import on_stop_signals
 
 __all__ = ["MAX_LINE", "Writer", "read_lines", "run_bridge", "serve"]
 
@@ -203,24 +203,18 @@ def serve(
             return
 
 
-@contextlib.contextmanager
-def _stop_signals(inp: _Input, bridge: Bridge) -> Iterator[None]:
-    """SIGTERM, SIGINT, SIGHUP → stop like EOF; a second one while stopping → no drain."""
+def _stop_signals(inp: _Input, bridge: Bridge) -> contextlib.AbstractContextManager[bool]:
+    """SIGTERM, SIGINT, SIGHUP → stop like EOF; a second one while stopping → no drain. The
+    signal also wakes the input's ``select`` (``wakeup_fd``)."""
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def handler(signum: int) -> None:
         if inp.stop:
             bridge.interrupt()
         inp.stop = True
 
-    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, handler) for sig in sigs}
-    previous_fd = signal.set_wakeup_fd(inp.wake_w)
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return on_stop_signals(
+        handler, signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP), wakeup_fd=inp.wake_w
+    )
 
 
 def run_bridge(args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
