@@ -14,6 +14,8 @@
         runs/<job>-<attempt>/   payload.json, result.json, progress.json and exit of one
                                 attempt (``AttemptFiles``)
         quarantine/             state files that failed to load
+        workspaces/             repository mirrors and one worktree per attempt; its layout
+                                belongs to ``supervisor.workspaces``
 
 This module is the one owner of these names: everyone else asks a ``DataDir``. ``DataDir.at``
 only names the paths (for readers in other processes, such as ``health``);
@@ -206,6 +208,10 @@ class DataDir:
     @property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.root / "workspaces"
 
     @property
     def state_file(self) -> Path:
