@@ -82,8 +82,8 @@ ASKPASS_SCRIPT: Final = f"""#!/bin/sh
 # environment. It answers only git's prompts for the token's own host, e.g.
 # "Username for 'https://github.com': " and "Password for 'https://{TOKEN_USER}@github.com': ".
 case "$1" in
-  "Username for '${_PREFIX_VAR}${_HOST_VAR}'"*) echo '{TOKEN_USER}' ;;
-  "Password for '${_PREFIX_VAR}{TOKEN_USER}@${_HOST_VAR}'"*) printf '%s\\n' "${_TOKEN_VAR}" ;;
+  "Username for '${{{_PREFIX_VAR}}}${{{_HOST_VAR}}}'"*) echo '{TOKEN_USER}' ;;
+  "Password for '${{{_PREFIX_VAR}}}{TOKEN_USER}@${{{_HOST_VAR}}}'"*) printf '%s\\n' "${{{_TOKEN_VAR}}}" ;;
   *) exit 1 ;;
 esac
 """
