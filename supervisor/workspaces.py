@@ -34,10 +34,12 @@ from supervisor.clock import SYSTEM_CLOCK, Clock
 from supervisor.datadir import DataDir, fsync_dir
 from supervisor.errors import PrepareError
 from supervisor.gitcmd import Credential, Git
+from supervisor.job import LIVE
 from supervisor.keys import RepoSource, parse_ref
 from supervisor.mirror import Mirror
 from supervisor.repolock import RepoLock
 from supervisor.settings import Settings
+from supervisor.store import JobStore
 from supervisor.workspace_layout import (
     MIRROR_META,
     TREE_META,
@@ -56,6 +58,7 @@ __all__ = [
     "WorkspaceSettings",
     "Workspaces",
     "agent_environment",
+    "live_attempts",
     "workspaces_summary",
 ]
 
@@ -505,6 +508,12 @@ def agent_environment(
     if workspace is not None:
         result.update(workspace.env())
     return result
+
+
+def live_attempts(store: JobStore) -> set[tuple[int, int]]:
+    """(job id, attempt) of every job preparing or running in the store, whoever runs it:
+    the worktrees a ``prune`` started outside the supervisor (``workspaces prune``) keeps."""
+    return {(job.id, job.attempt) for job in store.list(statuses=set(LIVE))}
 
 
 def workspaces_summary(data_dir: Path) -> dict[str, Any]:
