@@ -46,27 +46,30 @@ class Mirror:
         self._git.run("config", "remote.origin.url", source.url, git_dir=self.path)
         self._git.run("config", "remote.origin.fetch", FETCH_REFSPECS[0], git_dir=self.path)
 
-    def fetch(
-        self, source: RepoSource, credential: Credential | None, *, head: bool, what: str | None = None
-    ) -> None:
-        """Fetch every branch and tag (pruning the deleted ones); with ``head``, also learn
-        the default branch (one more round trip: ``git fetch`` does not update
-        ``origin/HEAD`` before git 2.48)."""
-        what = what or f"fetch of {source.key}"
-        default = None
-        if head:
-            listed = self._git.run(
-                "ls-remote", "--symref", "--", source.url, "HEAD",
-                git_dir=self.path, credential=credential, what=what,
-            )  # fmt: skip
-            match = _SYMREF.search(listed.stdout)
-            default = match.group(1) if match else None
+    def fetch(self, source: RepoSource, credential: Credential | None, *, what: str | None = None) -> None:
+        """Fetch every branch and tag, pruning the deleted ones."""
         self._git.run(
             "fetch", "--quiet", "--prune", "--no-tags", "--", source.url, *FETCH_REFSPECS,
-            git_dir=self.path, credential=credential, what=what,
+            git_dir=self.path, credential=credential, what=what or f"fetch of {source.key}",
         )  # fmt: skip
-        if default is not None:
-            self._git.run("symbolic-ref", f"{_ORIGIN}HEAD", f"{_ORIGIN}{default}", git_dir=self.path)
+
+    def learn_default_branch(self, source: RepoSource, credential: Credential | None, *, what: str) -> None:
+        """Point ``origin/HEAD`` at the remote's default branch: one more round trip
+        (``git fetch`` does not update ``origin/HEAD`` before git 2.48), so done at the
+        clone and again only when the branch it names is gone (renamed upstream)."""
+        listed = self._git.run(
+            "ls-remote",
+            "--symref",
+            "--",
+            source.url,
+            "HEAD",
+            git_dir=self.path,
+            credential=credential,
+            what=what,
+        )
+        match = _SYMREF.search(listed.stdout)
+        if match is not None:
+            self._git.run("symbolic-ref", f"{_ORIGIN}HEAD", f"{_ORIGIN}{match.group(1)}", git_dir=self.path)
 
     def fetch_commit(self, source: RepoSource, sha: str, credential: Credential | None) -> None:
         """Fetch one commit that no branch or tag reaches (servers may refuse: then git's line)."""
@@ -111,18 +114,29 @@ class Mirror:
             "worktree", "add", "--quiet", "-b", branch, "--", str(path), commit, git_dir=self.path, what=what
         )
 
-    def tidy(self, branch_prefix: str) -> None:
+    def tidy(self, branch_prefix: str, *, thorough: bool = True) -> None:
         """Forget worktrees whose directory is gone (``git worktree prune``) and delete the
         attempts' branches that no worktree has checked out: only those named exactly
-        ``<prefix><job>-<attempt>`` (an agent's other branches are its own business)."""
-        self._git.run("worktree", "prune", git_dir=self.path)
-        listed = self._git.run("worktree", "list", "--porcelain", git_dir=self.path)
-        checked_out = {line.removeprefix("branch ") for line in listed.stdout.splitlines()}
-        refs = self._git.run(
-            "for-each-ref", "--format=%(refname)", f"refs/heads/{branch_prefix}*", git_dir=self.path
-        )
+        ``<prefix><job>-<attempt>`` (an agent's other branches are its own business).
+
+        Not ``thorough``: nothing at all unless a worktree directory is gone, and then only
+        the branches of those worktrees (two git commands instead of four, for ``prepare``;
+        ``prune`` is thorough and also finds branches a crash left behind).
+        """
         mine = re.compile(rf"refs/heads/{re.escape(branch_prefix)}\d+-\d+")
-        orphans = [r for r in refs.stdout.split() if mine.fullmatch(r) and r not in checked_out]
+        gone = self._gone_worktrees()
+        if not gone and not thorough:
+            return
+        self._git.run("worktree", "prune", git_dir=self.path)
+        if thorough:
+            listed = self._git.run("worktree", "list", "--porcelain", git_dir=self.path)
+            checked_out = {line.removeprefix("branch ") for line in listed.stdout.splitlines()}
+            refs = self._git.run(
+                "for-each-ref", "--format=%(refname)", f"refs/heads/{branch_prefix}*", git_dir=self.path
+            )
+            orphans = [r for r in refs.stdout.split() if mine.fullmatch(r) and r not in checked_out]
+        else:
+            orphans = [r for r in gone if mine.fullmatch(r)]
         if orphans:
             # git branch -D refuses a branch checked out in a worktree: a second safety net.
             names = [r.removeprefix("refs/heads/") for r in orphans]
@@ -131,6 +145,21 @@ class Mirror:
                 log.warning(
                     "could not delete branches in %s: %s", self.path.name, result.stderr.strip()[:200]
                 )
+
+    def _gone_worktrees(self) -> list[str]:
+        """The branch refs of worktrees git still records whose directory is gone: git's
+        ``worktrees/<id>/gitdir`` names the worktree's ``.git`` file, and ``HEAD`` its
+        branch (gitrepository-layout(5)); "" for one on a detached HEAD."""
+        gone = []
+        for gitdir in (self.path / "worktrees").glob("*/gitdir"):
+            try:
+                if Path(gitdir.read_text().strip()).exists():
+                    continue
+                head = (gitdir.parent / "HEAD").read_text().strip()
+            except OSError:
+                head = ""
+            gone.append(head.removeprefix("ref: "))
+        return gone
 
     def gc(self) -> None:
         """``git gc --auto`` in the foreground (it is off for every other call, see gitcmd):

@@ -250,12 +250,15 @@ class Workspaces:
             else:
                 mirror.clear_stale_locks(self._stale_before())
                 if not self._fresh(read_json(mirror.path / MIRROR_META)):
-                    mirror.fetch(source, credential, head=ref is None)
+                    mirror.fetch(source, credential)
                     fetched = True
             found = mirror.lookup(ref)
             if found is None and not (cloned or fetched):  # fresh, but the ref is newer
-                mirror.fetch(source, credential, head=ref is None)
+                mirror.fetch(source, credential)
                 fetched, found = True, mirror.lookup(ref)
+            if found is None and ref is None and not cloned:  # the default branch was renamed
+                mirror.learn_default_branch(source, credential, what=f"fetch of {source.key}")
+                found = mirror.lookup(ref)
             if found is None and ref is not None and _FULL_SHA.match(ref):  # on no branch or tag
                 mirror.fetch_commit(source, ref, credential)
                 found = mirror.lookup(ref)
@@ -288,7 +291,8 @@ class Workspaces:
         tmp = Mirror(self.layout.new_tmp(name), self._git)
         try:
             tmp.init(source)
-            tmp.fetch(source, credential, head=True, what=f"clone of {source.key}")
+            tmp.fetch(source, credential, what=f"clone of {source.key}")
+            tmp.learn_default_branch(source, credential, what=f"clone of {source.key}")
             now = self._clock.time()
             meta = {"key": source.key, "url": source.url, "created_at": now, "fetched_at": now}
             meta |= {"used_at": now, "size_bytes": disk_usage(tmp.path)}
@@ -307,7 +311,7 @@ class Workspaces:
         tree = self.layout.tree(job_id, attempt)
         if tree.exists():  # left by an earlier run of this very attempt: stale by definition
             self.layout.discard(tree)
-        mirror.tidy(self.settings.branch_prefix)  # also frees that attempt's branch name
+        mirror.tidy(self.settings.branch_prefix, thorough=False)  # trees released since
         branch = f"{self.settings.branch_prefix}{job_id}-{attempt}"
         staging = self.layout.staging(job_id, attempt)
         staging.mkdir(mode=0o700)

@@ -193,6 +193,29 @@ def test_a_ref_newer_than_the_fresh_window_is_fetched(
     assert workspace.fetched and workspace.base_ref == "brand-new"
 
 
+def test_a_renamed_default_branch_is_followed(tmp_path: Path, env: dict[str, str], repo: Path) -> None:
+    """When the default branch is renamed upstream, the next job starts from the new one."""
+    ws = spaces(tmp_path, env, fresh_s=0)
+    assert ws.prepare(source_of(repo), None, job_id=1, attempt=1).base_ref == "main"
+    git("branch", "-m", "main", "trunk", cwd=repo)
+    moved = ws.prepare(source_of(repo), None, job_id=2, attempt=1)
+    assert moved.base_ref == "trunk" and moved.env()["AGENT_SUPERVISOR_BASE_REF"] == "trunk"
+
+
+def test_a_prepare_deletes_branches_of_released_worktrees(
+    tmp_path: Path, env: dict[str, str], repo: Path
+) -> None:
+    """The next prepare on a repository forgets released worktrees and deletes their branches."""
+    ws = spaces(tmp_path, env)
+    ws.prepare(source_of(repo), None, job_id=1, attempt=1)
+    ws.release(1, 1, failed=False)
+    later = ws.prepare(source_of(repo), None, job_id=2, attempt=1)
+    assert git("for-each-ref", "--format=%(refname:short)", "refs/heads/", cwd=later.path).split() == [
+        "agent/2-1"
+    ]
+    assert "trees/1-1" not in git("worktree", "list", "--porcelain", cwd=later.path)
+
+
 # -- concurrency ---------------------------------------------------------------------------
 def test_prepares_on_one_repository_are_serialised(
     tmp_path: Path, env: dict[str, str], repo: Path, wrapper: GitWrapper
