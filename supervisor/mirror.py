@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Final
 
@@ -114,10 +115,11 @@ class Mirror:
             "worktree", "add", "--quiet", "-b", branch, "--", str(path), commit, git_dir=self.path, what=what
         )
 
-    def tidy(self, branch_prefix: str, *, thorough: bool = True) -> None:
+    def tidy(self, branch_prefix: str, *, thorough: bool = True, keep: Collection[str] = ()) -> None:
         """Forget worktrees whose directory is gone (``git worktree prune``) and delete the
-        attempts' branches that no worktree has checked out: only those named exactly
-        ``<prefix><job>-<attempt>`` (an agent's other branches are its own business).
+        attempts' branches that no worktree has checked out, except the refs in ``keep``
+        (attempts whose worktree still exists: an agent may have switched branches). Only
+        branches named exactly ``<prefix><job>-<attempt>``: an agent's others are its own.
 
         Not ``thorough``: nothing at all unless a worktree directory is gone, and then only
         the branches of those worktrees (two git commands instead of four, for ``prepare``;
@@ -134,9 +136,10 @@ class Mirror:
             refs = self._git.run(
                 "for-each-ref", "--format=%(refname)", f"refs/heads/{branch_prefix}*", git_dir=self.path
             )
-            orphans = [r for r in refs.stdout.split() if mine.fullmatch(r) and r not in checked_out]
+            kept = checked_out | set(keep)
+            orphans = [r for r in refs.stdout.split() if mine.fullmatch(r) and r not in kept]
         else:
-            orphans = [r for r in gone if mine.fullmatch(r)]
+            orphans = [r for r in gone if mine.fullmatch(r) and r not in keep]
         if orphans:
             # git branch -D refuses a branch checked out in a worktree: a second safety net.
             names = [r.removeprefix("refs/heads/") for r in orphans]

@@ -311,7 +311,7 @@ class Workspaces:
         tree = self.layout.tree(job_id, attempt)
         if tree.exists():  # left by an earlier run of this very attempt: stale by definition
             self.layout.discard(tree)
-        mirror.tidy(self.settings.branch_prefix, thorough=False)  # trees released since
+        mirror.tidy(self.settings.branch_prefix, thorough=False, keep=self._tree_branches())
         branch = f"{self.settings.branch_prefix}{job_id}-{attempt}"
         staging = self.layout.staging(job_id, attempt)
         staging.mkdir(mode=0o700)
@@ -326,7 +326,7 @@ class Workspaces:
         except BaseException:
             self.layout.discard(tree)
             try:
-                mirror.tidy(self.settings.branch_prefix)
+                mirror.tidy(self.settings.branch_prefix, keep=self._tree_branches())
             except PrepareError as exc:
                 log.warning("could not tidy %s after a failed checkout: %s", source.key, exc)
             raise
@@ -415,7 +415,7 @@ class Workspaces:
                 mirror = Mirror(record.path, self._git)
                 mirror.clear_stale_locks(self._stale_before())
                 try:
-                    mirror.tidy(self.settings.branch_prefix)
+                    mirror.tidy(self.settings.branch_prefix, keep=self._tree_branches())
                     mirror.gc()
                 except PrepareError as exc:  # a broken mirror is still measured and listed
                     log.warning("could not tidy the mirror of %s: %s", record.key, exc)
@@ -455,6 +455,10 @@ class Workspaces:
         ]
 
     # -- helpers -------------------------------------------------------------------------
+    def _tree_branches(self) -> set[str]:
+        """The branch refs of every attempt whose worktree directory exists."""
+        return {f"refs/heads/{t.meta['branch']}" for t in self.layout.scan_trees() if t.meta.get("branch")}
+
     def _lock(self, name: str) -> RepoLock:
         return RepoLock(self.layout.lock(name), clock=self._clock, sleep=self._sleep)
 

@@ -443,6 +443,20 @@ def test_release_removes_worktree_and_prune_deletes_its_branch(
     assert report.trees_kept == ((2, 1),) and running.path.exists()
 
 
+def test_a_live_agents_branch_survives_prune_after_it_switched_away(
+    tmp_path: Path, env: dict[str, str], repo: Path
+) -> None:
+    """An agent that checked out another branch keeps its attempt branch (and commits) while live."""
+    clock = ManualClock(time.time())
+    ws = spaces(tmp_path, env, clock=clock)
+    live = ws.prepare(source_of(repo), None, job_id=1, attempt=1)
+    work = commit(live.path, "work.txt", "work\n")
+    git("checkout", "--quiet", "-b", "scratch", cwd=live.path)
+    clock.advance(YOUNG_TREE_S + 1)
+    ws.prune(live={(1, 1)})
+    assert git("rev-parse", "agent/1-1", cwd=live.path).strip() == work
+
+
 def test_failed_worktree_is_kept_for_inspection_then_pruned(
     tmp_path: Path, env: dict[str, str], repo: Path
 ) -> None:
