@@ -42,10 +42,11 @@ import select
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
+from urllib.parse import urlsplit
 
 from supervisor.errors import PrepareError
 from supervisor.proctable import _open_pidfd  # the engine's one pidfd opener, as procs uses it
@@ -77,6 +78,7 @@ _OVERRIDES: Final = (
     "fetch.recurseSubmodules=false",
 )
 _PROTOCOLS: Final = "file:git:http:https:ssh"
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 _KILL_WAIT_S: Final = 5.0
 
 ASKPASS_SCRIPT: Final = f"""#!/bin/sh
@@ -103,6 +105,21 @@ class Credential:
 
     def __repr__(self) -> str:  # never the token, in a traceback or a log line
         return f"Credential(token=***, scheme={self.scheme!r}, host={self.host!r})"
+
+    @classmethod
+    def for_url(cls, url: str, token: str, hosts: Collection[str]) -> Credential | None:
+        """The credential for fetching ``url``, if there is a ``token`` and the URL is https
+        on one of its ``hosts`` (``host`` or ``host:port``): a job naming another server,
+        or plain http, never gets it (plain http only to this machine: tests, a local
+        mirror server)."""
+        if not token:
+            return None
+        parts = urlsplit(url)
+        scheme, hostname = parts.scheme.lower(), parts.hostname or ""
+        if scheme != "https" and not (scheme == "http" and hostname in _LOOPBACK):
+            return None
+        host = hostname if parts.port is None else f"{hostname}:{parts.port}"
+        return cls(token, scheme, host) if host in hosts else None
 
 
 @dataclass(frozen=True, slots=True)

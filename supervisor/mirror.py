@@ -172,11 +172,12 @@ class Mirror:
             "-c", "gc.auto=6700", "-c", "gc.autoDetach=false", "gc", "--auto", "--quiet", git_dir=self.path
         )
 
-    def clear_stale_locks(self, older_than: float) -> None:
+    def clear_stale_locks(self, now: float, git_timeout_s: float) -> None:
         """Delete lock files git left in the mirror's own ref space when it was killed (a
-        ``packed-refs.lock`` makes every later fetch fail with "File exists"), if their
-        mtime is before ``older_than``. Agents' locks (``worktrees/``, branch refs) are
-        theirs and left alone."""
+        ``packed-refs.lock`` makes every later fetch fail with "File exists"). Stale means
+        older than this boot, or than any git command of ours may run (``git_timeout_s``);
+        agents' locks (``worktrees/``, branch refs) are theirs and left alone."""
+        older_than = max(_boot_time(), now - git_timeout_s - 60.0)
         candidates = list(self.path.glob("*.lock"))
         for space in ("refs/remotes", "refs/tags"):
             candidates += (self.path / space).rglob("*.lock")
@@ -185,3 +186,12 @@ class Mirror:
                 if lock.stat().st_mtime < older_than:
                     lock.unlink()
                     log.warning("removed git's stale lock file %s", lock)
+
+
+def _boot_time() -> float:
+    import psutil  # only to know which lock files predate this boot
+
+    try:
+        return float(psutil.boot_time())
+    except (OSError, psutil.Error):
+        return 0.0

@@ -28,7 +28,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from supervisor.clock import SYSTEM_CLOCK, Clock
 from supervisor.datadir import DataDir, fsync_dir
@@ -69,7 +68,6 @@ YOUNG_TREE_S: Final = 60.0
 older than it (the CLI reads the store, then prunes, while a supervisor prepares)."""
 _STALE_STAGING_S: Final = 3600.0
 _FULL_SHA: Final = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +234,9 @@ class Workspaces:
         ref = parse_ref(ref) if ref is not None else None
         self.layout.ensure()
         name = slug(source.key)
-        credential = self._credential(source)
+        env = os.environ if self._env is None else self._env
+        token = env.get(self.settings.token_env, "")
+        credential = Credential.for_url(source.url, token, self.settings.token_hosts)
         mirror = Mirror(self.layout.mirror(name), self._git)
         with self._lock(name) as lock:
             if not lock.acquire(self.settings.lock_timeout_s):
@@ -248,7 +248,7 @@ class Workspaces:
                 self._clone(source, name, credential)
                 cloned = True
             else:
-                mirror.clear_stale_locks(self._stale_before())
+                mirror.clear_stale_locks(self._clock.time(), self.settings.git_timeout_s)
                 if not self._fresh(read_json(mirror.path / MIRROR_META)):
                     mirror.fetch(source, credential)
                     fetched = True
@@ -413,7 +413,7 @@ class Workspaces:
                     busy.append(record.key)
                     continue
                 mirror = Mirror(record.path, self._git)
-                mirror.clear_stale_locks(self._stale_before())
+                mirror.clear_stale_locks(self._clock.time(), self.settings.git_timeout_s)
                 try:
                     mirror.tidy(self.settings.branch_prefix, keep=self._tree_branches())
                     mirror.gc()
@@ -476,27 +476,6 @@ class Workspaces:
                 if lock.acquire(None) and not self.layout.mirror(name).exists():
                     lock.unlink()
 
-    def _stale_before(self) -> float:
-        """Git lock files older than this are left by a killed git: from before this boot,
-        or older than any git command of ours may run."""
-        return max(_boot_time(), self._clock.time() - self.settings.git_timeout_s - 60.0)
-
-    def _credential(self, source: RepoSource) -> Credential | None:
-        """The token for ``source``, if it is an https URL of one of the token's hosts
-        (plain http only to this machine: tests, a local mirror server)."""
-        env = os.environ if self._env is None else self._env
-        token = env.get(self.settings.token_env, "")
-        if not token or source.local:
-            return None
-        parts = urlsplit(source.url)
-        scheme, hostname = parts.scheme.lower(), parts.hostname or ""
-        if scheme != "https" and not (scheme == "http" and hostname in _LOOPBACK):
-            return None
-        host = hostname if parts.port is None else f"{hostname}:{parts.port}"
-        if host not in self.settings.token_hosts:
-            return None
-        return Credential(token, scheme, host)
-
     def _fresh(self, meta: Mapping[str, Any]) -> bool:
         fetched_at = meta.get("fetched_at")
         if not isinstance(fetched_at, int | float):
@@ -540,13 +519,4 @@ def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
     except FileNotFoundError:
-        return 0.0
-
-
-def _boot_time() -> float:
-    import psutil  # only to know which lock files predate this boot
-
-    try:
-        return float(psutil.boot_time())
-    except (OSError, psutil.Error):
         return 0.0

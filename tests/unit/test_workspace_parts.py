@@ -136,6 +136,31 @@ def test_git_environment_with_a_credential_points_at_the_helper(tmp_path: Path) 
     assert env["AGENT_SUPERVISOR_GIT_TOKEN"] == TOKEN
 
 
+@pytest.mark.parametrize(
+    ("url", "hosts", "expected"),
+    [
+        ("https://github.com/o/r.git", ("github.com",), ("https", "github.com")),
+        ("https://GitHub.com/o/r.git", ("github.com",), ("https", "github.com")),
+        ("https://ghe.example:8443/o/r", ("ghe.example:8443",), ("https", "ghe.example:8443")),
+        ("https://ghe.example:8443/o/r", ("ghe.example",), None),
+        ("https://gitlab.com/o/r.git", ("github.com",), None),
+        ("http://github.com/o/r.git", ("github.com",), None),
+        ("http://127.0.0.1:9418/r.git", ("127.0.0.1:9418",), ("http", "127.0.0.1:9418")),
+        ("git@github.com:o/r.git", ("github.com",), None),
+        ("ssh://git@github.com/o/r.git", ("github.com",), None),
+        ("file:///srv/r", ("github.com",), None),
+        ("/srv/r", ("github.com",), None),
+    ],
+)
+def test_the_token_goes_only_to_its_hosts_over_https(
+    url: str, hosts: tuple[str, ...], expected: tuple[str, str] | None
+) -> None:
+    """A credential is made for https URLs of the token's hosts only (http just to this machine)."""
+    credential = Credential.for_url(url, TOKEN, hosts)
+    assert (None if credential is None else (credential.scheme, credential.host)) == expected
+    assert Credential.for_url(url, "", hosts) is None
+
+
 def test_credential_repr_hides_the_token() -> None:
     """A credential in a traceback or a log line never shows its token."""
     assert TOKEN not in repr(Credential(TOKEN, "https", "github.com"))
