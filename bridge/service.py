@@ -295,9 +295,9 @@ class JobService:
             filters["created_after"] = created_after
         if created_before is not None:
             filters["created_before"] = created_before
-        return self.store.list(
-            statuses=set(statuses) if statuses else None, limit=limit, offset=offset, **filters
-        )
+        if offset:
+            filters["offset"] = offset
+        return self.store.list(statuses=set(statuses) if statuses else None, limit=limit, **filters)
 
     def select(
         self,
