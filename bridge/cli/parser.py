@@ -208,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true")
 
     svc = sub.add_parser("service", help="run the supervisor at login (systemd user unit / launchd)")
+    svc.add_argument("--platform", choices=["linux", "darwin"], help=argparse.SUPPRESS)  # tests: the other OS
     svc_sub = svc.add_subparsers(dest="service_command", required=True, metavar="SERVICE_COMMAND")
     install = svc_sub.add_parser("install", help="write the unit (or plist) and enable it")
     install.add_argument("--dry-run", action="store_true", help="print what would be written; change nothing")
+    install.add_argument("--no-enable", action="store_true", help="write the file; do not enable or start it")
     svc_sub.add_parser("uninstall", help="stop, disable and remove it")
     svc_status = svc_sub.add_parser("status", help="installed? enabled? running?")
     svc_status.add_argument("--json", action="store_true")
