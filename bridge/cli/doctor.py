@@ -92,6 +92,7 @@ def _settings(load: Callable[[], Settings]) -> tuple[Settings | None, list[Check
 
 
 def _data_dir(root: Path) -> list[Check]:
+    checks = []
     if not root.exists():
         parent = next((p for p in root.parents if p.exists()), None)
         if parent is None or not os.access(parent, os.W_OK):
@@ -100,31 +101,34 @@ def _data_dir(root: Path) -> list[Check]:
                     "data dir", "fail", f"{root} does not exist and cannot be created", f"mkdir -m 700 {root}"
                 )
             ]
-        return [Check("data dir", "ok", f"{root} does not exist yet; it is created (mode 700) on first use")]
-    checks = []
-    try:
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
-            pass
-        writable = True
-    except OSError as exc:
-        writable = False
         checks.append(
-            Check("data dir", "fail", f"{root} is not writable: {exc.strerror}", f"chown/chmod {root}")
+            Check("data dir", "ok", f"{root} does not exist yet; it is created (mode 700) on first use")
         )
-    mode = stat.S_IMODE(root.stat().st_mode)
-    if mode & 0o077:
-        checks.append(
-            Check("data dir", "warn", f"{root} can be read by others (mode {mode:o})", f"chmod 700 {root}")
-        )
-    elif writable:
-        checks.append(Check("data dir", "ok", f"{root}: writable, private (mode {mode:o})"))
-    free = shutil.disk_usage(root).free
-    if free < MIN_FREE_BYTES:
-        checks.append(Check("disk", "fail", f"{free // _MIB} MiB free under {root}", "free some space"))
-    elif free < LOW_FREE_BYTES:
-        checks.append(Check("disk", "warn", f"only {free // _MIB} MiB free under {root}", "free some space"))
     else:
-        checks.append(Check("disk", "ok", f"{free // _MIB // 1024} GiB free under {root}"))
+        try:
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
+                pass
+        except OSError as exc:
+            checks.append(
+                Check("data dir", "fail", f"{root} is not writable: {exc.strerror}", f"chmod u+w {root}")
+            )
+        mode = stat.S_IMODE(root.stat().st_mode)
+        if mode & 0o077:
+            checks.append(
+                Check(
+                    "data dir", "warn", f"{root} can be read by others (mode {mode:o})", f"chmod 700 {root}"
+                )
+            )
+        elif not checks:
+            checks.append(Check("data dir", "ok", f"{root}: writable, private (mode {mode:o})"))
+    where = next(p for p in (root, *root.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if free < MIN_FREE_BYTES:
+        checks.append(Check("disk", "fail", f"{free // _MIB} MiB free under {where}", "free some space"))
+    elif free < LOW_FREE_BYTES:
+        checks.append(Check("disk", "warn", f"only {free // _MIB} MiB free under {where}", "free some space"))
+    else:
+        checks.append(Check("disk", "ok", f"{free // _MIB // 1024} GiB free under {where}"))
     return checks
 
 

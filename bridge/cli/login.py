@@ -65,9 +65,10 @@ def _argv(args: argparse.Namespace, settings: Settings) -> tuple[list[str], list
     # -P: the home directory (the working directory) must not shadow the package (Python 3.11+)
     argv = [sys.executable, "-P", "-m", "bridge", "--data-dir", str(settings.data_dir)]
     notes = []
-    config = args.config or (
-        Path(os.environ["AGENT_SUPERVISOR_CONFIG"]) if os.environ.get("AGENT_SUPERVISOR_CONFIG") else None
-    )
+    config: Path | None = args.config  # checked to exist by the CLI
+    if config is None and os.environ.get("AGENT_SUPERVISOR_CONFIG"):
+        named = Path(os.environ["AGENT_SUPERVISOR_CONFIG"]).expanduser()
+        config = named if named.is_file() else None  # a missing one means "no config": keep it so
     if config is not None:
         argv += ["--config", str(Path(os.path.abspath(config.expanduser())))]
     if args.store is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -48,7 +49,8 @@ class _Version(argparse.Action):
             text = version("agent-supervisor")
         except PackageNotFoundError:  # run from a source tree that was never installed
             text = "unknown (not installed)"
-        parser.exit(0, f"agent-supervisor {text}\n")
+        sys.stdout.write(f"agent-supervisor {text}\n")  # stdout, as --help: it is the answer
+        parser.exit(0)
 
 
 def duration(text: str) -> float:
