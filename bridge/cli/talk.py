@@ -45,6 +45,7 @@ _PENDING_SHARED_S: Final = 15.0
 """How often the summary line asks the store for its counts: a remote store pays a round
 trip each time, so it is asked seldom (the remote budget of DESIGN.md)."""
 _CLEAR: Final = "\r\x1b[K"
+_SYNCED: Final = "synced from the outbox"  # supervisor/sync.py's reason for a replayed outcome
 
 # The engine's records that mean "the store did not answer" (their format strings: stable
 # code, unlike the rendered text): folded into one outage line. supervisor/sync.py,
@@ -114,6 +115,7 @@ class Talker:
         self._live: set[int] = set()
         self._done = 0
         self._failed = 0
+        self._cancelled = 0
         self._pending: int | None = None
         self._pending_at = float("-inf")
         self._down_since: float | None = None
@@ -161,7 +163,7 @@ class Talker:
                 return
             self._down_since = self._clock()
             self._probe_at = self._down_since + _PROBE_S
-            text = f"store unreachable: {message}; no new work, outcomes wait in the outbox"
+            text = f"store unreachable ({message}); no new work until it answers, outcomes wait in the outbox"
             self._event("down", text)
 
     def store_up(self) -> None:
@@ -193,8 +195,10 @@ class Talker:
         with self._lock:
             if self._summary:
                 self._stream.write(_CLEAR)
-            if not self._quiet and not self._json and (self._done or self._failed):
-                self._line(self._stamp(f"{self._done} done, {self._failed} failed"), force=True)
+            if not self._quiet and not self._json and (self._done or self._failed or self._cancelled):
+                tally = f"{self._done} done, {self._failed} failed"
+                tally += f", {self._cancelled} cancelled" if self._cancelled else ""
+                self._line(self._stamp(tally), force=True)
             self._stream.flush()
 
     def tick(self) -> None:
@@ -246,6 +250,8 @@ class Talker:
             self._done += 1
         elif to is Status.FAILED:
             self._failed += 1
+        elif to is Status.CANCELLED:
+            self._cancelled += 1
         return duration
 
     def _event(self, state: str, text: str) -> None:
@@ -287,6 +293,8 @@ def _words(change: JobChange, duration: float | None) -> str:
             f" ({reason.removeprefix('agent started (').rstrip(')')})" if "pid" in reason else ""
         )
     if to is Status.COMPLETED:
+        if _SYNCED in reason:  # recorded late: the time since start says nothing of the run
+            return f"completed ({_SYNCED})"
         return "completed" + (f" in {duration:.1f} s" if duration is not None else "")
     if to is Status.WAITING_RETRY:
         head, _, tail = reason.partition("; retry in ")
@@ -322,7 +330,8 @@ class OutageFilter(logging.Filter):
             self._talker.store_up()
             return self._verbose
         if template in _OUTAGE_TEMPLATES:
-            self._talker.store_down(record.getMessage())
+            args = record.args if isinstance(record.args, tuple) else ()
+            self._talker.store_down(str(args[-1]) if args else record.getMessage())
             return self._verbose
         if record.name == _RETRY_LOGGER and record.levelno < logging.ERROR:
             return self._verbose
