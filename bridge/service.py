@@ -255,7 +255,7 @@ class JobService:
         then all go in one ``enqueue``: one bad spec queues none. A spec whose ``dedup_key``
         matches a waiting job returns that job's id (the store's rule).
         """
-        from supervisor.runner import resolve_spec  # the engine's loop module: not for every command
+        from supervisor.attempt import resolve_spec  # not the loop: submit must start fast
 
         resolved = [resolve_spec(spec, self.settings) for spec in specs]
         if not resolved:
@@ -570,7 +570,7 @@ class JobService:
         from supervisor.datadir import DataDir
         from supervisor.health import check_health, read_status
         from supervisor.outbox import outbox_depth
-        from supervisor.runner import read_worker_id
+        from supervisor.recovery import read_worker_id
 
         data = DataDir.at(self.settings.data_dir)
         return check_health(
