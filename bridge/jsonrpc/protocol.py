@@ -127,6 +127,9 @@ class SubmitParams(_Params):
     queue_timeout_s: Seconds | None = Field(None, description="fail it if it waits longer than this to start")
     repo: StrictStr | None = Field(None, description="a repository: at most one running job per repo")
     owner: StrictStr | None = Field(None, description="the repository's owner (with repo)")
+    run_after: Seconds | None = Field(
+        None, description="not claimed before this time: epoch seconds, the store's clock (default: now)"
+    )
 
 
 class IdParams(_Params):
@@ -201,6 +204,7 @@ class JobModel(_Result):
     result: Any
     output_tail: str | None
     progress: Any
+    progress_final: bool = Field(description="the job has ended; progress is its last report")
     payload: Any
     cancel_requested: CancelMode | None
     lease_owner: str | None
@@ -208,6 +212,7 @@ class JobModel(_Result):
     run_after: str | None
     created_at: str | None
     started_at: str | None
+    timeout_at: str | None = Field(description="started_at + timeout_s")
     finished_at: str | None
     updated_at: str | None
     version: int
