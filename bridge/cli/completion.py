@@ -56,8 +56,9 @@ def _options(parser: argparse.ArgumentParser) -> tuple[list[_Option], list[str],
                 )
             )
         elif action.choices:
-            words += [str(c) for c in action.choices]
-            helps += [""] * len(action.choices)
+            values = [str(c) for c in action.choices]
+            words += values
+            helps += [""] * len(values)
     return options, words, helps
 
 
