@@ -451,3 +451,66 @@ def test_run_at_login_file_needs_no_shell_environment(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert show(data, job_id)["status"] == "completed"
+
+
+# -- store protocol v2: queue places, delayed jobs, list filters --------------------------------
+def test_submit_json_answers_id_status_and_queue_position(tmp_path: Path) -> None:
+    """submit --json: {id, status, queue_position, run_after}; --batch: an array of them."""
+    data = tmp_path / "d"
+    first = json.loads(ok(data, "submit", "--json", "--", "true").stdout)
+    assert first == {"id": 1, "status": "pending", "queue_position": 1, "run_after": None}
+    urgent = json.loads(ok(data, "submit", "--json", "--priority", "5", "--", "true").stdout)
+    assert (urgent["id"], urgent["queue_position"]) == (2, 1)  # claim order: priority first
+    batch = json.loads(
+        ok(data, "submit", "--json", "--batch", "-", input='{"command": ["true"]}\n' * 2).stdout
+    )
+    assert [b["queue_position"] for b in batch] == [3, 4]
+
+
+def test_run_after_delays_a_job(tmp_path: Path) -> None:
+    """submit --run-after 1h: run --until-idle leaves it pending; a past time runs at once."""
+    data = tmp_path / "d"
+    later = json.loads(ok(data, "submit", "--json", "--run-after", "1h", "--", "true").stdout)
+    assert later["run_after"] is not None
+    now = submit(data, "--run-after", "2020-01-01T00:00:00Z", "--", "true")
+    out = cli(data, "run", "--until-idle", env=cli_env(data, AGENT_SUPERVISOR_POLL_S="0.2"), timeout=20)
+    assert (out.returncode, show(data, now)["status"]) == (0, "completed")
+    assert show(data, later["id"])["status"] == "pending"
+    bad = cli(data, "submit", "--run-after", "next tuesday", "--", "true")
+    assert bad.returncode == 2 and "invalid time 'next tuesday'" in bad.stderr
+
+
+def test_list_filters_by_kind_repo_and_time(tmp_path: Path) -> None:
+    """list --kind, --repo (any spelling of it) and --since/--until choose the jobs shown."""
+    data = tmp_path / "d"
+    config = tmp_path / "c.toml"
+    config.write_text('[kinds.echo]\nargv = ["echo"]\n[kinds.sum]\nargv = ["true"]\n')
+    env = cli_env(data, AGENT_SUPERVISOR_CONFIG=str(config))
+    echo = int(cli(data, "submit", "--kind", "echo", "--repo", "octo/notes", env=env).stdout)
+    summ = int(cli(data, "submit", "--kind", "sum", env=env).stdout)
+
+    def ids(*args: str) -> list[int]:
+        out = cli(data, "list", "--json", *args, env=env)
+        assert out.returncode == 0, out.stderr
+        return [j["id"] for j in json.loads(out.stdout)]
+
+    assert ids("--kind", "echo") == [echo]
+    assert ids("--kind", "echo", "--kind", "sum") == [summ, echo]
+    assert ids("--repo", "https://github.com/Octo/notes.git") == [echo]
+    assert ids("--since", "1h") == [summ, echo]
+    assert ids("--until", "1h") == []
+    assert ids("--since", "2020-01-01") == [summ, echo]
+
+
+def test_bulk_cancel_by_kind_and_repo(tmp_path: Path) -> None:
+    """cancel --kind K and cancel --repo R cancel exactly the jobs of that kind or repository."""
+    data = tmp_path / "d"
+    config = tmp_path / "c.toml"
+    config.write_text('[kinds.echo]\nargv = ["echo"]\n[kinds.sum]\nargv = ["true"]\n')
+    env = cli_env(data, AGENT_SUPERVISOR_CONFIG=str(config))
+    a = int(cli(data, "submit", "--kind", "echo", env=env).stdout)
+    b = int(cli(data, "submit", "--kind", "sum", "--repo", "octo/notes", env=env).stdout)
+    c = int(cli(data, "submit", "--kind", "sum", env=env).stdout)
+    assert cli(data, "cancel", "--kind", "echo", env=env).stdout == f"job {a}: cancelled\n"
+    assert cli(data, "cancel", "--repo", "octo/notes", env=env).stdout == f"job {b}: cancelled\n"
+    assert show(data, c)["status"] == "pending"
