@@ -133,33 +133,44 @@ def _show(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
 
 
 def _logs(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
-    """Print an attempt's log; with ``--follow`` wait for a job that has not started, print
-    as it grows, go on to the next attempt of a retried job (unless ``--attempt``), and stop
-    once the job has ended and everything is printed."""
+    """Print an attempt's log. With ``--follow``: wait for a job that has not started, print
+    as the log grows, go on through every later attempt of a retried job (only the one given
+    with ``--attempt``), and stop once the job has ended and everything is printed."""
     pause = threading.Event().wait  # an Event nobody sets: a sleep that names what it is
     interval = _FOLLOW_SHARED_S if service.store.shared else _FOLLOW_LOCAL_S
-    attempt: int | None = args.attempt
-    offset = 0
+    pinned: int | None = args.attempt
+    attempt, offset, shown = pinned, 0, 0  # shown: the attempt whose log we have read from
     while True:
         try:
             chunk = service.logs(args.id, attempt=attempt, offset=offset, whole_characters=False)
         except LogNotFoundError as exc:
-            job = exc.job
-            ended = job.status in TERMINAL and (exc.path is None or exc.attempt == job.attempt)
-            if not args.follow or ended:
-                if exc.path is None and job.status in TERMINAL:
-                    raise LogNotFoundError(
-                        f"job {job.id} was {job.status.value} before it ran; no log",
-                        job=job,
-                        attempt=0,
-                        path=None,
-                    ) from None
+            job, wanted = exc.job, exc.attempt
+            if exc.path is None and job.status in TERMINAL:
+                raise LogNotFoundError(
+                    f"job {job.id} was {job.status.value} before it ran; no log",
+                    job=job,
+                    attempt=0,
+                    path=None,
+                ) from None
+            if not args.follow:
                 raise
-            if exc.path is not None and attempt is None:
-                attempt = exc.attempt  # it started; the agent has not written yet
+            if exc.path is None:
+                attempt = job.attempt + 1  # it never ran: follow its first attempt from the start
+            elif wanted < job.attempt or (wanted == job.attempt and job.status not in LIVE):
+                # that attempt is over and left no log (it failed to spawn): the next one, if any
+                if pinned is not None or (job.status in TERMINAL and wanted >= job.attempt):
+                    if shown:
+                        return 0
+                    raise
+                attempt, offset = wanted + 1, 0
+                continue
+            elif job.status in TERMINAL:  # waiting for an attempt that will never come
+                return 0
             pause(interval)
             continue
-        attempt = chunk.attempt
+        if chunk.attempt != shown and shown and args.follow:
+            print(f"agent-supervisor: job {args.id}: attempt {chunk.attempt}", file=sys.stderr)
+        attempt, shown = chunk.attempt, chunk.attempt
         _write_chunk(chunk, out, as_json=args.json, always=not args.follow)
         offset = chunk.next_offset
         if not args.follow:
@@ -169,13 +180,10 @@ def _logs(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
         job = chunk.job  # read before the file: not live then → nothing more in this file
         if job.status in LIVE and job.attempt == chunk.attempt:
             pause(interval)
-        elif args.attempt is None and job.attempt > chunk.attempt:
-            attempt, offset = job.attempt, 0  # a retry started: follow it
-            print(f"agent-supervisor: job {job.id}: attempt {attempt}", file=sys.stderr)
-        elif job.status in TERMINAL or args.attempt is not None:
+        elif pinned is not None or (job.status in TERMINAL and job.attempt == chunk.attempt):
             return 0
         else:
-            pause(interval)  # waiting to retry: the next attempt's log comes later
+            attempt, offset = chunk.attempt + 1, 0  # this attempt is over: on to the next one
 
 
 def _write_chunk(chunk: LogChunk, out: TextIO, *, as_json: bool, always: bool) -> None:
