@@ -284,20 +284,20 @@ class JobService:
         ``statuses``, ``kinds``, the repository ``repo`` (any form ``submit --repo`` takes, with
         ``owner`` for a bare name) and created in (``created_after``, ``created_before``) (store
         clock) when given. Every filter is the store's, on an index."""
-        filters: dict[str, object] = {}
-        if kinds:
-            filters["kinds"] = set(kinds)
+        key = None
         if repo is not None:
             from supervisor.keys import repo_key
 
-            filters["concurrency_key"] = repo_key(repo, owner)
-        if created_after is not None:
-            filters["created_after"] = created_after
-        if created_before is not None:
-            filters["created_before"] = created_before
-        if offset:
-            filters["offset"] = offset
-        return self.store.list(statuses=set(statuses) if statuses else None, limit=limit, **filters)
+            key = repo_key(repo, owner)
+        return self.store.list(
+            statuses=set(statuses) if statuses else None,
+            kinds=set(kinds) if kinds else None,
+            concurrency_key=key,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            offset=offset,
+        )
 
     def select(
         self,
@@ -469,9 +469,8 @@ class JobService:
         """Wait until ``done()`` (at most ``timeout_s``): woken by the store's push channel
         when it has one, else looking again every ``_POLL_*_S``. True when it came true."""
         woken = threading.Event()
-        watch = getattr(self.store, "watch", None)
-        handle = watch(lambda _due: woken.set()) if watch is not None else None
-        poll = _POLL_SHARED_S if getattr(self.store, "shared", False) else _POLL_LOCAL_S
+        handle = self.store.watch(lambda _due: woken.set())
+        poll = _POLL_SHARED_S if self.store.shared else _POLL_LOCAL_S
         deadline = self._clock() + timeout_s
         try:
             while True:
@@ -480,7 +479,7 @@ class JobService:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return False
-                pushed = handle is not None and bool(getattr(handle, "live", False))
+                pushed = handle is not None and handle.live
                 # with a live push channel a look is only needed when woken; a wake-up lost
                 # to a race is caught by the slower look
                 woken.wait(min(remaining, poll * 10 if pushed else poll))

@@ -50,6 +50,9 @@ def job_json(job: Job) -> dict[str, Any]:
         "priority": job.priority,
         "concurrency_key": job.concurrency_key,
         "dedup_key": job.dedup_key,
+        "unique_key": job.unique_key,
+        "repo": job.repo,
+        "ref": job.ref,
         "attempt": job.attempt,
         "attempts_used": job.attempts_used,
         "max_attempts": job.max_attempts,
@@ -77,6 +80,7 @@ def job_json(job: Job) -> dict[str, Any]:
         if job.started_at is not None and job.timeout_s is not None
         else None,
         "finished_at": iso(job.finished_at),
+        "last_activity_at": iso(job.last_activity_at),
         "updated_at": iso(job.updated_at),
         "version": job.version,
     }

@@ -130,6 +130,8 @@ def settings_of(args: argparse.Namespace, **extra: Any) -> Settings:
         overrides["data_dir"] = Path(os.path.abspath(args.data_dir.expanduser()))
     if args.store is not None:
         overrides["store"] = args.store
+    if args.new_store:
+        overrides["new_store"] = True
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return load_settings(config, **overrides)
 

@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="state, logs and the default SQLite store")
     p.add_argument("--store", help="store URL, e.g. sqlite:///path/jobs.sqlite3")
     p.add_argument("--config", type=Path, help="TOML config file (default: the user config dir)")
+    p.add_argument(
+        "--new-store",
+        action="store_true",
+        help="accept a store other than the one this data dir last worked with (start fresh)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     p.add_argument(

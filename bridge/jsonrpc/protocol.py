@@ -193,6 +193,9 @@ class JobModel(_Result):
     priority: int
     concurrency_key: str | None
     dedup_key: str | None
+    unique_key: str | None
+    repo: str | None
+    ref: str | None
     attempt: int
     attempts_used: int
     max_attempts: int
@@ -218,6 +221,7 @@ class JobModel(_Result):
     started_at: str | None
     timeout_at: str | None = Field(description="started_at + timeout_s")
     finished_at: str | None
+    last_activity_at: str | None = Field(description="when the running attempt last wrote output or progress")
     updated_at: str | None
     version: int
 

@@ -182,7 +182,9 @@ def test_logs_json_prints_the_chunk_with_its_offsets(tmp_path: Path) -> None:
 def test_show_text_has_the_payload_and_the_events_facts(tmp_path: Path) -> None:
     """show prints the payload and, under each event, its facts (pid, exit code…)."""
     data = tmp_path / "d"
-    job_id = submit(data, "--payload", '{"note": "inbox.md", "n": 3}', "--", "sh", "-c", "exit 4")
+    job_id = submit(
+        data, "--max-attempts", "1", "--payload", '{"note": "inbox.md", "n": 3}', "--", "sh", "-c", "exit 4"
+    )
     ok(data, "run", "--until-idle", env=cli_env(data, AGENT_SUPERVISOR_HEARTBEAT_S="0.5"))
     text = ok(data, "show", str(job_id)).stdout
     assert '"note": "inbox.md"' in text and '"n": 3' in text
@@ -468,16 +470,27 @@ def test_submit_json_answers_id_status_and_queue_position(tmp_path: Path) -> Non
 
 
 def test_run_after_delays_a_job(tmp_path: Path) -> None:
-    """submit --run-after 1h: run --until-idle leaves it pending; a past time runs at once."""
+    """submit --run-after 2s: the job starts no earlier than 2 s after it was queued; a time in
+    the past runs at once; a time that is neither is a usage error."""
     data = tmp_path / "d"
-    later = json.loads(ok(data, "submit", "--json", "--run-after", "1h", "--", "true").stdout)
-    assert later["run_after"] is not None
+    later = json.loads(ok(data, "submit", "--json", "--run-after", "2s", "--", "true").stdout)
+    assert later["run_after"] is not None and later["queue_position"] == 1
     now = submit(data, "--run-after", "2020-01-01T00:00:00Z", "--", "true")
-    out = cli(data, "run", "--until-idle", env=cli_env(data, AGENT_SUPERVISOR_POLL_S="0.2"), timeout=20)
-    assert (out.returncode, show(data, now)["status"]) == (0, "completed")
-    assert show(data, later["id"])["status"] == "pending"
+    ok(data, "run", "--until-idle", env=cli_env(data, AGENT_SUPERVISOR_POLL_S="0.2"), timeout=30)
+    delayed, prompt = show(data, later["id"]), show(data, now)
+    assert (delayed["status"], prompt["status"]) == ("completed", "completed")
+    assert delayed["run_after"] == later["run_after"]
+    assert _ts(delayed["run_after"]) > _ts(delayed["created_at"]) + 1  # 2 s from when it was typed
+    assert _ts(delayed["started_at"]) >= _ts(delayed["run_after"])
+    assert _ts(prompt["started_at"]) < _ts(delayed["started_at"])
     bad = cli(data, "submit", "--run-after", "next tuesday", "--", "true")
     assert bad.returncode == 2 and "invalid time 'next tuesday'" in bad.stderr
+
+
+def _ts(text: object) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(text)).timestamp()
 
 
 def test_list_filters_by_kind_repo_and_time(tmp_path: Path) -> None:

@@ -190,3 +190,31 @@ def test_settings_without_schedules_never_import_the_cron_parser() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False"]
+
+
+def test_due_gives_the_slots_jobs_with_their_unique_keys() -> None:
+    """due() turns each due slot into a JobSpec of the schedule's kind, payload and priority,
+    keyed by the slot, so a second enqueue of the same slot finds the first job."""
+    config = ScheduleConfig(
+        cron="0 3 * * *", kind="echo", payload={"folder": "inbox"}, priority=4, timezone="UTC"
+    )
+    s = Schedules({"nightly": config}, zone=UTC)
+    [spec] = s.due(at("2026-12-03T02:59:00"), at("2026-12-03T03:00:05"))
+    assert (spec.kind, spec.payload, spec.priority, spec.unique_key) == (
+        "echo",
+        {"folder": "inbox"},
+        4,
+        "schedule:nightly:2026-12-03T03:00:00Z",
+    )
+
+
+def test_two_supervisors_enqueue_a_slot_once() -> None:
+    """Two Schedules asking about the same slot (two supervisors, skewed clocks) produce the
+    same unique key; the store keeps one job for it."""
+    from supervisor.testing import MemoryStore
+
+    store = MemoryStore()
+    a, b = schedules(), schedules()
+    first = store.enqueue(a.due(at("2026-12-03T02:59:50"), at("2026-12-03T03:00:01")))
+    second = store.enqueue(b.due(at("2026-12-03T02:59:58"), at("2026-12-03T03:00:09")))
+    assert first == second and len(store.list()) == 1

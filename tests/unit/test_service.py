@@ -639,3 +639,38 @@ def test_purge_with_wait_leaves_a_job_that_did_not_stop_in_time(
     result = service.purge(ids=[job.id], wait=True)
     assert (result.deleted, result.cancel_requested) == ((), (job.id,))
     assert store.get(job.id).cancel_requested is CancelMode.CANCEL
+
+
+# -- store protocol v2: filters and queue places ----------------------------------------------
+def test_select_by_kind_and_repo(service: JobService, store: MemoryStore) -> None:
+    """--kind and --repo choose jobs of that kind or repository (any spelling of it)."""
+    summ, echo = service.submit([JobSpec(kind="summarize"), cmd()])
+    [repo_job] = service.submit([JobSpec.from_dict({"command": ["x"], "repo": "octo/notes"})])
+    assert service.select(kinds=["summarize"]) == [summ]
+    assert service.select(repo="https://github.com/Octo/Notes.git") == [repo_job]
+    assert service.select(repo="notes", owner="octo", kinds=["summarize"]) == []
+    assert echo not in service.select(kinds=["summarize"], repo="octo/notes")
+
+
+def test_list_filters_by_creation_time(service: JobService, store: MemoryStore, clock: ManualClock) -> None:
+    """created_after/created_before bound the creation time (store clock)."""
+    early = service.submit([cmd()])[0]
+    clock.advance(100)
+    late = service.submit([cmd()])[0]
+    assert [j.id for j in service.list(created_after=clock() - 50)] == [late]
+    assert [j.id for j in service.list(created_before=clock() - 50)] == [early]
+
+
+def test_queued_tells_status_place_and_delay(
+    service: JobService, store: MemoryStore, clock: ManualClock
+) -> None:
+    """submit --json's answer: pending jobs have a 1-based place in claim order; a delayed one
+    says when it runs; one that is not pending has no place."""
+    live = running(store)
+    low, high = service.submit([cmd(), cmd(priority=9)])
+    [later] = service.submit([cmd(run_after=clock() + 600)])
+    answers = {q.job_id: q for q in service.queued([low, high, later, live.id])}
+    assert (answers[high].queue_position, answers[low].queue_position) == (1, 2)
+    assert answers[later].run_after == clock() + 600
+    assert answers[low].run_after is None
+    assert (answers[live.id].status, answers[live.id].queue_position) == (Status.RUNNING, None)
