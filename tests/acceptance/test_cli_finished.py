@@ -469,14 +469,21 @@ def test_submit_json_answers_id_status_and_queue_position(tmp_path: Path) -> Non
     assert [b["queue_position"] for b in batch] == [3, 4]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine (lead): a wake-up a millisecond before run_after claims nothing, then claim_at "
+    "is inf under a live watch and the job waits forever (supervisor/loop.py _claim_by, _claim)",
+)
 def test_run_after_delays_a_job(tmp_path: Path) -> None:
-    """submit --run-after 2s: the job starts no earlier than 2 s after it was queued; a time in
-    the past runs at once; a time that is neither is a usage error."""
+    """submit --run-after 2s to a running supervisor: the job starts no earlier than its
+    run_after; a time in the past runs at once; a time that is neither is a usage error."""
     data = tmp_path / "d"
-    later = json.loads(ok(data, "submit", "--json", "--run-after", "2s", "--", "true").stdout)
-    assert later["run_after"] is not None and later["queue_position"] == 1
-    now = submit(data, "--run-after", "2020-01-01T00:00:00Z", "--", "true")
-    ok(data, "run", "--until-idle", env=cli_env(data, AGENT_SUPERVISOR_POLL_S="0.2"), timeout=30)
+    with supervisor_process(data, env=cli_env(data, **FAST)):
+        wait_until(lambda: (data / "status.json").exists(), 15, message="supervisor up")
+        later = json.loads(ok(data, "submit", "--json", "--run-after", "2s", "--", "true").stdout)
+        assert later["run_after"] is not None and later["queue_position"] == 1
+        now = submit(data, "--run-after", "2020-01-01T00:00:00Z", "--", "true")
+        wait_until(lambda: show(data, later["id"])["status"] == "completed", 20, message="delayed job done")
     delayed, prompt = show(data, later["id"]), show(data, now)
     assert (delayed["status"], prompt["status"]) == ("completed", "completed")
     assert delayed["run_after"] == later["run_after"]
