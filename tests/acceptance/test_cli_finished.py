@@ -470,7 +470,7 @@ def test_submit_json_answers_id_status_and_queue_position(tmp_path: Path) -> Non
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # a race: the early wake-up is usual, not certain
     reason="engine (lead): a wake-up a millisecond before run_after claims nothing, then claim_at "
     "is inf under a live watch and the job waits forever (supervisor/loop.py _claim_by, _claim)",
 )
