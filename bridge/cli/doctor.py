@@ -133,7 +133,13 @@ def _data_dir(root: Path) -> list[Check]:
 
 
 def _store(settings: Settings) -> tuple[JobStore | None, list[Check]]:
-    from bridge.compose import build_store
+    from bridge.compose import build_store, sqlite_path
+
+    url = settings.store_url
+    if settings.store is None and not sqlite_path(url).exists():  # checking must not create it
+        return None, [
+            Check("store", "ok", f"SQLite store {sqlite_path(url)} does not exist yet; made on first use")
+        ]
 
     try:
         store = build_store(settings, quick=True)
@@ -141,21 +147,27 @@ def _store(settings: Settings) -> tuple[JobStore | None, list[Check]]:
     except SupervisorError as exc:
         fix = "check the store URL and that it is up; for Postgres/Supabase: agent-supervisor db apply"
         return None, [Check("store", "fail", " ".join(str(exc).split()), fix)]
-    identity = getattr(store, "identity", None)
-    known = ""
-    if callable(identity):
-        try:
-            known = f", identity {identity()}"
-        except SupervisorError as exc:
-            store.close()
-            return None, [Check("store", "fail", f"no store identity: {exc}", "agent-supervisor db apply")]
-    url = settings.store_url
-    if url.startswith("sqlite:"):
-        from bridge.compose import sqlite_path
+    from supervisor.datadir import DataDir
+    from supervisor.storeid import remembered_identity
 
-        name = f"SQLite store {sqlite_path(url)}"
-    else:
-        name = repr(store)  # the remote stores' repr names the host, never a secret
+    try:
+        actual = store.identity()
+    except SupervisorError as exc:
+        store.close()
+        return None, [Check("store", "fail", f"no store identity: {exc}", "agent-supervisor db apply")]
+    remembered = remembered_identity(DataDir.at(settings.data_dir))
+    if remembered is not None and remembered != actual:
+        store.close()
+        why = (
+            f"the store (id {actual[:12]}) is not the one data dir {settings.data_dir} worked with "
+            f"(id {remembered[:12]}): replaced, emptied, or the settings point elsewhere"
+        )
+        return None, [
+            Check("store", "fail", why, "point the settings at the old store, or run with --new-store")
+        ]
+    known = f", identity {actual[:12]}"
+    # the remote stores' repr names the host, never a secret
+    name = f"SQLite store {sqlite_path(url)}" if url.startswith("sqlite:") else repr(store)
     return store, [Check("store", "ok", f"{name} answers; schema matches{known}")]
 
 

@@ -130,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="supervise: claim jobs and run their agents")
     run.add_argument("--until-idle", action="store_true", help="exit when nothing is left to run")
     run.add_argument("--concurrency", type=_positive(int), help="agents at once (default 2)")
+    # also after `run` (`run -q`), where people put them; SUPPRESS keeps the global value otherwise
+    run.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no transition lines"
+    )
+    run.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,
+        help="stderr as text or JSON lines",
+    )
 
     s = sub.add_parser("submit", help="queue a job; prints its id")
     s.add_argument("--kind", help="a kind registered in the config file")

@@ -338,12 +338,34 @@ def test_zsh_and_fish_scripts_name_every_command(tmp_path: Path, shell: str) -> 
 # -- doctor -----------------------------------------------------------------------------------
 def test_doctor_on_a_healthy_setup_exits_0(tmp_path: Path) -> None:
     """doctor --json: ok true, and the checks for config, data dir, store, clock, limits, git."""
+    submit(tmp_path / "d", "--", "true")
     out = cli(tmp_path / "d", "doctor", "--json")
     report = json.loads(out.stdout)
     names = {c["name"] for c in report["checks"]}
     assert {"config", "settings", "data dir", "disk", "store", "clock", "limits", "git", "node"} <= names
     failed = [c for c in report["checks"] if c["status"] == "fail"]
     assert (out.returncode, report["ok"], failed) == (0, True, [])
+
+
+def test_doctor_notices_a_replaced_store(tmp_path: Path) -> None:
+    """A data dir that ran jobs on one SQLite store, pointed at another: doctor fails the store
+    check, says why and how to fix it; checking creates nothing."""
+    data = tmp_path / "d"
+    submit(data, "--", "true")
+    ok(data, "run", "--until-idle")
+    other = tmp_path / "other"
+    other.mkdir()
+    ok(data, "--store", f"sqlite://{other}/jobs.sqlite3", "list")  # makes a second, new store
+    out = cli(data, "--store", f"sqlite://{other}/jobs.sqlite3", "doctor")
+    assert out.returncode == 1
+    assert (
+        "FAIL  store" in out.stdout
+        and "is not the one data dir" in out.stdout
+        and "--new-store" in out.stdout
+    )
+    fresh = tmp_path / "fresh"
+    assert json.loads(cli(fresh, "doctor", "--json").stdout)["ok"] is True
+    assert not fresh.exists()
 
 
 def test_doctor_lists_what_to_fix_and_exits_1(tmp_path: Path) -> None:
