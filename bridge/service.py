@@ -4,9 +4,11 @@ A front end parses its input, calls ``JobService`` and renders what comes back; 
 store and holds no rule of its own. The rules here: a submission's defaults, bulk selection
 (``select``: ids plus filters, the statuses a change may take, ``MAX_BULK``), purge (what may
 go, and a running job stopped first with ``wait``), waiting for agents to stop and saying how
-they ended (``wait_stopped``, ``how_ended``), logs by whole characters, health. The service answers with domain objects (``Job``,
-``Event``, ``HealthReport``, ``PurgeResult`` and the small dataclasses below); the stable JSON
-shapes are bridge/views.py's. It prints nothing and knows no JSON-RPC.
+they ended (``wait_stopped``, ``how_ended``), logs by whole characters, health.
+
+The service answers with domain objects (``Job``, ``Event``, ``HealthReport``, ``PurgeResult``
+and the small dataclasses below); the stable JSON shapes are bridge/views.py's. It prints
+nothing and knows no JSON-RPC.
 
 Errors: only the project's tree (supervisor/errors.py), plus two of its own, both subclasses
 of ``SupervisorError``::
