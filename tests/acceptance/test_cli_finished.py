@@ -210,10 +210,6 @@ def test_progress_of_a_finished_job_is_marked_final(tmp_path: Path) -> None:
     assert "4 of 5  (last reported; the job has ended)" in ok(data, "show", str(job_id)).stdout
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine (lead): status.json agent rows do not carry `progress` yet (supervisor/status.py)",
-)
 def test_health_shows_a_running_agents_progress(tmp_path: Path) -> None:
     """While an agent reports progress, health --json has it in its agents[] row and health
     prints it in words."""
