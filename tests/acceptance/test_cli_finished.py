@@ -510,20 +510,39 @@ def test_submit_json_answers_id_status_and_queue_position(tmp_path: Path) -> Non
     assert [b["queue_position"] for b in batch] == [3, 4]
 
 
+def test_run_after_is_kept_and_a_past_time_runs_at_once(tmp_path: Path) -> None:
+    """submit --run-after stores the time (show --json says it); a time already past is
+    claimable at once, so run --until-idle runs it; a time that is neither is a usage error."""
+    data = tmp_path / "d"
+    later = json.loads(
+        ok(data, "submit", "--json", "--run-after", "2026-12-03T09:00:00+01:00", "--", "true").stdout
+    )
+    assert later["run_after"] == show(data, later["id"])["run_after"] == "2026-12-03T08:00:00.000+00:00"
+    relative = json.loads(ok(data, "submit", "--json", "--run-after", "10m", "--", "true").stdout)
+    assert 590 < _ts(relative["run_after"]) - time.time() <= 600
+    ok(data, "cancel", str(later["id"]), str(relative["id"]))
+    past = submit(data, "--run-after", "2020-01-01T00:00:00Z", "--", "true")
+    ok(data, "run", "--until-idle", env=cli_env(data, **FAST), timeout=30)
+    assert show(data, past)["status"] == "completed"
+    bad = cli(data, "submit", "--run-after", "next tuesday", "--", "true")
+    assert bad.returncode == 2 and "invalid time 'next tuesday'" in bad.stderr
+
+
 @pytest.mark.xfail(
-    strict=False,  # a race: the early wake-up is usual, not certain
-    reason="engine (lead): a wake-up a millisecond before run_after claims nothing, then claim_at "
-    "is inf under a live watch and the job waits forever (supervisor/loop.py _claim_by, _claim)",
+    strict=False,  # a race: usually, not always
+    reason="engine (lead): Loop._claim_by arms claim_at from a monotonic time read before the wall "
+    "clock, so the claim can come a moment before run_after; it claims nothing and, under a live "
+    "watch, claim_at becomes inf: the job waits forever (supervisor/loop.py _claim_by, _claim)",
 )
 def test_run_after_delays_a_job(tmp_path: Path) -> None:
     """submit --run-after 2s to a running supervisor: the job starts no earlier than its
-    run_after; a time in the past runs at once; a time that is neither is a usage error."""
+    run_after, and after a job submitted later without a delay."""
     data = tmp_path / "d"
     with supervisor_process(data, env=cli_env(data, **FAST)):
         wait_until(lambda: (data / "status.json").exists(), 15, message="supervisor up")
         later = json.loads(ok(data, "submit", "--json", "--run-after", "2s", "--", "true").stdout)
         assert later["run_after"] is not None and later["queue_position"] == 1
-        now = submit(data, "--run-after", "2020-01-01T00:00:00Z", "--", "true")
+        now = submit(data, "--", "true")
         wait_until(lambda: show(data, later["id"])["status"] == "completed", 20, message="delayed job done")
     delayed, prompt = show(data, later["id"]), show(data, now)
     assert (delayed["status"], prompt["status"]) == ("completed", "completed")
@@ -531,8 +550,20 @@ def test_run_after_delays_a_job(tmp_path: Path) -> None:
     assert _ts(delayed["run_after"]) > _ts(delayed["created_at"]) + 1  # 2 s from when it was typed
     assert _ts(delayed["started_at"]) >= _ts(delayed["run_after"])
     assert _ts(prompt["started_at"]) < _ts(delayed["started_at"])
-    bad = cli(data, "submit", "--run-after", "next tuesday", "--", "true")
-    assert bad.returncode == 2 and "invalid time 'next tuesday'" in bad.stderr
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="engine (lead): a delayed job queued before the supervisor started is never claimed: "
+    "the first look claims nothing and, under a live watch, claim_at becomes inf "
+    "(supervisor/loop.py _claim); nothing tells the loop the job's run_after",
+)
+def test_a_job_delayed_before_the_supervisor_starts_runs_when_due(tmp_path: Path) -> None:
+    """submit --run-after 3s, then run --until-idle: the job runs about three seconds later."""
+    data = tmp_path / "d"
+    job_id = submit(data, "--run-after", "3s", "--", "true")
+    out = cli(data, "run", "--until-idle", env=cli_env(data, **FAST), timeout=15)
+    assert (out.returncode, show(data, job_id)["status"]) == (0, "completed")
 
 
 def _ts(text: object) -> float:
