@@ -72,7 +72,9 @@ def test_run_json_lines_are_one_object_each(tmp_path: Path) -> None:
     events = [json.loads(line) for line in out.stderr.splitlines()]
     assert all({"ts", "type", "message"} <= set(e) for e in events)
     done = next(e for e in events if e["type"] == "job" and e["job_id"] == good and e["to"] == "completed")
-    assert done["from"] == "running" and done["duration_s"] >= 0.2
+    assert (
+        done["from"] == "running" and done["duration_s"] >= 0.15
+    )  # sh -c "sleep 0.2", timed from its start event
 
 
 def test_run_on_a_terminal_draws_a_live_summary_line(tmp_path: Path) -> None:
