@@ -311,6 +311,12 @@ def _reconcile(args: argparse.Namespace, service: JobService, out: TextIO) -> in
     return 0
 
 
+def _workspaces(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
+    from bridge.cli import workspaces  # git and the workspace engine: only for this command
+
+    return workspaces.run(args, service, out)
+
+
 def _dump(data: Any, out: TextIO) -> None:
     json.dump(data, out, indent=2)
     out.write("\n")
@@ -327,5 +333,6 @@ COMMANDS: Final[dict[str, Handler]] = {
     "purge": _purge,
     "health": _health,
     "reconcile": _reconcile,
+    "workspaces": lambda args, service, out: _workspaces(args, service, out),
 }
 """The verbs that work on the job store through the service, by command name."""
