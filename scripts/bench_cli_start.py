@@ -47,7 +47,9 @@ def _time(argv: list[str], env: dict[str, str]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=21, help="runs per command (>= 15)")
-    parser.add_argument("--importtime", metavar="CMD", help="show the slowest imports of one command")
+    parser.add_argument(
+        "--importtime", metavar="CMD", help="the slowest imports of one command, e.g. --importtime=list"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         data = Path(tmp) / "d"
@@ -74,7 +76,9 @@ def main() -> int:
             argv = [*py, "-X", "importtime", "-m", "bridge", *args.importtime.split()]
             out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
             rows = [
-                line for line in out.stderr.splitlines() if line.startswith("import time:") and "|" in line
+                line
+                for line in out.stderr.splitlines()
+                if line.startswith("import time:") and line.split("|")[1].strip().isdigit()
             ]
             rows.sort(key=lambda line: int(line.split("|")[1]), reverse=True)
             print("\n".join(rows[:15]))
