@@ -468,7 +468,12 @@ class JobService:
             return None
 
     def _all_stopped(self, ids: Sequence[int]) -> bool:
-        return all((job := self._get_or_none(i)) is None or job.status not in LIVE for i in ids)
+        """No job of ``ids`` holds an agent: one ``list`` of the live jobs (few: at most the
+        running agents of every supervisor) however many ids a bulk change waits for."""
+        if not ids:
+            return True
+        live = {j.id for j in self.store.list(statuses=LIVE)}
+        return live.isdisjoint(ids)
 
     def _await(self, done: Callable[[], bool], timeout_s: float) -> bool:
         """Wait until ``done()`` (at most ``timeout_s``): woken by the store's push channel
