@@ -43,6 +43,7 @@ from supervisor.errors import (
     IllegalTransitionError,
     JobNotFoundError,
     LeaseLostError,
+    StoreError,
     SupervisorError,
     UpdateConflictError,
 )
@@ -411,6 +412,7 @@ class JobService:
             older_than_s=older_than_s,
         )
         self._changed()
+        self._forget_files(result.deleted)
         if not wait or not result.cancel_requested:
             return result
         live = list(result.cancel_requested)
@@ -418,8 +420,23 @@ class JobService:
         settled = [j.id for j in map(self._get_or_none, live) if j is not None and j.status not in LIVE]
         later = self.store.purge(ids=settled) if settled else PurgeResult((), ())
         self._changed()
+        self._forget_files(later.deleted)
         still = tuple(i for i in live if i not in later.deleted)
         return PurgeResult(result.deleted + later.deleted, still)
+
+    def _forget_files(self, job_ids: Sequence[int]) -> None:
+        """A purged job's run dirs and logs go with its row (those of this store only)."""
+        if not job_ids:
+            return
+        from supervisor.datadir import DataDir
+        from supervisor.retention import remove_job_files
+
+        datadir = DataDir.at(self.settings.data_dir)
+        try:
+            datadir = datadir.for_store(self.store.identity())
+        except StoreError:
+            return  # which store's files they are is unknown: retention takes them later
+        remove_job_files(datadir, job_ids)
 
     # -- waiting ---------------------------------------------------------------------------
     @property

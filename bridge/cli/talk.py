@@ -52,7 +52,8 @@ _SYNCED: Final = "synced from the outbox"  # supervisor/sync.py's reason for a r
 # supervisor/loop.py and supervisor/recovery.py.
 _OUTAGE_TEMPLATES: Final = frozenset(
     {
-        "store unavailable; no new work for %.0f s: %s",
+        "store unreachable; running agents carry on, nothing new starts: %s",
+        "store unreachable; outcomes wait in the outbox: %s",
         "heartbeat failed: %s",
         "outbox: %d outcomes wait for the store (%s)",
         "job %d: store unavailable, outcome kept in the outbox: %s",

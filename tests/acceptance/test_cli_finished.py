@@ -528,12 +528,6 @@ def test_run_after_is_kept_and_a_past_time_runs_at_once(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "invalid time 'next tuesday'" in bad.stderr
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: usually, not always
-    reason="engine (lead): Loop._claim_by arms claim_at from a monotonic time read before the wall "
-    "clock, so the claim can come a moment before run_after; it claims nothing and, under a live "
-    "watch, claim_at becomes inf: the job waits forever (supervisor/loop.py _claim_by, _claim)",
-)
 def test_run_after_delays_a_job(tmp_path: Path) -> None:
     """submit --run-after 2s to a running supervisor: the job starts no earlier than its
     run_after, and after a job submitted later without a delay."""
@@ -552,12 +546,6 @@ def test_run_after_delays_a_job(tmp_path: Path) -> None:
     assert _ts(prompt["started_at"]) < _ts(delayed["started_at"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine (lead): a delayed job queued before the supervisor started is never claimed: "
-    "the first look claims nothing and, under a live watch, claim_at becomes inf "
-    "(supervisor/loop.py _claim); nothing tells the loop the job's run_after",
-)
 def test_a_job_delayed_before_the_supervisor_starts_runs_when_due(tmp_path: Path) -> None:
     """submit --run-after 3s, then run --until-idle: the job runs about three seconds later."""
     data = tmp_path / "d"

@@ -674,3 +674,25 @@ def test_queued_tells_status_place_and_delay(
     assert answers[later].run_after == clock() + 600
     assert answers[low].run_after is None
     assert (answers[live.id].status, answers[live.id].queue_position) == (Status.RUNNING, None)
+
+
+def test_purge_removes_the_files_of_the_jobs_it_deleted(tmp_path: Path) -> None:
+    """A purge takes the deleted jobs' run dirs and logs with their rows, and leaves other
+    jobs' files alone."""
+    from supervisor.datadir import prepare_data_dir
+
+    store = MemoryStore()
+    settings = Settings(data_dir=tmp_path / "d")
+    service = JobService(settings, store)
+    gone, kept = store.enqueue([JobSpec(command=("x",)), JobSpec(command=("y",))])
+    for job_id in (gone, kept):
+        [job] = store.claim("w", 1, lease_s=30)
+        store.finish(job.id, "w", job.attempt, Outcome())
+    datadir = prepare_data_dir(tmp_path / "d").for_store(store.identity())
+    datadir.prepare_store_dirs()
+    for job_id in (gone, kept):
+        datadir.attempt_dir(job_id, 1)
+        datadir.log_path(job_id, 1).write_text("out\n")
+    service.purge(ids=[gone])
+    assert not datadir.attempt_path(gone, 1).exists() and not datadir.log_path(gone, 1).exists()
+    assert datadir.attempt_path(kept, 1).exists() and datadir.log_path(kept, 1).exists()
