@@ -203,6 +203,7 @@ class JobModel(_Result):
     timeout_s: float | None
     idle_timeout_s: float | None
     stuck_after_s: float | None
+    queue_timeout_s: float | None
     pid: int | None
     exit_code: int | None
     signal: int | None
@@ -212,6 +213,7 @@ class JobModel(_Result):
     output_tail: str | None
     progress: Any
     progress_final: bool = Field(description="the job has ended; progress is its last report")
+    stats: Any = Field(description="the running attempt's tree: rss_bytes, cpu_percent, processes")
     payload: Any
     cancel_requested: CancelMode | None
     lease_owner: str | None
