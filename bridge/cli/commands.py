@@ -55,6 +55,7 @@ _SPEC_OPTIONS: Final = (
     "queue_timeout_s",
     "repo",
     "owner",
+    "ref",
     "run_after",
 )
 _FOLLOW_LOCAL_S: Final = 0.25  # following a file: there is no event to wait on portably

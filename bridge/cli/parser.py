@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repo", help="a repository (URL or owner/repo): one running job per repository")
     s.add_argument("--owner", help="the repository owner, with a bare --repo name")
     s.add_argument(
+        "--ref", help="the branch, tag or commit of --repo to check out (default: its default branch)"
+    )
+    s.add_argument(
         "--queue-timeout",
         type=_positive(float),
         dest="queue_timeout_s",
