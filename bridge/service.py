@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # the engine's heavier modules load only in the methods that 
     from supervisor.health import HealthReport
     from supervisor.reconcile import Decision
     from supervisor.settings import Settings
+    from supervisor.workspaces import MirrorInfo, PruneReport, Workspaces
 
 __all__ = [
     "CANCELLABLE",
@@ -626,6 +627,30 @@ class JobService:
         decisions = sup.reconcile()
         self._changed()
         return Reconciliation(ran=True, decisions=decisions, outbox_depth=sup.outbox_depth)
+
+    # -- workspaces ----------------------------------------------------------------------
+    def workspaces(self) -> builtins.list[MirrorInfo]:
+        """The repository mirrors held in the data dir, each with the jobs holding a
+        worktree of it. Reads a few small files and sizes the mirrors: no git, no store."""
+        return self._workspaces().mirrors()
+
+    def prune_workspaces(self) -> PruneReport:
+        """Apply the workspace retention policy now (what the supervisor's retention pass
+        does): finished worktrees, mirrors unused past ``workspace_max_age_s`` or beyond
+        ``workspace_max_bytes``. Keeps the worktree of every job the store has preparing or
+        running, whoever runs it, so it needs the store: a ``StoreError`` rather than a guess."""
+        from supervisor.workspaces import live_attempts
+
+        return self._workspaces().prune(live=live_attempts(self.store))
+
+    def _workspaces(self) -> Workspaces:
+        from supervisor.datadir import DataDir
+        from supervisor.workspaces import Workspaces, WorkspaceSettings
+
+        return Workspaces(
+            DataDir.at(self.settings.data_dir).workspaces,
+            settings=WorkspaceSettings.from_settings(self.settings),
+        )
 
     # -- internals -----------------------------------------------------------------------
     def _each(

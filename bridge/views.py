@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from bridge.service import ChangeResult, JobDetail, LogChunk, Queued, Reconciliation, Stopped
     from supervisor.health import HealthReport
     from supervisor.store import PurgeResult
+    from supervisor.workspaces import MirrorInfo, PruneReport
 
 __all__ = [
     "change_json",
@@ -27,6 +28,8 @@ __all__ = [
     "iso",
     "job_json",
     "logs_json",
+    "mirror_json",
+    "prune_report_json",
     "purge_json",
     "queued_json",
     "reconcile_json",
@@ -173,3 +176,18 @@ def logs_json(chunk: LogChunk) -> dict[str, Any]:
         "eof": chunk.eof,
         "size": chunk.size,
     }
+
+
+def mirror_json(mirror: MirrorInfo) -> dict[str, Any]:
+    """One mirror of ``workspaces --json`` (and JSON-RPC ``workspaces``): the repository, its
+    URL (no credentials: they never enter one), path, size, when last fetched and used (ISO
+    8601 UTC) and the ``{job_id, attempt}`` of every worktree made from it."""
+    data = mirror.to_json()
+    data["fetched_at"], data["used_at"] = iso(mirror.fetched_at), iso(mirror.used_at)
+    return data
+
+
+def prune_report_json(report: PruneReport) -> dict[str, Any]:
+    """``workspaces prune --json`` (and JSON-RPC ``workspaces.prune``): worktrees removed and
+    kept as ``[job_id, attempt]``, mirrors removed, mirrors skipped as busy, bytes freed."""
+    return report.to_json()

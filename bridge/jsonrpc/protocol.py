@@ -53,6 +53,7 @@ __all__ = [
     "GetResult",
     "HealthAlertParams",
     "HealthModel",
+    "HolderModel",
     "IdParams",
     "JobChangedParams",
     "JobList",
@@ -61,8 +62,10 @@ __all__ = [
     "LogsParams",
     "LogsResult",
     "Method",
+    "MirrorModel",
     "Mode",
     "NoParams",
+    "PruneWorkspacesResult",
     "PurgeParams",
     "PurgeResultModel",
     "ReconcileResult",
@@ -72,6 +75,7 @@ __all__ = [
     "SubmitResult",
     "SubscribeParams",
     "SubscribeResult",
+    "WorkspacesResult",
     "schema_document",
 ]
 
@@ -266,6 +270,33 @@ class LogsResult(_Result):
     attempt: int
 
 
+class HolderModel(_Result):
+    job_id: int
+    attempt: int
+
+
+class MirrorModel(_Result):
+    repository: str = Field(description="host/owner/name, or local/<name>-<hash> for a local path")
+    url: str = Field(description="where it is fetched from; never holds a credential")
+    path: str
+    size_bytes: int = Field(description="as last measured (after a fetch or a prune)")
+    fetched_at: str | None = Field(description="ISO 8601 UTC")
+    used_at: str | None = Field(description="ISO 8601 UTC: a job's worktree was last made from it")
+    jobs: list[HolderModel] = Field(description="attempts holding a worktree of it now")
+
+
+class WorkspacesResult(RootModel[list[MirrorModel]]):
+    """The repository mirrors held in the data dir, as ``workspaces --json``."""
+
+
+class PruneWorkspacesResult(_Result):
+    trees_removed: list[tuple[int, int]] = Field(description="[job_id, attempt] of each worktree removed")
+    trees_kept: list[tuple[int, int]] = Field(description="live, or failed within workspace_keep_failed_s")
+    mirrors_removed: list[str]
+    busy: list[str] = Field(description="mirrors being prepared for a job: skipped")
+    bytes_freed: int
+
+
 class DecisionModel(_Result):
     job_id: int
     attempt: int
@@ -362,6 +393,10 @@ METHODS: Final[dict[str, Method]] = {
     "health": Method(NoParams, HealthModel, False, "counts and alerts, as `health --json`"),
     "logs": Method(LogsParams, LogsResult, False, "a page of an attempt's output (default: the tail)"),
     "reconcile": Method(NoParams, ReconcileResult, True, "settle agents a crashed supervisor left"),
+    "workspaces": Method(NoParams, WorkspacesResult, False, "repository mirrors held (`workspaces --json`)"),
+    "workspaces.prune": Method(
+        NoParams, PruneWorkspacesResult, True, "delete finished worktrees and unused mirrors now"
+    ),
     "shutdown": Method(ShutdownParams, ShutdownResult, False, "answer, then stop the server"),
     "subscribe": Method(SubscribeParams, SubscribeResult, False, "start sending notifications"),
     "unsubscribe": Method(SubscribeParams, SubscribeResult, False, "stop sending notifications"),
