@@ -36,8 +36,10 @@ __all__ = [
     "TaggedProcess",
     "TreeSampler",
     "boot_id",
+    "comm",
     "identity_of",
     "memory",
+    "new_children",
     "reap_orphans",
     "same_process",
     "scan_tagged",
@@ -298,14 +300,59 @@ class _Row(NamedTuple):
     cpu_s: float
     rss_bytes: int
     zombie: bool
+    session: int
 
 
 def _parse_row(raw: bytes) -> _Row:
     f = raw[raw.rindex(b")") + 2 :].split()
-    # f[0] field 3 state, f[1] 4 ppid, f[2] 5 pgrp, f[11]/f[12] 14/15 utime/stime,
-    # f[19] 22 starttime, f[21] 24 rss in pages
+    # f[0] field 3 state, f[1] 4 ppid, f[2] 5 pgrp, f[3] 6 session, f[11]/f[12] 14/15
+    # utime/stime, f[19] 22 starttime, f[21] 24 rss in pages
     cpu = (int(f[11]) + int(f[12])) / _TICK
-    return _Row(int(f[1]), int(f[2]), int(f[19]), cpu, int(f[21]) * _PAGE, f[0] in (b"Z", b"X"))
+    zombie = f[0] in (b"Z", b"X")
+    return _Row(int(f[1]), int(f[2]), int(f[19]), cpu, int(f[21]) * _PAGE, zombie, int(f[3]))
+
+
+def _last_pid() -> int | None:
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def comm(pid: int) -> str:
+    """The process's command name (``/proc/<pid>/comm``); "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:  # gone, or not Linux
+        return ""
+
+
+def new_children(after: int) -> list[tuple[int, int, int]]:
+    """(pid, starttime, session) of our live children created after process ``after``.
+
+    Linux hands out pids in increasing order, wrapping at pid_max (kernel/pid.c), so a process
+    born after ``after`` has a pid in the cyclic interval (after, ns_last_pid]: only those are
+    read, a handful where a full pass reads every process (~10 us each). A full wrap-around
+    during the agent's life hides some: the periodic pass over the whole table finds them.
+    """
+    last, me = _last_pid(), os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if last is not None and not (after < pid <= last if after <= last else pid > after or pid <= last):
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                row = _parse_row(f.read())
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        if row.ppid == me and not row.zombie:
+            found.append((pid, row.starttime, row.session))
+    return found
 
 
 class ProcessTable:
@@ -367,6 +414,9 @@ class TreeSampler:
     tag: tuple[str, str, str]
     since: float  # monotonic start of the first interval
     table: ProcessTable = field(default_factory=ProcessTable)
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    """(pid, starttime) of every live process a sample found in the tree (Linux): an escapee
+    that leaves later is still known by it (``escapees.attribute``). The caller may share it."""
     _cpu: dict[tuple[int, int | float], float] = field(default_factory=dict)
 
     def sample(self) -> TreeStats | None:
@@ -413,11 +463,16 @@ class TreeSampler:
                 break
             tree.update(orphans)
             stack.extend(orphans)
-        return at, {
+        members: dict[tuple[int, int | float], tuple[float, int]] = {
             (pid, table[pid].starttime): (table[pid].cpu_s, table[pid].rss_bytes)
             for pid in tree
             if not table[pid].zombie
         }
+        # forget the dead (bounded), remember the living
+        gone = {k for k in self.seen if k[0] not in table or table[k[0]].starttime != k[1]}
+        self.seen -= gone
+        self.seen.update((pid, int(start)) for pid, start in members)
+        return at, members
 
     def _members_psutil(self) -> dict[tuple[int, int | float], tuple[float, int]]:
         out: dict[tuple[int, int | float], tuple[float, int]] = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor import cgroups, limits, procs, proctable
+from supervisor import agentcgroup, cgroups, limits, procs, proctable
 from supervisor.limits import Limits
 from supervisor.procs import AgentProcess
 from tests.support import kill_tagged, wait_until
@@ -66,7 +66,7 @@ class Agents:
         self.tmp = tmp_path
         self.worker = f"limits-{uuid.uuid4().hex[:10]}"
         self.spawned: list[AgentProcess] = []
-        self.cgroups = cgroups.Cgroups(ENF)
+        self.cgroups = limits.Cgroups(ENF)
 
     def spawn(self, argv: list[str], lim: Limits | None, job_id: int = 1) -> AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SUPERVISOR_")}
@@ -286,6 +286,7 @@ def test_close_of_a_running_agent_keeps_its_cgroup_for_readoption(agents: Agents
     finished(agent, 5)
     wait_until(lambda: again.poll() is not None, 5, message="the adopted view to see the end")
     again.close()
+
     # the killed sleep, re-parented to us, keeps a v1 cgroup busy until reap_orphans reaps it
     def removed() -> bool:
         proctable.reap_orphans(())
@@ -318,17 +319,17 @@ def test_failed_cgroup_join_still_runs_the_agent_and_reports_the_fallback(
     """If cgroup.procs refuses the wrapper, the agent runs anyway, outside, with the NPROC fallback."""
     if ENF is None or not ENF.bases():
         pytest.skip(f"no cgroup here ({HOST})")
-    real_write = cgroups._write
+    real_write = agentcgroup.write_file
 
     def refuse_procs(path: str, text: str) -> None:
         if path.endswith("cgroup.procs"):
             raise PermissionError(13, "Permission denied", path)
         real_write(path, text)
 
-    monkeypatch.setattr(cgroups, "_write", refuse_procs)
+    monkeypatch.setattr(agentcgroup, "write_file", refuse_procs)
     # as if we were not root: the wrapper then receives an RLIMIT_NPROC through the handshake
     not_root = cgroups.Enforcement(**{**vars(ENF), "nproc_exempt": False})
-    agents.cgroups = cgroups.Cgroups(not_root)
+    agents.cgroups = limits.Cgroups(not_root)
     script = f"cat /proc/self/cgroup; ulimit -{limits.nproc_flag()}"
     agent = agents.spawn(["sh", "-c", script], Limits(pids_max=25))
     assert finished(agent, 5).exit_code == 0
@@ -351,7 +352,7 @@ def test_without_cgroups_the_wrapper_alone_applies_rlimits_and_memory_is_sampled
     agents: Agents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rlimit backend (macOS, cgroup-less Linux): no handshake, RLIMIT_NPROC set, memory sampled."""
-    agents.cgroups = cgroups.Cgroups(cgroups.Enforcement("rlimit", nproc_exempt=False))
+    agents.cgroups = limits.Cgroups(cgroups.Enforcement("rlimit", nproc_exempt=False))
     script = f"readlink /proc/self/fd/0; ulimit -{limits.nproc_flag()}; cat /proc/self/cgroup"
     agent = agents.spawn(["sh", "-c", script], Limits(pids_max=25, memory_max_bytes=64 << 20))
     assert (

@@ -1,0 +1,316 @@
+"""Escaped descendants: processes that left an agent's tree, tied back to their job and stopped.
+
+A grandchild that calls ``setsid`` (or a double fork into a new group) escapes the group kill,
+and one that also clears its environment escapes the env-tag scan: it outlived its job every
+time before this module (issue 11, fault F4). Three things still find it:
+
+- **the subreaper**: with ``PR_SET_CHILD_SUBREAPER`` (the CLI's ``run`` and the stdio bridge
+  set it) an orphaned descendant is re-parented to the supervisor (prctl(2)), so every live
+  child of ours that is none of our wrappers, and not in our own session (processes we start
+  ourselves for other work never leave it), is an escapee;
+- **the agent's cgroup** (agents with limits): membership survives setsid, a double fork and
+  a cleared environment, and a restart after a crash finds the cgroup by its name;
+- **the env tag**, for escapees that kept their environment.
+
+Each is tied to a job by the strongest clue at hand (``attribute``): its cgroup, its env tag, its
+session (a double fork keeps the agent's session; a setsid escapee's children keep the
+escapee's), the agent's tree samples that saw it before it left, or a descriptor it still holds
+on the agent's log or run dir. An escapee of a running agent is noted on it and kept until the
+agent ends (a daemon it started may be in use); at the agent's end it gets SIGTERM, and SIGKILL
+once the stop grace has passed (``Escapes.escalate``, on later ticks: the loop never waits). An
+escapee no running agent claims is stopped at once; when nothing names its job it is logged
+and counted by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Final
+
+from supervisor.agentcgroup import agent_name
+from supervisor.clock import Clock
+from supervisor.processes import Escapee
+from supervisor.proctable import ProcessTable, comm, identity_of, new_children, same_process, signal_process
+
+if TYPE_CHECKING:
+    from supervisor.procs import AgentProcess
+
+__all__ = ["Candidate", "Clues", "Escapes", "attribute", "describe_candidate"]
+
+_SCAN_EVERY_S: Final = 1.0
+"""How often running agents' orphans are looked for (a pass over the process table)."""
+_RECENT: Final = 64
+"""Ended agents remembered to name escapees that appear after their outcome was recorded."""
+_RECENT_S: Final = 30.0
+"""How long after an agent's end its late escapees are still looked for."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What /proc says about one process that may have escaped an agent."""
+
+    pid: int
+    starttime: int
+    session: int
+    name: str = ""
+    tag: tuple[str, str, str] | None = None
+    """(job, attempt, worker) from its environment, if it kept it."""
+    cgroups: frozenset[str] = frozenset()
+    """Names of the agent cgroups (``<job>-<attempt>-<worker>``) it is a member of."""
+    files: tuple[str, ...] = ()
+    """What its open descriptors point to."""
+
+
+@dataclass
+class Clues:
+    """What is known of one agent, to recognise what came from it."""
+
+    job_id: int
+    attempt: int
+    worker: str
+    session: int
+    """The wrapper's pid: the agent's session id (a pid is never reused while a session of
+    that id exists)."""
+    log_path: str
+    run_dir: str
+    sessions: set[int] = field(default_factory=set)
+    """Sessions of its escapees that made their own (setsid: session == their pid)."""
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    """(pid, starttime) of every process its tree samples saw."""
+    ended_at: float | None = None
+    """When its wrapper was reaped (the supervisor's monotonic clock); None while it runs."""
+
+    @property
+    def cgroup(self) -> str:
+        """Its cgroup's name (``agentcgroup.agent_name``)."""
+        return agent_name(self.job_id, self.attempt, self.worker)
+
+
+def attribute(c: Candidate, clues: Iterable[Clues]) -> tuple[Clues | None, str]:
+    """The agent ``c`` came from and the clue that says so (``Escapee.found_by``), strongest
+    clue first: the kernel's cgroup membership, the env tag, the session, a tree sample, an
+    open descriptor on the agent's log or run dir. (None, "") when nothing names one."""
+    clues = list(clues)
+
+    def matches(found_by: str, k: Clues) -> bool:
+        if found_by == "cgroup":
+            return k.cgroup in c.cgroups
+        if found_by == "env tag":
+            return c.tag == (str(k.job_id), str(k.attempt), k.worker)
+        if found_by == "session":
+            return c.session == k.session or c.session in k.sessions
+        if found_by == "tree sample":
+            return (c.pid, c.starttime) in k.seen
+        return any(f == k.log_path or f.startswith(k.run_dir + os.sep) for f in c.files)
+
+    for found_by in ("cgroup", "env tag", "session", "tree sample", "open file"):
+        for k in clues:
+            if matches(found_by, k):
+                return k, found_by
+    return None, ""
+
+
+def describe_candidate(pid: int, starttime: int, session: int, table: ProcessTable) -> Candidate:
+    """Read the rest of a candidate's clues from /proc (name, tag, cgroups, descriptors)."""
+    name, cgroups, files = "", set(), []
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm", "rb") as f:
+        name = f.read().decode("utf-8", "replace").strip()
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/cgroup", "rb") as f:
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            _, _, path = line.partition(":")[2].partition(":")
+            head, _, leaf = path.rpartition("/")
+            if head.endswith("/agent-supervisor"):
+                cgroups.add(leaf.rsplit(".", 1)[0] if leaf[-2:-1] == "." else leaf)
+                cgroups.add(leaf)
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                files.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    tag = table.tag_of(pid, starttime)
+    return Candidate(pid, starttime, session, name, tag, frozenset(cgroups), tuple(files))
+
+
+class Escapes:
+    """The escapee bookkeeping of one ``OsProcesses``: the agents that may leave escapees, the
+    stops under way, and the clues of recently ended agents. ``subreaper``: set when this
+    process asked to be the subreaper (``OsProcesses.set_child_subreaper``); only then are its
+    children taken for escapees (a host's own children in a new session must never be)."""
+
+    def __init__(self, table: ProcessTable, clock: Clock) -> None:
+        self.table = table
+        self._clock = clock
+        self.subreaper = False
+        self._lock = threading.Lock()
+        self._agents: weakref.WeakSet[AgentProcess] = weakref.WeakSet()
+        self._stopping: dict[tuple[int, str], float] = {}  # (pid, identity) -> SIGTERM sent at
+        self._reported: set[tuple[int, str]] = set()
+        self._recent: deque[Clues] = deque(maxlen=_RECENT)
+        self._next_scan = 0.0
+        self._ended = False
+
+    # -- agents come and go --------------------------------------------------------------
+    def register(self, agent: AgentProcess) -> None:
+        """Watch for ``agent``'s escapees until it ends (spawn and attach call this)."""
+        with self._lock:
+            self._agents.add(agent)
+
+    def forget(self, agent: AgentProcess) -> None:
+        """``agent`` is closed: no longer a source of escapees."""
+        with self._lock:
+            self._agents.discard(agent)
+
+    def _ended_now(self, agent: AgentProcess) -> None:
+        agent.clues.ended_at = self._clock.monotonic()
+        with self._lock:
+            self._agents.discard(agent)
+            self._recent.append(agent.clues)
+            self._ended = True
+
+    def _live(self) -> list[AgentProcess]:
+        with self._lock:
+            return list(self._agents)
+
+    # -- stopping ------------------------------------------------------------------------
+    def stop(self, escapee: Escapee) -> Escapee:
+        """SIGTERM it (identity-checked), to be escalated by ``escalate``; its record with the
+        signal sent (unchanged when it is gone already or not ours to signal)."""
+        key = (escapee.pid, escapee.identity)
+        with self._lock:
+            if key in self._stopping:
+                return escapee
+        if not signal_process(escapee.pid, escapee.identity, signal.SIGTERM):
+            return escapee
+        with self._lock:
+            self._stopping[key] = self._clock.monotonic()
+        return replace(escapee, stopped_with="SIGTERM")
+
+    def escalate(self, grace_s: float) -> list[int]:
+        """SIGKILL the stopped escapees still alive ``grace_s`` after their SIGTERM, and forget
+        the ones that are gone; the pids killed."""
+        now = self._clock.monotonic()
+        with self._lock:
+            stopping = list(self._stopping.items())
+        killed, done = [], []
+        for (pid, identity), term_at in stopping:
+            if not same_process(pid, identity):
+                done.append((pid, identity))
+            elif now - term_at >= grace_s:
+                done.append((pid, identity))
+                if signal_process(pid, identity, signal.SIGKILL):
+                    killed.append(pid)
+        with self._lock:
+            for key in done:
+                self._stopping.pop(key, None)
+        return killed
+
+    @property
+    def stopping(self) -> int:
+        """Escapees sent SIGTERM and not yet seen gone."""
+        with self._lock:
+            return len(self._stopping)
+
+    # -- finding -------------------------------------------------------------------------
+    def _candidates(self, rows: Iterable[tuple[int, int, int]]) -> list[tuple[Candidate, str]]:
+        """(candidate, identity) for each (pid, starttime, session) of a live child of ours
+        that is none of our wrappers, not in our own session (what this process starts for
+        other work stays there), and not already noted, stopped or reported."""
+        live = self._live()
+        wrappers = {a.pid for a in live}
+        noted = {pid for a in live for pid in a.escaped_pids()}
+        own = os.getsid(0)
+        out = []
+        for pid, starttime, session in rows:
+            if pid in wrappers or pid in noted or session == own:
+                continue
+            identity = identity_of(pid)
+            with self._lock:
+                known = (pid, identity) in self._stopping or (pid, identity) in self._reported
+            if identity is not None and not known:
+                out.append((describe_candidate(pid, starttime, session, self.table), identity))
+        return out
+
+    def at_end(self, agent: AgentProcess, members: Iterable[tuple[int, str, str]]) -> tuple[Escapee, ...]:
+        """All of ``agent``'s escapees as its wrapper is reaped: ``members`` (pid, identity,
+        found_by) from its cgroup or tag, the escapees noted during its run, and (as a
+        subreaper) orphans of ours born since it started that the clues tie to it. Each one
+        still alive gets SIGTERM now; the escalation comes from later ``escalate`` calls."""
+        for pid, identity, found_by in members:
+            agent.note(Escapee(pid, identity, agent.job_id, agent.attempt, found_by, comm(pid)))
+        if self.subreaper:
+            live = [agent, *(a for a in self._live() if a is not agent)]
+            owners = {id(a.clues): a for a in live}
+            for c, identity in self._candidates(new_children(agent.pid)):
+                clues, found_by = attribute(c, [a.clues for a in live])
+                if clues is not None:
+                    owners[id(clues)].note(
+                        Escapee(c.pid, identity, clues.job_id, clues.attempt, found_by, c.name)
+                    )
+        out = []
+        for escapee in agent.escapees():
+            if escapee.stopped_with is None and same_process(escapee.pid, escapee.identity):
+                escapee = self.stop(escapee)
+                agent.note(escapee, update=True)
+            out.append(escapee)
+        self._ended_now(agent)
+        return tuple(out)
+
+    def sweep(self, tagged: Iterable[tuple[int, str, int, int]]) -> list[Escapee]:
+        """The periodic pass (``OsProcesses.orphans``): a child of ours (as a subreaper) that the
+        clues tie to a running agent is noted on it; any other, and every ``tagged`` process
+        (pid, identity, job, attempt) of no running agent, gets SIGTERM. The escapees stopped."""
+        now = self._clock.monotonic()
+        live = self._live()
+        owners = {id(a.clues): a for a in live}
+        with self._lock:
+            recent = [k for k in self._recent if k.ended_at is not None and now - k.ended_at < _RECENT_S]
+        found: list[Escapee] = []
+        if self.subreaper:
+            _, rows = self.table.rows()
+            me = os.getpid()
+            children = [(p, r.starttime, r.session) for p, r in rows.items() if r.ppid == me and not r.zombie]
+            for c, identity in self._candidates(children):
+                clues, found_by = attribute(c, [*(a.clues for a in live), *recent])
+                job_id, attempt = (clues.job_id, clues.attempt) if clues is not None else (None, None)
+                escapee = Escapee(c.pid, identity, job_id, attempt, found_by, c.name)
+                if clues is not None and id(clues) in owners:
+                    owners[id(clues)].note(escapee)
+                else:
+                    found.append(self._report(self.stop(escapee)))
+        running = {(a.job_id, a.attempt) for a in live}
+        for pid, identity, job_id, attempt in tagged:
+            with self._lock:
+                known = (pid, identity) in self._stopping or (pid, identity) in self._reported
+            if (job_id, attempt) not in running and not known:
+                escapee = Escapee(pid, identity, job_id, attempt, "env tag", comm(pid))
+                found.append(self._report(self.stop(escapee)))
+        return found
+
+    def _report(self, escapee: Escapee) -> Escapee:
+        with self._lock:
+            self._reported.add((escapee.pid, escapee.identity))
+            reported = list(self._reported) if len(self._reported) > 4 * _RECENT else None
+        if reported is not None:  # forget the dead: bounded memory
+            alive = {k for k in reported if same_process(*k)}
+            with self._lock:
+                self._reported &= alive
+        return escapee
+
+    def due(self, running: bool) -> tuple[bool, bool]:
+        """(look for orphans, look for tags) now? Orphans at most once a second while agents
+        run or one ended recently, and at once after an end; tags only after an end (a tag
+        scan reads every process's environment)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            recent = any(k.ended_at is not None and now - k.ended_at < _RECENT_S for k in self._recent)
+            ended, self._ended = self._ended, False
+            if ended or ((running or recent) and now >= self._next_scan):
+                self._next_scan = now + _SCAN_EVERY_S
+                return True, ended
+            return False, False
