@@ -19,11 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from supervisor import proctable
 from supervisor.agentcgroup import AgentCgroup, Counters
 from supervisor.clock import SYSTEM_CLOCK, Clock
 from supervisor.datadir import AttemptFiles
-from supervisor.escapees import Clues, Escapes
+from supervisor.escapees import Clues, Escapes, comm, holders
 from supervisor.limits import Cgroups, breach_of, describe
 from supervisor.processes import TAG_ATTEMPT, TAG_JOB, TAG_WORKER, Escapee, ExitStatus, Limits, TreeStats
 from supervisor.proctable import (
@@ -128,9 +127,9 @@ class AgentProcess:
     _final_events: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.clues = Clues(
-            self.job_id, self.attempt, self.worker, self.pgid, str(self.log_path), str(self.run_dir)
-        )
+        # real paths: /proc/<pid>/fd links name files by their resolved path
+        log_path, run_dir = os.path.realpath(self.log_path), os.path.realpath(self.run_dir)
+        self.clues = Clues(self.job_id, self.attempt, self.worker, self.pgid, log_path, run_dir)
         if self._escapes is not None:
             self._escapes.register(self)
 
@@ -156,8 +155,8 @@ class AgentProcess:
             pidfd = None
         cgroups = cgroups if cgroups is not None else Cgroups()
         cgroup = None
-        if sys.platform == "linux":
-            cgroup = cgroups.find(pid) if live else cgroups.named(job_id, attempt, worker)
+        if sys.platform == "linux":  # a zombie wrapper has left its cgroup: then by name
+            cgroup = (cgroups.find(pid) if live else None) or cgroups.named(job_id, attempt, worker)
         if cgroup is not None and limits is None:
             limits = Limits(
                 memory_max_bytes=cgroup.memory_max, pids_max=cgroup.pids_max, cpu_max=cgroup.cpu_max
@@ -266,8 +265,9 @@ class AgentProcess:
         not hand out a pid still in use as a process group id, so the group cannot have been
         reused yet — and it costs one killpg instead of a scan of every process. Escaped
         descendants (outside the group: its cgroup's other members, the escapees noted during
-        its run, orphans of ours the clues tie to it, and for an adopted agent its tagged
-        processes) get SIGTERM and are listed in ``ExitStatus.escaped``.
+        its run, orphans of ours the clues tie to it, and for an adopted agent, which is no
+        longer our child, its tagged processes and those holding its log open) get SIGTERM
+        and are listed in ``ExitStatus.escaped``.
         """
         with self._lock:
             if self._status is None:
@@ -289,7 +289,8 @@ class AgentProcess:
 
     def _remnants(self) -> list[tuple[int, str, str]]:
         """(pid, identity, found by) of the processes of its cgroup outside the group just
-        killed; for an adopted agent (no group kill), its tagged processes as well."""
+        killed; for an adopted agent (no group kill, and no longer our child: its orphans went
+        to init), its tagged processes and those still holding its log open as well."""
         out: list[tuple[int, str, str]] = []
         cgroup = self._cgroup
         if cgroup is not None:
@@ -298,7 +299,13 @@ class AgentProcess:
                     out.append((pid, ident, "cgroup"))
         if not self._child:
             known = {pid for pid, _, _ in out}
-            out += [(pid, ident, "env tag") for pid, ident in self._tagged() if pid not in known]
+            for pid, ident in self._tagged():
+                if pid not in known:
+                    known.add(pid)
+                    out.append((pid, ident, "env tag"))
+            for pid, ident in holders(self.clues.log_path):
+                if pid not in known:
+                    out.append((pid, ident, "open file"))
         return out
 
     # -- escapees noted on this agent (``supervisor.escapees``) --------------------------
@@ -421,6 +428,6 @@ class AgentProcess:
             outside += [(pid, identity_of(pid) or "", "cgroup") for pid in killed]
         for pid, identity, found_by in outside:
             if pid not in members and pid not in self._escaped:
-                name = proctable.comm(pid)
+                name = comm(pid)
                 self.note(Escapee(pid, identity, self.job_id, self.attempt, found_by, name, "SIGKILL"))
         return sorted(hit)

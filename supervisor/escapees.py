@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections import deque
@@ -37,12 +38,21 @@ from typing import TYPE_CHECKING, Final
 from supervisor.agentcgroup import agent_name
 from supervisor.clock import Clock
 from supervisor.processes import Escapee
-from supervisor.proctable import ProcessTable, comm, identity_of, new_children, same_process, signal_process
+from supervisor.proctable import ProcessTable, _parse_row, identity_of, same_process, signal_process
 
 if TYPE_CHECKING:
-    from supervisor.procs import AgentProcess
+    from supervisor.agentprocess import AgentProcess
 
-__all__ = ["Candidate", "Clues", "Escapes", "attribute", "describe_candidate"]
+__all__ = [
+    "Candidate",
+    "Clues",
+    "Escapes",
+    "attribute",
+    "comm",
+    "describe_candidate",
+    "holders",
+    "new_children",
+]
 
 _SCAN_EVERY_S: Final = 1.0
 """How often running agents' orphans are looked for (a pass over the process table)."""
@@ -135,6 +145,83 @@ def describe_candidate(pid: int, starttime: int, session: int, table: ProcessTab
                 files.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
     tag = table.tag_of(pid, starttime)
     return Candidate(pid, starttime, session, name, tag, frozenset(cgroups), tuple(files))
+
+
+# ---------------------------------------------------------------- /proc readers
+
+
+def _last_pid() -> int | None:
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def comm(pid: int) -> str:
+    """The process's command name (``/proc/<pid>/comm``); "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:  # gone, or not Linux
+        return ""
+
+
+def holders(path: str) -> list[tuple[int, str]]:
+    """(pid, identity) of this user's processes (but us) with a descriptor open on ``path``
+    (Linux; one readlink per descriptor: a few ms for a few hundred processes, so only for
+    rare events, such as an adopted agent's end)."""
+    if sys.platform != "linux":
+        return []
+    found, uid, me = [], os.getuid(), os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            fds = os.listdir(f"/proc/{entry.name}/fd")
+        except OSError:  # ENOENT/ESRCH: gone; EACCES: not ours
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry.name}/fd/{fd}") != path:
+                    continue
+            except OSError:
+                continue
+            if (identity := identity_of(int(entry.name))) is not None:
+                found.append((int(entry.name), identity))
+            break
+    return found
+
+
+def new_children(after: int) -> list[tuple[int, int, int]]:
+    """(pid, starttime, session) of our live children created after process ``after``.
+
+    Linux hands out pids in increasing order, wrapping at pid_max (kernel/pid.c), so a process
+    born after ``after`` has a pid in the cyclic interval (after, ns_last_pid]: only those are
+    read, a handful where a full pass reads every process (~10 us each). A full wrap-around
+    during the agent's life hides some: the periodic pass over the whole table finds them.
+    """
+    last, me = _last_pid(), os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if last is not None and not (after < pid <= last if after <= last else pid > after or pid <= last):
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                row = _parse_row(f.read())
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        if row.ppid == me and not row.zombie:
+            found.append((pid, row.starttime, row.session))
+    return found
+
+
+# ---------------------------------------------------------------- bookkeeping
 
 
 class Escapes:

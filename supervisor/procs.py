@@ -53,7 +53,6 @@ from supervisor.processes import (
 from supervisor.proctable import (
     ProcessTable,
     _getpgid,
-    _group_members,
     _open_pidfd,
     boot_id,
     identity_of,
@@ -63,8 +62,9 @@ from supervisor.proctable import (
     set_child_subreaper,
     signal_process,
 )
+from supervisor.proctable import _group_members as _group_members  # tests reach it here
 from supervisor.spawn import EXIT_FILE_ENV, WRAPPER_NAME
-from supervisor.spawn import read_exit_file as _read_exit_file
+from supervisor.spawn import read_exit_file as _read_exit_file  # noqa: F401 - tests reach it here
 from supervisor.waiting import Waiter
 
 if sys.platform == "win32":  # pragma: no cover - documented refusal
@@ -95,8 +95,6 @@ __all__ = [
     "signal_process",
     "spawn",
 ]
-
-_REEXPORTED = (_group_members, _read_exit_file)  # tests reach these through procs
 
 
 def spawn(

@@ -36,10 +36,8 @@ __all__ = [
     "TaggedProcess",
     "TreeSampler",
     "boot_id",
-    "comm",
     "identity_of",
     "memory",
-    "new_children",
     "reap_orphans",
     "same_process",
     "scan_tagged",
@@ -310,49 +308,6 @@ def _parse_row(raw: bytes) -> _Row:
     cpu = (int(f[11]) + int(f[12])) / _TICK
     zombie = f[0] in (b"Z", b"X")
     return _Row(int(f[1]), int(f[2]), int(f[19]), cpu, int(f[21]) * _PAGE, zombie, int(f[3]))
-
-
-def _last_pid() -> int | None:
-    try:
-        with open("/proc/sys/kernel/ns_last_pid", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def comm(pid: int) -> str:
-    """The process's command name (``/proc/<pid>/comm``); "" when unknown."""
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().decode("utf-8", "replace").strip()
-    except OSError:  # gone, or not Linux
-        return ""
-
-
-def new_children(after: int) -> list[tuple[int, int, int]]:
-    """(pid, starttime, session) of our live children created after process ``after``.
-
-    Linux hands out pids in increasing order, wrapping at pid_max (kernel/pid.c), so a process
-    born after ``after`` has a pid in the cyclic interval (after, ns_last_pid]: only those are
-    read, a handful where a full pass reads every process (~10 us each). A full wrap-around
-    during the agent's life hides some: the periodic pass over the whole table finds them.
-    """
-    last, me = _last_pid(), os.getpid()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if last is not None and not (after < pid <= last if after <= last else pid > after or pid <= last):
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                row = _parse_row(f.read())
-        except (OSError, ValueError, IndexError):  # gone meanwhile
-            continue
-        if row.ppid == me and not row.zombie:
-            found.append((pid, row.starttime, row.session))
-    return found
 
 
 class ProcessTable:
