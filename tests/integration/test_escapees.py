@@ -283,3 +283,40 @@ def recorded(data: Path, job_id: int) -> AgentEntry | None:
     loaded = StateFile(data / "running-agents.json", data / "quarantine").load()
     found = [a for a in loaded.state.agents if a.job_id == job_id] if loaded.state else []
     return found[0] if found else None
+
+
+# ---------------------------------------------------------------- finding our children
+
+
+@pytest.mark.parametrize("kernel_lists_children", [True, False])
+def test_new_children_finds_a_child_born_after_a_given_process(
+    monkeypatch: pytest.MonkeyPatch, kernel_lists_children: bool
+) -> None:
+    """Our live child born after process ``after`` is found, with its start time and session,
+    whether the kernel lists children (CONFIG_PROC_CHILDREN, emulated here) or the pids born
+    since are read one by one; a process that is not our child never is."""
+    from supervisor import escapees as module
+
+    listed: list[int] = []
+    monkeypatch.setattr(module, "_KERNEL_LISTS_CHILDREN", kernel_lists_children)
+    monkeypatch.setattr(module, "_children_listed", lambda: list(listed) if kernel_lists_children else None)
+    before = subprocess.Popen(["sleep", "30"])
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    script = "sleep 30 & echo $!; wait"
+    stranger = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    grandchild = None
+    try:
+        assert stranger.stdout is not None
+        grandchild = int(stranger.stdout.readline())
+        listed += [before.pid, child.pid, stranger.pid]
+        found = {pid: (start, session) for pid, start, session in module.new_children(before.pid)}
+        assert child.pid in found and grandchild not in found
+        identity = procs.identity_of(child.pid)
+        assert identity is not None and identity.endswith(f":{found[child.pid][0]}")
+        assert found[child.pid][1] == child.pid  # start_new_session: its own session
+    finally:
+        if grandchild is not None:
+            os.kill(grandchild, signal.SIGKILL)
+        for p in (before, child, stranger):
+            p.kill()
+            p.communicate()
