@@ -338,6 +338,11 @@ class Escapes:
                 self._stopping.pop(key, None)
         return killed
 
+    def next_due(self, grace_s: float) -> float | None:
+        """When the earliest SIGTERM sent becomes due its SIGKILL (``escalate``); None if none."""
+        with self._lock:
+            return min(self._stopping.values()) + grace_s if self._stopping else None
+
     @property
     def stopping(self) -> int:
         """Escapees sent SIGTERM and not yet seen gone."""

@@ -193,8 +193,12 @@ class AgentPool:
             attempt.sample()
 
     def next_due(self) -> float:
-        """The earliest time a stop may become due (``scheduler.next_due``)."""
-        return next_due((a.view() for a in self._attempts.values()), self._settings().stop_grace_s)
+        """The earliest time a stop may become due (``scheduler.next_due``), an escaped
+        process's SIGKILL included (``Processes.escalation_due``): an idle loop must wake for it."""
+        grace = self._settings().stop_grace_s
+        due = next_due((a.view() for a in self._attempts.values()), grace)
+        escalation = self._processes.escalation_due(grace)
+        return due if escalation is None else min(due, escalation)
 
     def check_s(self) -> float:
         return FAST_CHECK_S if self.logs_racing else CHECK_S

@@ -297,3 +297,8 @@ class Processes(Protocol):
         passed. Returns the escapees found by this call that no running agent kept.
         """
         ...
+
+    def escalation_due(self, grace_s: float) -> float | None:
+        """When (monotonic) the next escapee sent SIGTERM is due its SIGKILL; None when none is
+        being stopped. The loop wakes for it (``AgentPool.next_due``)."""
+        ...

@@ -241,6 +241,9 @@ class OsProcesses:
         self.escapes.subreaper = enabled and done
         return done
 
+    def escalation_due(self, grace_s: float) -> float | None:
+        return self.escapes.next_due(grace_s)
+
     def orphans(self, worker: str, agents: Collection[Agent], *, grace_s: float) -> list[Escapee]:
         """See ``Processes.orphans``. As a subreaper, ``proctable.reap_orphans`` first, then a
         retry of agent cgroups that only the reaped zombies kept busy."""

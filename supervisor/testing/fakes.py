@@ -404,6 +404,9 @@ class FakeProcesses:
     def set_child_subreaper(self, enabled: bool) -> bool:
         return False
 
+    def escalation_due(self, grace_s: float) -> float | None:
+        return None  # fake escapees are reported stopped; nothing escalates
+
     def orphans(self, worker: str, agents: Collection[Agent], *, grace_s: float) -> list[Escapee]:
         self.orphan_calls.append((worker, [a.pid for a in agents], grace_s))
         found, self._strays = self._strays, []

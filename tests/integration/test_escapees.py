@@ -88,7 +88,8 @@ def facts_of(store: SQLiteStore, job_id: int, to: Status) -> dict[str, Any]:
 def run_one(
     tmp_path: Path, spec: JobSpec, escapees: list[Escapee], *, during: Any = None, **settings: Any
 ) -> tuple[SQLiteStore, int, Escapee]:
-    """Run one job on an embedded supervisor that is the subreaper, until it has settled;
+    """Run one job on an embedded supervisor that is the subreaper, until it has settled and
+    its escapee is gone, the supervisor still running (so no shutdown did the work);
     ``during(store, job_id)`` acts while it runs (after the escape). The escapee is returned."""
     store = SQLiteStore(tmp_path / "jobs.sqlite3")
     sup = Supervisor(
@@ -98,7 +99,7 @@ def run_one(
         subreaper=True,
     )
     job_id = sup.submit(spec)
-    sup.start(until_idle=True)
+    thread = sup.start()
     try:
         escapee = Escapee(tmp_path / "escapee.pid")
         escapees.append(escapee)
@@ -107,6 +108,7 @@ def run_one(
         wait_until(lambda: store.get(job_id).status not in (Status.PENDING, Status.PREPARING, Status.RUNNING),
                    15, message="the job settled")  # fmt: skip
         wait_until(lambda: not escapee.alive(), 5, message="the escapee gone")
+        assert thread.is_alive()
     finally:
         sup.stop(drain=False, timeout=15)
         kill_tagged(tmp_path)
@@ -170,13 +172,14 @@ def test_an_escapee_that_ignores_sigterm_is_killed_after_the_grace(
     tmp_path: Path, escapees: list[Escapee]
 ) -> None:
     """An escapee that ignores SIGTERM gets SIGKILL once the stop grace has passed, on a later
-    tick: the loop never waits for it."""
+    tick of a loop that is idle by then (it wakes for the escalation): it never waits for it."""
     deaf = ESCAPE.replace("-c 'echo", '-c \'trap "" TERM; echo')  # an ignored TERM survives exec
     argv = agent_script(tmp_path / "escapee.pid", "exit 0", escape=deaf)
     store, job_id, escapee = run_one(tmp_path, JobSpec(command=tuple(argv)), escapees)
     try:
         assert store.get(job_id).status is Status.COMPLETED
-        assert [e["pid"] for e in facts_of(store, job_id, Status.COMPLETED)["escaped"]] == [escapee.pid]
+        escaped = facts_of(store, job_id, Status.COMPLETED)["escaped"]
+        assert [(e["pid"], e["signal"]) for e in escaped] == [(escapee.pid, "SIGTERM")]
     finally:
         store.close()
 
