@@ -9,6 +9,7 @@ whole tree (group, tag, cgroup, noted escapees), samples the tree, and names the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -313,7 +314,9 @@ class AgentProcess:
         """Count ``escapee`` as this agent's (kept until it ends; reported at its end)."""
         if update or escapee.pid not in self._escaped:
             self._escaped[escapee.pid] = escapee
-            self.clues.sessions.add(escapee.pid)  # a setsid escapee's children keep its session
+            with contextlib.suppress(OSError):  # ESRCH: gone already
+                if os.getsid(escapee.pid) == escapee.pid:  # a setsid escapee: its children keep it
+                    self.clues.sessions.add(escapee.pid)
 
     def escapees(self) -> list[Escapee]:
         """The escapees noted so far, oldest first."""

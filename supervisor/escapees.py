@@ -39,6 +39,7 @@ from supervisor.agentcgroup import agent_name
 from supervisor.clock import Clock
 from supervisor.processes import Escapee
 from supervisor.proctable import ProcessTable, _parse_row, identity_of, same_process, signal_process
+from supervisor.spawn import WRAPPER_NAME
 
 if TYPE_CHECKING:
     from supervisor.agentprocess import AgentProcess
@@ -197,6 +198,16 @@ def holders(path: str) -> list[tuple[int, str]]:
                 found.append((int(entry.name), identity))
             break
     return found
+
+
+def _is_wrapper(pid: int) -> bool:
+    """True for an agent wrapper (``sh -c ... agent-supervisor-wrapper``), even another
+    supervisor's in this process: never an escapee, even when no agent of ours names it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"\0" + WRAPPER_NAME.encode() + b"\0" in f.read()
+    except OSError:
+        return False
 
 
 def _leader(pid: int) -> bool:
@@ -360,7 +371,7 @@ class Escapes:
         own = os.getsid(0)
         out = []
         for pid, starttime, session in rows:
-            if pid in wrappers or pid in noted or session == own:
+            if pid in wrappers or pid in noted or session == own or _is_wrapper(pid):
                 continue
             identity = identity_of(pid)
             with self._lock:

@@ -255,7 +255,9 @@ class Processes(Protocol):
         ...
 
     def scan_tagged(self, worker: str | None) -> list[TaggedProcess]:
-        """Live processes of this user carrying our tag (of ``worker``'s agents, if given)."""
+        """Live processes of this user carrying our tag (of ``worker``'s agents, if given), and
+        with ``worker`` those in its agents' cgroups too: a restart must find escapees that
+        cleared their environment."""
         ...
 
     def signal_process(self, pid: int, identity: str, sig: int) -> bool:

@@ -323,3 +323,32 @@ def test_new_children_finds_a_child_born_after_a_given_process(
         for p in (before, child, stranger):
             p.kill()
             p.communicate()
+
+
+def test_another_supervisors_agent_is_never_taken_for_an_escapee(tmp_path: Path) -> None:
+    """A wrapper this supervisor did not start but that is our child (another supervisor's
+    agent in the same process) is left alone by the orphan pass: wrappers are told by their
+    command line, not only by the agents one supervisor knows."""
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    sup = Supervisor(
+        Settings(data_dir=tmp_path / "data"), store, install_signal_handlers=False, subreaper=True
+    )
+    job_id = sup.submit(JobSpec(command=("sleep", "30")))  # while an agent runs, orphans are looked for
+    sup.start()
+    other = procs.spawn(
+        ["sleep", "30"], env=dict(os.environ), run_dir=tmp_path / "other", log_path=tmp_path / "other.log",
+        job_id=99, attempt=1, worker="another-supervisor",
+    )  # fmt: skip
+    try:
+        wait_until(lambda: store.get(job_id).status is Status.RUNNING, 10, message="running")
+        escapes = sup.processes.escapes  # type: ignore[attr-defined]
+        first = escapes._next_scan
+        wait_until(lambda: escapes._next_scan > first + 1.5, 10, message="two orphan passes")
+        assert other.poll() is None
+        assert sup._loop is not None and sup._loop.pool.unattributed_escapees == 0
+    finally:
+        other.kill_tree()
+        wait_until(other.poll, 5, message="the other agent reaped")
+        other.close()
+        sup.stop(drain=False, timeout=15)
+        store.close()
