@@ -128,8 +128,7 @@ class AgentProcess:
     _final_events: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # real paths: /proc/<pid>/fd links name files by their resolved path
-        log_path, run_dir = os.path.realpath(self.log_path), os.path.realpath(self.run_dir)
+        log_path, run_dir = str(self.log_path), str(self.run_dir)
         self.clues = Clues(self.job_id, self.attempt, self.worker, self.pgid, log_path, run_dir)
         if self._escapes is not None:
             self._escapes.register(self)
@@ -304,7 +303,7 @@ class AgentProcess:
                 if pid not in known:
                     known.add(pid)
                     out.append((pid, ident, "env tag"))
-            for pid, ident in holders(self.clues.log_path):
+            for pid, ident in holders(self.clues.real_paths[0]):
                 if pid not in known:
                     out.append((pid, ident, "open file"))
         return out

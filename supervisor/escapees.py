@@ -25,6 +25,7 @@ and counted by the caller.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -107,6 +108,17 @@ class Clues:
         """Its cgroup's name (``agentcgroup.agent_name``)."""
         return agent_name(self.job_id, self.attempt, self.worker)
 
+    @functools.cached_property
+    def real_paths(self) -> tuple[str, str]:
+        """(log, run dir) resolved as /proc/<pid>/fd links show files; resolved only when an
+        escapee needs it (realpath costs ~0.1 ms: not in every spawn)."""
+        return os.path.realpath(self.log_path), os.path.realpath(self.run_dir)
+
+    def holds(self, path: str) -> bool:
+        """True when ``path`` (a descriptor's target) is its log or lies in its run dir."""
+        log, run = self.real_paths
+        return path == log or path.startswith(run + os.sep)
+
 
 def attribute(c: Candidate, clues: Iterable[Clues]) -> tuple[Clues | None, str]:
     """The agent ``c`` came from and the clue that says so (``Escapee.found_by``), strongest
@@ -123,7 +135,7 @@ def attribute(c: Candidate, clues: Iterable[Clues]) -> tuple[Clues | None, str]:
             return c.session == k.session or c.session in k.sessions
         if found_by == "tree sample":
             return (c.pid, c.starttime) in k.seen
-        return any(f == k.log_path or f.startswith(k.run_dir + os.sep) for f in c.files)
+        return any(k.holds(f) for f in c.files)
 
     for found_by in ("cgroup", "env tag", "session", "tree sample", "open file"):
         for k in clues:
@@ -291,7 +303,7 @@ class Escapes:
         self._stopping: dict[tuple[int, str], float] = {}  # (pid, identity) -> SIGTERM sent at
         self._reported: set[tuple[int, str]] = set()
         self._recent: deque[Clues] = deque(maxlen=_RECENT)
-        self._next_scan = 0.0
+        self._next_scan = self._next_tags = 0.0
         self._ended = False
 
     # -- agents come and go --------------------------------------------------------------
@@ -350,9 +362,13 @@ class Escapes:
         return killed
 
     def next_due(self, grace_s: float) -> float | None:
-        """When the earliest SIGTERM sent becomes due its SIGKILL (``escalate``); None if none."""
+        """When the earliest SIGTERM sent becomes due its SIGKILL (``escalate``), or a tag scan
+        an agent's end asked for becomes due (``due``); None if neither."""
         with self._lock:
-            return min(self._stopping.values()) + grace_s if self._stopping else None
+            times = [min(self._stopping.values()) + grace_s] if self._stopping else []
+            if self._ended:
+                times.append(self._next_tags)
+            return min(times) if times else None
 
     @property
     def stopping(self) -> int:
@@ -405,7 +421,7 @@ class Escapes:
         self._ended_now(agent)
         return tuple(out)
 
-    def sweep(self, tagged: Iterable[tuple[int, str, int, int]]) -> list[Escapee]:
+    def sweep(self, children: bool, tagged: Iterable[tuple[int, str, int, int]]) -> list[Escapee]:
         """The periodic pass (``OsProcesses.orphans``): a child of ours (as a subreaper) that the
         clues tie to a running agent is noted on it; any other, and every ``tagged`` process
         (pid, identity, job, attempt) of no running agent, gets SIGTERM. The escapees stopped."""
@@ -415,7 +431,7 @@ class Escapes:
         with self._lock:
             recent = [k for k in self._recent if k.ended_at is not None and now - k.ended_at < _RECENT_S]
         found: list[Escapee] = []
-        if self.subreaper:
+        if children and self.subreaper:
             for c, identity in self._candidates(self._children()):
                 clues, found_by = attribute(c, [*(a.clues for a in live), *recent])
                 job_id, attempt = (clues.job_id, clues.attempt) if clues is not None else (None, None)
@@ -452,15 +468,19 @@ class Escapes:
                 self._reported &= alive
         return escapee
 
-    def due(self, running: bool) -> tuple[bool, bool]:
-        """(look for orphans, look for tags) now? At most once a second, and only while agents
-        run or one ended in the last ``_RECENT_S``; tags only when an agent ended since the
-        last look (a tag scan reads every process's environment: ~5 ms for 470 processes)."""
+    def due(self, running: bool, *, final: bool = False) -> tuple[bool, bool]:
+        """(look at our children, look for tags) now? Children at most once a second, while
+        agents run or one ended in the last ``_RECENT_S``; tags when an agent ended since the
+        last tag scan, at most once a second (a tag scan reads every process's environment:
+        ~5 ms for 470 processes). ``final`` (the supervisor is closing: no later call): both
+        now, if there is anything to look for."""
         now = self._clock.monotonic()
         with self._lock:
             recent = any(k.ended_at is not None and now - k.ended_at < _RECENT_S for k in self._recent)
-            if now < self._next_scan or not (running or recent or self._ended):
-                return False, False
-            self._next_scan = now + _SCAN_EVERY_S
-            tags, self._ended = self._ended, False
-            return True, tags
+            children = (running or recent) and (final or now >= self._next_scan)
+            tags = self._ended and (final or now >= self._next_tags)
+            if children:
+                self._next_scan = now + _SCAN_EVERY_S
+            if tags:
+                self._next_tags, self._ended = now + _SCAN_EVERY_S, False
+            return children, tags

@@ -296,11 +296,13 @@ class Processes(Protocol):
         it (its ``ExitStatus.escaped``) and kept until it ends; any other (an ended attempt's,
         one carrying ``worker``'s tag of no running attempt, or one nothing names) gets SIGTERM
         now. Stops begun earlier (here or at an agent's end) get SIGKILL once ``grace_s`` has
-        passed. Returns the escapees found by this call that no running agent kept.
+        passed. ``grace_s`` 0 means the supervisor is closing: every look due is taken now.
+        Returns the escapees found by this call that no running agent kept.
         """
         ...
 
     def escalation_due(self, grace_s: float) -> float | None:
-        """When (monotonic) the next escapee sent SIGTERM is due its SIGKILL; None when none is
-        being stopped. The loop wakes for it (``AgentPool.next_due``)."""
+        """When (monotonic) ``orphans`` next has work: an escapee sent SIGTERM due its SIGKILL,
+        or a look for escapees an agent's end asked for; None when neither. The loop wakes for
+        it (``AgentPool.next_due``)."""
         ...

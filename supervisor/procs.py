@@ -252,8 +252,8 @@ class OsProcesses:
         if reaped and self._cgroups is not None:
             self._cgroups.sweep()
         escapes.escalate(grace_s)
-        look, tags = escapes.due(running=bool(agents))
-        if not look:
+        children, tags = escapes.due(running=bool(agents), final=grace_s <= 0)
+        if not (children or tags):
             return []
         scanned = self._scan(worker, detect=False) if tags else []
-        return escapes.sweep([(t.pid, t.identity, t.job_id, t.attempt) for t in scanned])
+        return escapes.sweep(children, [(t.pid, t.identity, t.job_id, t.attempt) for t in scanned])

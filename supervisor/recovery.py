@@ -246,6 +246,7 @@ def _ended_while_away(proc: Agent, entry: AgentEntry, facts: dict[str, Any], set
         stop=None,
         timeout_s=entry.timeout_s,
         idle_timeout_s=entry.idle_timeout_s,
+        limit_breach=proc.limit_breach(),  # e.g. a cgroup OOM kill while no supervisor watched
     )
     tail = _logcap(settings, Path(entry.log_path)).finish()
     facts.update({"pid": entry.pid, "exit_code": code, "signal": sig})

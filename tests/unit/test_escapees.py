@@ -109,3 +109,36 @@ def test_strays_are_logged_and_those_no_job_owns_are_counted(
     assert sup._loop is not None and sup._loop.pool.unattributed_escapees == 1
     assert f"escaped process {nobody.pid} (sleep) of no job we can name: SIGTERM" in caplog.text
     assert f"escaped process {late.pid} (sleep) of job 7 attempt 2, found by open file" in caplog.text
+
+
+class _Ended:
+    """Just what ``Escapes`` reads of an agent that ended."""
+
+    def __init__(self, job_id: int) -> None:
+        self.clues = clues(job_id)
+
+
+def test_looks_are_rate_limited_and_an_agents_end_schedules_a_tag_scan_the_loop_wakes_for() -> None:
+    """Children are looked at once a second while agents run (or ran recently); an agent's end
+    asks for one tag scan, at most once a second, whose time ``next_due`` reports; closing
+    (``final``) takes every look at once."""
+    from supervisor.escapees import Escapes
+    from supervisor.proctable import ProcessTable
+
+    clock = ManualClock(T0)
+    escapes = Escapes(ProcessTable(), clock)
+    assert escapes.due(running=False) == (False, False)  # idle: nothing to look at
+    assert escapes.next_due(5.0) is None
+    assert escapes.due(running=True) == (True, False)
+    assert escapes.due(running=True) == (False, False)  # not twice within a second
+    clock.advance(1.0)
+    escapes._ended_now(_Ended(1))  # type: ignore[arg-type]
+    due = escapes.next_due(5.0)
+    assert due is not None and due <= clock.monotonic()  # the tag scan is due now: wake for it
+    assert escapes.due(running=False) == (True, True)  # recent end: children and tags
+    escapes._ended_now(_Ended(2))  # type: ignore[arg-type]
+    assert escapes.due(running=False) == (False, False)
+    assert escapes.next_due(5.0) == clock.monotonic() + 1.0
+    assert escapes.due(running=False, final=True) == (True, True)
+    clock.advance(31.0)
+    assert escapes.due(running=False) == (False, False)  # ended long ago: idle again
