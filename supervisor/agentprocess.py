@@ -35,6 +35,7 @@ from supervisor.proctable import (
     _iter_tagged_env,
     _killpg,
     _open_pidfd,
+    _read_stat,
     identity_of,
     same_process,
     signal_process,
@@ -288,17 +289,25 @@ class AgentProcess:
         return None if recorded == UNKNOWN else recorded
 
     def _remnants(self) -> list[tuple[int, str, str]]:
-        """(pid, identity, found by) of the processes of its cgroup outside the group just
-        killed; for an adopted agent (no group kill, and no longer our child: its orphans went
-        to init), its tagged processes and those still holding its log open as well."""
+        """(pid, identity, found by) of the processes of its cgroup, and of those its tree
+        samples saw, outside the group just killed (no subreaper needed: a sample saw them
+        before they left); for an adopted agent (no group kill, and no longer our child: its
+        orphans went to init), its tagged processes and those still holding its log open."""
         out: list[tuple[int, str, str]] = []
         cgroup = self._cgroup
         if cgroup is not None:
             for pid in sorted(cgroup.members() - {self.pid, os.getpid()}):
                 if not (self._child and _getpgid(pid) == self.pgid) and (ident := identity_of(pid)):
                     out.append((pid, ident, "cgroup"))
+        known = {pid for pid, _, _ in out}
+        for pid, start in sorted(self.clues.seen):  # seen in its tree by a sample, alive still
+            stat = _read_stat(pid) if pid not in known and pid != self.pid else None
+            if stat is None or stat.starttime != start or stat.state in ("Z", "X"):
+                continue
+            if not (self._child and stat.pgrp == self.pgid) and (ident := identity_of(pid)):
+                known.add(pid)
+                out.append((pid, ident, "tree sample"))
         if not self._child:
-            known = {pid for pid, _, _ in out}
             for pid, ident in self._tagged():
                 if pid not in known:
                     known.add(pid)

@@ -86,17 +86,23 @@ def facts_of(store: SQLiteStore, job_id: int, to: Status) -> dict[str, Any]:
 
 
 def run_one(
-    tmp_path: Path, spec: JobSpec, escapees: list[Escapee], *, during: Any = None, **settings: Any
+    tmp_path: Path,
+    spec: JobSpec,
+    escapees: list[Escapee],
+    *,
+    during: Any = None,
+    subreaper: bool = True,
+    **settings: Any,
 ) -> tuple[SQLiteStore, int, Escapee]:
-    """Run one job on an embedded supervisor that is the subreaper, until it has settled and
-    its escapee is gone, the supervisor still running (so no shutdown did the work);
-    ``during(store, job_id)`` acts while it runs (after the escape). The escapee is returned."""
+    """Run one job on an embedded supervisor (the subreaper, unless told otherwise) until it
+    has settled and its escapee is gone, the supervisor still running (so no shutdown did the
+    work); ``during(store, job_id)`` acts while it runs (after the escape). The escapee."""
     store = SQLiteStore(tmp_path / "jobs.sqlite3")
     sup = Supervisor(
         Settings(data_dir=tmp_path / "data", heartbeat_s=0.5, lease_s=5.0, stop_grace_s=1.0, **settings),
         store,
         install_signal_handlers=False,
-        subreaper=True,
+        subreaper=subreaper,
     )
     job_id = sup.submit(spec)
     thread = sup.start()
@@ -164,6 +170,22 @@ def test_an_escapee_of_a_cancelled_agent_is_stopped_and_recorded(
         assert store.get(job_id).status is Status.CANCELLED
         escaped = facts_of(store, job_id, Status.CANCELLED)["escaped"]
         assert [e["pid"] for e in escaped] == [escapee.pid]
+    finally:
+        store.close()
+
+
+def test_without_the_subreaper_an_escapee_a_tree_sample_saw_is_stopped_and_recorded(
+    tmp_path: Path, escapees: list[Escapee]
+) -> None:
+    """An embedded host that is not the subreaper (the default): the escapee goes to init, yet
+    the agent's tree samples (one a second) saw it before its parent died, so it is stopped at
+    the agent's end and recorded. The agent lives 2.5 s after the escape: two samples."""
+    argv = agent_script(tmp_path / "escapee.pid", "sleep 2.5; exit 0")
+    store, job_id, escapee = run_one(tmp_path, JobSpec(command=tuple(argv)), escapees, subreaper=False)
+    try:
+        assert store.get(job_id).status is Status.COMPLETED
+        [fact] = facts_of(store, job_id, Status.COMPLETED)["escaped"]
+        assert (fact["pid"], fact["found_by"], fact["signal"]) == (escapee.pid, "tree sample", "SIGTERM")
     finally:
         store.close()
 
