@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Final
 from supervisor.agentcgroup import agent_name
 from supervisor.clock import Clock
 from supervisor.processes import Escapee
-from supervisor.proctable import ProcessTable, _parse_row, identity_of, same_process, signal_process
+from supervisor.proctable import (
+    OWN_CHILDREN,
+    ProcessTable,
+    _parse_row,
+    identity_of,
+    same_process,
+    signal_process,
+)
 from supervisor.spawn import WRAPPER_NAME
 
 if TYPE_CHECKING:
@@ -379,12 +386,16 @@ class Escapes:
     # -- finding -------------------------------------------------------------------------
     def _candidates(self, rows: Iterable[tuple[int, int, int]]) -> list[tuple[Candidate, str]]:
         """(candidate, identity) for each (pid, starttime, session) of a live child of ours
-        that is none of our wrappers, not in our own session (what this process starts for
-        other work stays there), and not already noted, stopped or reported."""
+        that is none of our wrappers, not in our own session, not one this process started for
+        its own work (``OWN_CHILDREN``: git runs in a new session), and not already noted,
+        stopped or reported."""
         live = self._live()
         wrappers = {a.pid for a in live}
         noted = {pid for a in live for pid in a.escaped_pids()}
         own = os.getsid(0)
+        rows = list(rows)  # read before ``held``: a child being started meanwhile is marked by then
+        with OWN_CHILDREN.held() as helpers:
+            wrappers |= helpers
         out = []
         for pid, starttime, session in rows:
             if pid in wrappers or pid in noted or session == own or _is_wrapper(pid):

@@ -374,3 +374,45 @@ def test_another_supervisors_agent_is_never_taken_for_an_escapee(tmp_path: Path)
         other.close()
         sup.stop(drain=False, timeout=15)
         store.close()
+
+
+def test_a_child_this_process_starts_for_its_own_work_is_neither_stopped_nor_reaped(tmp_path: Path) -> None:
+    """A helper started in a new session for the supervisor's own work (git for a workspace)
+    and marked in ``OWN_CHILDREN`` survives the orphan passes, and its exit status stays its
+    own ``Popen``'s: the subreaper's reaper leaves its zombie alone (a stolen status reads 0)."""
+    from supervisor.proctable import OWN_CHILDREN
+
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    sup = Supervisor(
+        Settings(data_dir=tmp_path / "data"), store, install_signal_handlers=False, subreaper=True
+    )
+    job_id = sup.submit(JobSpec(command=("sleep", "30")))  # while an agent runs, orphans are looked for
+    sup.start()
+    release = tmp_path / "release"
+    with OWN_CHILDREN.spawning() as mark:
+        helper = subprocess.Popen(
+            ["/bin/sh", "-c", f"while [ ! -e {release} ]; do sleep 0.01; done; exit 7"],
+            start_new_session=True,
+        )
+        mark(helper.pid)
+    try:
+        wait_until(lambda: store.get(job_id).status is Status.RUNNING, 10, message="running")
+        escapes = sup.processes.escapes  # type: ignore[attr-defined]
+        first = escapes._next_scan
+        wait_until(lambda: escapes._next_scan > first + 1.5, 10, message="two orphan passes")
+        assert helper.poll() is None  # not stopped
+        release.touch()
+        stat = Path(f"/proc/{helper.pid}/stat")
+        wait_until(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", 5, message="helper exited")
+        passed = escapes._next_scan
+        wait_until(
+            lambda: escapes._next_scan > passed, 5, message="another pass (the reaper runs every tick)"
+        )
+        assert helper.wait(timeout=5) == 7  # its own status, not a reaped-away 0
+    finally:
+        OWN_CHILDREN.release(helper.pid)
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        sup.stop(drain=False, timeout=15)
+        store.close()
