@@ -229,8 +229,11 @@ def test_an_orphan_no_job_can_be_named_for_is_stopped_logged_and_counted(
         escapees.append(escapee)
         assert int(Path(f"/proc/{escapee.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
         wait_until(lambda: not escapee.alive(), 5, message="the orphan gone")
-        assert sup._loop is not None and sup._loop.pool.unattributed_escapees == 1
-        assert f"escaped process {escapee.pid} (sleep) of no job we can name: SIGTERM" in caplog.text
+        pool = sup._loop.pool if sup._loop is not None else None
+        # counted by the loop's thread just after the SIGTERM that ended it: await, not race
+        wait_until(lambda: pool is not None and pool.unattributed_escapees == 1, 5, message="counted")
+        line = f"escaped process {escapee.pid} (sleep) of no job we can name: SIGTERM"
+        wait_until(lambda: line in caplog.text, 5, message="logged")
     finally:
         sup.stop(drain=False, timeout=15)
         store.close()
