@@ -141,7 +141,7 @@ def test_sigkilled_supervisor_adopts_its_agents_and_records_them_once(tmp_path: 
             [sys.executable, "-m", "bridge", "run", "--until-idle"], env=env, cwd=ROOT, stderr=err
         )
         try:
-            wait_until(lambda: log.read_text().count(": adopt (") == 2, 20, message="both adopted")
+            wait_until(lambda: log.read_text().count("adopted (pid") == 2, 20, message="both adopted")
             release.touch()
             assert second.wait(timeout=30) == 0, log.read_text()
         finally:
