@@ -109,7 +109,6 @@ class Loop:
             clock=clock,
             worker_id=session.worker_id,
             shared_store=store.shared,
-            subreaper=session.subreaper,
             env=base_env(),
         )
         self.sync = OutcomeSync(
@@ -604,6 +603,7 @@ class Loop:
             "observed_cpu_percent": [c for _, c in self.pool.observed],
             "max_concurrent": settings.concurrency,
             "outbox_depth": self.sync.depth,
+            "escapees_unattributed": self.pool.unattributed_escapees,
             "store": {
                 "push": self.pushed,
                 "unreachable_since": self.sync.down_since,
@@ -623,6 +623,7 @@ class Loop:
             self.gate.reason_key,
             json.dumps(agents, sort_keys=True, default=str),
             self.sync.depth,
+            self.pool.unattributed_escapees,
             self.sync.last_error,
             self.pushed,
             write_error,

@@ -93,7 +93,6 @@ class AgentPool:
         clock: Clock,
         worker_id: str,
         shared_store: bool,
-        subreaper: bool,
         env: dict[str, str],
     ) -> None:
         self._processes = processes
@@ -103,7 +102,6 @@ class AgentPool:
         self._clock = clock
         self.worker_id = worker_id
         self._shared = shared_store
-        self._subreaper = subreaper
         self.env = env
         """The environment agents inherit (taken at open and on reload)."""
         self._attempts: dict[int, Attempt] = {}

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bridge.service import JobService
 from bridge.stores.sqlite import SQLiteStore
 from supervisor import procs
 from supervisor.job import CancelMode
@@ -234,6 +235,8 @@ def test_an_orphan_no_job_can_be_named_for_is_stopped_logged_and_counted(
         wait_until(lambda: pool is not None and pool.unattributed_escapees == 1, 5, message="counted")
         line = f"escaped process {escapee.pid} (sleep) of no job we can name: SIGTERM"
         wait_until(lambda: line in caplog.text, 5, message="logged")
+        service = JobService(sup.settings, store)
+        wait_until(lambda: service.health().escapees_unattributed == 1, 5, message="in health")
     finally:
         sup.stop(drain=False, timeout=15)
         store.close()
