@@ -57,7 +57,7 @@ __all__ = ["Control", "Emit", "Loop"]
 log = logging.getLogger("agent_supervisor")
 
 _DUE_MARGIN_S: Final = 0.005
-IDLE_STORE_DOWN_S: Final = 60.0
+IDLE_STORE_DOWN_S: Final = 300.0  # outlives the fault matrix's one-minute outage
 """``run(until_idle=True)`` with nothing running here gives up (``StoreUnavailableError``)
 once the store has not answered for this long: whether the queue is empty cannot be known,
 and a script waiting on ``run --until-idle`` must not hang. Outcomes wait in the outbox."""

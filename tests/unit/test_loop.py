@@ -250,7 +250,7 @@ def test_until_idle_gives_up_on_a_store_that_stays_down(world: World) -> None:
     world.fake.default = Behaviour(runtime_s=5.0)
     sup = world.supervisor(store, heartbeat_s=10.0, lease_s=30.0, poll_s=1.0)
     with pytest.raises(
-        StoreUnavailableError, match=r"has not answered for 6\d s.*1 outcome\(s\) wait in the outbox"
+        StoreUnavailableError, match=r"has not answered for 3\d\d s.*1 outcome\(s\) wait in the outbox"
     ):
         sup.run(until_idle=True)
     assert IDLE_STORE_DOWN_S <= world.at() - 2.0 <= IDLE_STORE_DOWN_S + 15.0
