@@ -1,0 +1,158 @@
+"""``agent-supervisor dashboard``: the loopback socket, the token, uvicorn, the supervisor.
+
+One process, one event loop: uvicorn serves ``app.create_app`` on a socket this module binds
+to 127.0.0.1 (never another address: there is no option for one), on ``--port`` or a port
+the kernel picks. The token is made here, printed once inside the URL, and never logged:
+uvicorn's access log (which would record ``?token=``) is off.
+
+With ``--run`` a supervisor runs in this process on a thread of its own (``Supervisor.start``)
+with its own store connection, so the page's reads never queue behind its heartbeats; its
+change stream feeds the page and the ``*_total`` metrics. Stop signals are ours, not
+uvicorn's: uvicorn re-raises a captured SIGTERM once it has shut down, which would end the
+process before the supervisor drained its agents. The first SIGINT/SIGTERM stops the server
+and drains the agents (as ``run`` does); a second one stops them without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import threading
+import webbrowser
+from collections.abc import Iterator
+from typing import Final, TextIO
+
+import uvicorn
+
+from bridge.dashboard.app import Options, create_app
+from bridge.dashboard.auth import Auth
+from bridge.service import JobService
+from supervisor.signals import on_stop_signals
+
+__all__ = ["HOST", "serve"]
+
+HOST: Final = "127.0.0.1"
+_HEALTH_TTL_S: Final = 0.5
+"""Pages, the feed and scrapes share one health report this fresh (the bridge's figure)."""
+_GRACEFUL_S: Final = 2
+"""How long open event streams may take to end when the server stops."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (see the module docstring)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(port: int | None) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 (``port`` None or 0: one the kernel picks).
+
+    Not inheritable (PEP 446's default), so agents started by an in-process supervisor never
+    hold it open.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # Restarting on the same --port must not fail on the last run's TIME_WAIT connections.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, port or 0))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def store_kind(store_url: str) -> str:
+    """``sqlite``, ``postgres`` or ``supabase``: what the page may say about the store (a URL
+    may carry a password)."""
+    scheme = store_url.split(":", 1)[0].lower()
+    return "postgres" if scheme in ("postgres", "postgresql") else scheme
+
+
+def serve(
+    service: JobService,
+    out: TextIO,
+    *,
+    port: int | None = None,
+    run: bool = False,
+    open_browser: bool = False,
+    refresh_s: float = 1.5,
+) -> int:
+    """Serve the dashboard over ``service``'s settings and store until a stop signal.
+
+    Prints ``dashboard: URL`` (with the token) to ``out`` once the socket listens (and the
+    supervisor, with ``run``, has started). Errors before that (the port is taken, another
+    supervisor holds the data dir) propagate.
+    """
+    sock = listen(port)
+    try:
+        return asyncio.run(
+            _serve(service, sock, out, run=run, open_browser=open_browser, refresh_s=refresh_s)
+        )
+    finally:
+        sock.close()
+
+
+async def _serve(
+    service: JobService, sock: socket.socket, out: TextIO, *, run: bool, open_browser: bool, refresh_s: float
+) -> int:
+    settings = service.settings
+    auth = Auth(secrets.token_urlsafe(32), sock.getsockname()[1])
+    ours = JobService(settings, service.store, health_ttl_s=_HEALTH_TTL_S)
+    supervisor = changes = None
+    if run:
+        from bridge.compose import build_supervisor
+
+        supervisor = build_supervisor(settings, install_signal_handlers=False, subreaper=True)
+        changes = supervisor.subscribe(loop=asyncio.get_running_loop())  # before start: no change missed
+        try:
+            supervisor.start()  # DataDirLockedError: another supervisor runs on this data dir
+        except BaseException:
+            changes.close()
+            supervisor.store.close()
+            raise
+        ours.supervisor = supervisor
+    options = Options(
+        mode="run" if run else "store", store_kind=store_kind(settings.store_url), refresh_s=refresh_s
+    )
+    app = create_app(ours, auth, options, changes=changes)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_config=None,  # the command's logging (stderr) stays as it is
+            log_level="warning",
+            access_log=False,  # it would log ?token=
+            lifespan="on",
+            proxy_headers=False,  # nothing sits in front of a loopback server
+            server_header=False,
+            timeout_graceful_shutdown=_GRACEFUL_S,
+        )
+    )
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if server.should_exit and supervisor is not None:
+            supervisor.request_stop(drain=False)  # a second signal: stop the agents now
+        server.should_exit = True
+        loop.call_soon_threadsafe(app.state.feed.close)
+
+    url = f"http://{HOST}:{auth.port}/?token={auth.token}"
+    try:
+        with on_stop_signals(on_signal):
+            out.write(f"dashboard: {url}\n")
+            out.flush()
+            if open_browser:  # a browser may take a moment to start: not on the event loop
+                threading.Thread(
+                    target=webbrowser.open, args=(url,), name="dashboard-open", daemon=True
+                ).start()
+            await server.serve(sockets=[sock])
+    finally:
+        if supervisor is not None:
+            ours.supervisor = None
+            await asyncio.to_thread(supervisor.stop, drain=True)
+            supervisor.store.close()
+    return 0
