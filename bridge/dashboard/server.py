@@ -54,7 +54,11 @@ def listen(port: int | None) -> socket.socket:
     Not inheritable (PEP 446's default), so agents started by an in-process supervisor never
     hold it open.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on an accepted connection only when its
+    # socket says proto == IPPROTO_TCP (base_events._set_nodelay), and a socket made with proto
+    # 0 passes 0 on to every connection it accepts. Without it, Nagle's algorithm and the
+    # client's delayed ACK held each keep-alive answer for 40 ms (measured: 44 ms vs 1 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # Restarting on the same --port must not fail on the last run's TIME_WAIT connections.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
