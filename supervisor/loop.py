@@ -16,7 +16,9 @@ what a previous run left behind; the OS is reached only through ``processes.Proc
 from __future__ import annotations
 
 import logging
+import math
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
@@ -33,7 +35,7 @@ from supervisor.recovery import reconcile_on_start
 from supervisor.session import Session
 from supervisor.settings import Settings
 from supervisor.statefile import State
-from supervisor.store import JobStore
+from supervisor.store import JobStore, Watch
 from supervisor.sync import OutcomeSync
 from supervisor.timers import Timers, next_wake, plan
 
@@ -78,7 +80,7 @@ class Loop:
         self._processes = processes
         self._clock = clock
         self._control = control
-        self._emit = emit
+        self._emit_change = emit
         self.worker_id = session.worker_id
         self.timers = Timers()
         self.pool = AgentPool(
@@ -97,7 +99,7 @@ class Loop:
             session.outbox,
             self.timers,
             clock=clock,
-            emit=emit,
+            emit=self._emit,
             down_for_s=settings().heartbeat_s,
             rng=rng,
         )
@@ -109,6 +111,11 @@ class Loop:
         self._shutdown_sent = False
         self._idle_check_at = 0.0
         self._closed = False
+        self._hint_lock = threading.Lock()
+        self._hint_now = True  # what happened before we watched is unknown: look once
+        self._hint_due = math.inf
+        self.watch: Watch | None = None
+        """The store's push channel (None: the store cannot push, so the loop polls)."""
 
     @classmethod
     def open(
@@ -124,18 +131,19 @@ class Loop:
         subreaper: bool,
     ) -> Loop:
         """Take the data dir, replay the outbox, settle what a previous run left behind."""
-        session = Session.open(settings(), processes, subreaper=subreaper)
+        session = Session.open(settings(), processes, store, subreaper=subreaper)
+        loop = cls(
+            session,
+            settings=settings,
+            store=store,
+            processes=processes,
+            clock=clock,
+            control=control,
+            emit=emit,
+            rng=rng,
+        )
         try:
-            loop = cls(
-                session,
-                settings=settings,
-                store=store,
-                processes=processes,
-                clock=clock,
-                control=control,
-                emit=emit,
-                rng=rng,
-            )
+            loop.watch = store.watch(loop._hinted)
             loop.sync.replay(clock.monotonic())
             loop.decisions = reconcile_on_start(
                 session.state,
@@ -149,7 +157,7 @@ class Loop:
             )
             loop._save_state(durable=True)  # once per start: a new worker id or boot must stick
         except BaseException:
-            session.close()
+            loop.close()
             raise
         return loop
 
@@ -158,6 +166,8 @@ class Loop:
         if self._closed:
             return
         self._closed = True
+        if self.watch is not None:
+            self.watch.close()
         if self.timers.save_at is not None or self._control.leave_agents:
             self._save_state()
         self.pool.close()
@@ -174,6 +184,39 @@ class Loop:
         self.sync.down_for_s = self._settings().heartbeat_s
         self.timers.beat_at = 0.0
         self.wake()
+
+    def _hinted(self, due_at: float | None) -> None:
+        """The store's change hint (any thread): look now, or when ``due_at`` comes."""
+        with self._hint_lock:
+            if due_at is None:
+                self._hint_now = True
+            else:
+                self._hint_due = min(self._hint_due, due_at)
+        self.session.waiter.wake()
+
+    def _take_hints(self, now: float) -> bool:
+        """Hints since the last tick: True for "look now"; a due time becomes a claim time."""
+        with self._hint_lock:
+            look, due = self._hint_now, self._hint_due
+            self._hint_now, self._hint_due = False, math.inf
+        if due < math.inf:
+            self._claim_by(now, due)
+        return look
+
+    def _claim_by(self, now: float, due_at: float) -> None:
+        """Claim when the store-clock time ``due_at`` comes (a job's ``run_after``)."""
+        wait = max(0.0, due_at - self._clock.time())
+        self.timers.claim_at = min(self.timers.claim_at, now + wait)
+
+    @property
+    def pushed(self) -> bool:
+        """The store pushes change hints now (no polling needed)."""
+        return self.watch is not None and self.watch.live
+
+    def _emit(self, job: Job, before: Status | None, reason: str) -> None:
+        if job.status is Status.WAITING_RETRY:  # ours to claim again when its backoff ends
+            self._claim_by(self._clock.monotonic(), job.run_after)
+        self._emit_change(job, before, reason)
 
     def _adopt(self, attempt: Attempt) -> None:
         self.pool.adopt(attempt)
@@ -195,7 +238,7 @@ class Loop:
                     outbox=self.sync.depth,
                     stopping=self._control.stopping,
                     drain_at=None if self._shutdown_sent else self._control.drain_at,
-                    poll_s=self._settings().wake_poll_s,
+                    poll_s=None if self.pushed else self._settings().poll_s,
                 )
             )
 
@@ -203,10 +246,11 @@ class Loop:
         """One pass of the loop; True when the loop should end."""
         now = self._clock.monotonic()
         pool, control = self.pool, self._control
-        changed = self._store.changed()
+        changed = self._take_hints(now)
         for attempt, outcome in pool.collect_exits():
             self._state_changed()
             self._record(attempt.job, outcome)
+            self.timers.claim_at = min(self.timers.claim_at, now)  # a slot is free
         pool.watch_output(now)
         pool.act_on_stops(now)
         due = plan(
@@ -277,20 +321,29 @@ class Loop:
 
     def _reap(self, now: float) -> None:
         settings = self._settings()
-        self.timers.reap_at = now + settings.heartbeat_s
+        self.timers.reap_at = now + settings.reap_s if settings.reap_s > 0 else math.inf
         try:
-            for job in self._store.reap_stale(settings.reap_grace_s):
-                log.warning("reaped job %d: %s", job.id, job.error)
+            changed = self._store.reap_stale(settings.reap_grace_s)
         except StoreUnavailableError as exc:
             self.sync.store_down(exc)
+            return
+        for job in changed:
+            if job.status is Status.PENDING:  # a retry whose backoff ended: claimable now
+                self.timers.claim_at = min(self.timers.claim_at, now)
+            else:
+                log.warning("reaped job %d: %s", job.id, job.error)
+                if job.status is Status.WAITING_RETRY:
+                    self._claim_by(now, job.run_after)
 
     def _claim(self, now: float) -> None:
         settings = self._settings()
-        self.timers.claim_at = now + settings.poll_s
+        # With a live push channel nothing needs asking until a hint or a known due time;
+        # without one, poll. A closed gate is a fact of this machine: look again at poll_s.
+        self.timers.claim_at = math.inf if self.pushed else now + settings.poll_s
         gate = self._admit(now)
         if gate.state is not GateState.OPEN:
-            if gate.retry_in_s is not None:
-                self.timers.claim_at = min(self.timers.claim_at, now + gate.retry_in_s)
+            wait = gate.retry_in_s if gate.retry_in_s is not None else settings.poll_s
+            self.timers.claim_at = min(self.timers.claim_at, now + wait)
             return
         try:
             jobs = self._store.claim(
@@ -302,6 +355,7 @@ class Loop:
             )
         except StoreUnavailableError as exc:
             self.sync.store_down(exc)
+            self.timers.claim_at = now  # claim again as soon as the store may be asked
             return
         if jobs:
             self._last_start = now

@@ -277,10 +277,14 @@ class Settings(BaseSettings):
     change in that time. An agent started within it before a supervisor crash is found by
     its env tag on restart and killed and retried, not adopted; 0 saves in the same tick."""
     wake_poll_s: Seconds = 0.05
-    """How often an idle supervisor asks the store whether anything changed (a cheap hint)."""
+    """Deprecated and ignored: stores push change hints now (``poll_s`` covers stores that
+    cannot). Kept so that an existing config file naming it still loads."""
     poll_s: Seconds = 1.0
-    """How often an idle supervisor claims even without a change hint (backoffs ending, and
-    stores without change hints, such as Supabase)."""
+    """How often an idle supervisor claims while its store cannot push change hints (a
+    Supabase project without Realtime, a Postgres connection being re-established)."""
+    reap_s: Grace = 30.0
+    """How often this supervisor settles other supervisors' expired leases and promotes due
+    retries (0: never, e.g. when pg_cron reaps on the server)."""
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     """Registered agent kinds, as TOML tables [kinds.<name>]."""
     claim_kinds: list[str] | None = None
@@ -297,6 +301,9 @@ class Settings(BaseSettings):
     """What a restarted supervisor does with its own agents that are still running: keep
     supervising them (their deadlines, heartbeats and outcomes carry on), or kill and retry.
     A kind can override it."""
+    new_store: bool = False
+    """Start fresh: work with a store other than the one this data dir last used (a replaced,
+    emptied or new one) instead of refusing to (``--new-store``)."""
     allow_remote_commands: bool = False
     """Run raw ``command`` jobs that come from a shared (remote) store. Off: anyone who can
     insert a row would otherwise run any program on this machine."""

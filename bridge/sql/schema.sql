@@ -53,7 +53,8 @@ create table if not exists public.jobs (
     exit_code integer,
     signal integer,
     error_kind text check (error_kind in ('exit_code', 'timeout', 'idle_timeout', 'killed', 'lost',
-        'lease_lost', 'queue_timeout', 'spawn_error', 'cancelled', 'invalid', 'resource_limit')),
+        'lease_lost', 'queue_timeout', 'spawn_error', 'cancelled', 'invalid', 'resource_limit',
+        'prepare_failed')),
     error text,
     result jsonb,
     output_tail text,
@@ -63,11 +64,22 @@ create table if not exists public.jobs (
     finished_at timestamptz,
     -- Who settled the last attempt (a worker id, or 'reaper'): a replayed finish is recognised.
     finished_by text,
+    repo text,
+    ref text,
+    unique_key text,
+    last_activity_at timestamptz,
     version bigint not null default 1,
     constraint jobs_kind_xor_command check ((kind is null) <> (command is null)),
     constraint jobs_live_has_lease check (status not in ('preparing', 'running')
         or (lease_owner is not null and lease_expires_at is not null))
 );
+
+-- Protocol v2's columns for databases made before them (issue 10 turns this into a versioned
+-- migration; here they only keep an older database readable).
+alter table public.jobs add column if not exists repo text;
+alter table public.jobs add column if not exists ref text;
+alter table public.jobs add column if not exists unique_key text;
+alter table public.jobs add column if not exists last_activity_at timestamptz;
 
 -- The claim path: pending jobs in claim order (priority desc, oldest first, then id).
 create index if not exists jobs_claim_order

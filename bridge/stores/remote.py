@@ -286,15 +286,38 @@ class RemoteStore(abc.ABC):
         *,
         statuses: Collection[Status] | None = None,
         lease_owner: str | None = None,
+        kinds: Collection[str] | None = None,
+        concurrency_key: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        finished_after: float | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> builtins.list[Job]:
-        """Jobs, newest first."""
+        """Jobs, newest first. (Protocol v2's filters are not in the SQL yet: issue 10.)"""
+        if any(
+            f is not None for f in (kinds, concurrency_key, created_after, created_before, finished_after)
+        ):
+            raise StoreError(f"{self._name} cannot filter jobs by kind, key or time yet")
+        wanted = None if limit is None else max(0, min(limit + max(offset, 0), 2**31 - 1))
         params = {
             "p_statuses": None if statuses is None else sorted(s.value for s in statuses),
             "p_lease_owner": lease_owner,
-            "p_limit": None if limit is None else max(0, min(limit, 2**31 - 1)),
+            "p_limit": wanted,
         }
-        return self._jobs("jobs_list", params, write=False)
+        return self._jobs("jobs_list", params, write=False)[max(offset, 0) :]
+
+    def queue_position(self, job_id: int) -> int | None:
+        """The job's place among pending jobs in claim order (``jobs_queue_position``)."""
+        rows = self._call("jobs_queue_position", {"p_id": job_id}, write=False)
+        return None if not rows or rows[0].get("position") is None else int(rows[0]["position"])
+
+    def identity(self) -> str:
+        """The store's random id (``jobs_identity``)."""
+        rows = self._call("jobs_identity", {}, write=False, quick=True)
+        if not rows or not rows[0].get("identity"):
+            raise StoreError(f"{self._name} has no identity")
+        return str(rows[0]["identity"])
 
     def counts(self) -> QueueCounts:
         """Counts by status and the oldest live start / pending creation, one call."""
@@ -332,6 +355,10 @@ class RemoteStore(abc.ABC):
     def events(self, job_id: int) -> builtins.list[Event]:
         """The job's events, oldest first."""
         return [event_from_row(r) for r in self._call("jobs_events", {"p_id": job_id}, write=False)]
+
+    def watch(self, wake: Callable[[float | None], None]) -> None:
+        """No push channel yet: the supervisor polls every ``poll_s`` (issue 10 adds one)."""
+        return None
 
     def changed(self) -> bool:
         """Own writes since the last call (a host thread's submit wakes the supervisor).
