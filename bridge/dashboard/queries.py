@@ -160,13 +160,11 @@ def throughput(
 ) -> Throughput:
     """The jobs finished in the ``window_s`` before ``now``, counted per ``bucket_s`` by status.
 
-    Cost: one ``list(statuses=TERMINAL, finished_after=now - window_s)``, an index range on
-    finished_at that reads only that window's rows (each a whole row), at most
-    ``MAX_CHART_JOBS`` + 1; the history before the window is never read.
+    Cost: one ``JobService.finished_since``, an index range on finished_at that reads only the
+    window's rows (each a whole row), at most ``MAX_CHART_JOBS`` + 1; the history before the
+    window is never read.
     """
-    # Until store protocol v2 (finished_after) lands: the newest terminal jobs by id, which
-    # bucket() narrows to the window.
-    jobs = service.list(TERMINAL, limit=MAX_CHART_JOBS + 1)
+    jobs = service.finished_since(now - window_s, limit=MAX_CHART_JOBS + 1)
     return bucket(
         jobs[:MAX_CHART_JOBS], now, window_s=window_s, bucket_s=bucket_s, truncated=len(jobs) > MAX_CHART_JOBS
     )
