@@ -99,8 +99,7 @@ def build(db: Path, jobs: int, now: float) -> float:
             "values ('pending', ?, ?, 'summarize', '{}', 3, 10.0)",
             [(now, now)] * 5,
         )
-        conn.execute("commit")
-        conn.execute("analyze")
+        conn.execute("commit")  # no ANALYZE: the store never runs it, and its plans differ with stats
     finally:
         conn.close()
     return time.perf_counter() - started
