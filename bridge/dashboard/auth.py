@@ -11,10 +11,11 @@ read the answers as same-origin. So every request must pass, in order:
    it as a cookie and is redirected to the URL without it), as the ``HttpOnly; SameSite=Strict``
    cookie, or as ``Authorization: Bearer`` (scripts, a Prometheus scrape). Compared in
    constant time. Without it: 401.
-3. **Origin** for anything but GET/HEAD (the actions): a browser names the page that sent a
-   request in ``Origin``; it must be this server. A request authenticated only by the cookie
-   must carry it (no Origin, no action), so a cross-site form can never act, even if a
-   browser ignored ``SameSite``. A Bearer request (not a browser) may omit it. 403 otherwise.
+3. **Origin**: a browser names the page that sent a request in ``Origin``; when present it
+   must be this server, whatever the method. Anything but GET/HEAD (the actions) must carry
+   it when authenticated only by the cookie (no Origin, no action), so a cross-site form can
+   never act, even if a browser ignored ``SameSite``; a Bearer request (not a browser) may
+   omit it. 403 otherwise.
 
 The cookie's name carries the port: cookies are not port-scoped, and two dashboards on one
 machine must not overwrite each other's. Every answer carries headers that keep the page from
@@ -111,12 +112,12 @@ def decide(
     by_bearer = auth.matches(bearer)
     if not (by_bearer or auth.matches(cookies.get(auth.cookie_name)) or auth.matches(in_query)):
         return Decision(401, "token required: open the URL that `agent-supervisor dashboard` printed")
+    origin = headers.get("origin")
+    if origin is not None and origin.lower() not in auth.origins:
+        return Decision(403, "cross-origin request refused")
     if method not in _SAFE_METHODS:
-        origin = headers.get("origin")
         if origin is None and not by_bearer:
             return Decision(403, "Origin header required")
-        if origin is not None and origin.lower() not in auth.origins:
-            return Decision(403, "cross-origin request refused")
         if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return Decision(403, "cross-site request refused")
     if in_query is not None and method in _SAFE_METHODS and path in _PAGES:

@@ -3,7 +3,8 @@
 One process, one event loop: uvicorn serves ``app.create_app`` on a socket this module binds
 to 127.0.0.1 (never another address: there is no option for one), on ``--port`` or a port
 the kernel picks. The token is made here, printed once inside the URL, and never logged:
-uvicorn's access log (which would record ``?token=``) is off.
+uvicorn's access log (which would record ``?token=``) is off, and ``--open`` hands the
+browser a private redirect file rather than the URL (``browser_page``).
 
 With ``--run`` a supervisor runs in this process on a thread of its own (``Supervisor.start``)
 with its own store connection, so the page's reads never queue behind its heartbeats; its
@@ -17,11 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import secrets
+import shutil
 import socket
+import tempfile
 import threading
 import webbrowser
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final, TextIO
 
 import uvicorn
@@ -29,9 +34,10 @@ import uvicorn
 from bridge.dashboard.app import Options, create_app
 from bridge.dashboard.auth import Auth
 from bridge.service import JobService
+from supervisor.datadir import write_private
 from supervisor.signals import on_stop_signals
 
-__all__ = ["HOST", "serve"]
+__all__ = ["HOST", "browser_page", "listen", "serve", "store_kind"]
 
 HOST: Final = "127.0.0.1"
 _HEALTH_TTL_S: Final = 0.5
@@ -68,6 +74,28 @@ def listen(port: int | None) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def browser_page(url: str) -> Path:
+    """A private file that sends a browser on to ``url``, for ``--open``.
+
+    The browser gets this file's path on its command line, never the URL itself: a command
+    line is readable by every local user (``ps``, /proc/PID/cmdline), and the URL holds the
+    token (Jupyter does the same for its token). The file is 0600 in a fresh 0700 directory;
+    the caller removes the directory when the server stops.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="agent-supervisor-dashboard-"))
+    page = folder / "open.html"
+    target = html.escape(url, quote=True)
+    write_private(
+        page,
+        (
+            '<!doctype html><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+            f'<meta http-equiv="refresh" content="0; url={target}">'
+            f'<title>agent-supervisor dashboard</title><a href="{target}">open the dashboard</a>\n'
+        ).encode(),
+    )
+    return page
 
 
 def store_kind(store_url: str) -> str:
@@ -145,16 +173,20 @@ async def _serve(
         loop.call_soon_threadsafe(app.state.feed.close)
 
     url = f"http://{HOST}:{auth.port}/?token={auth.token}"
+    page: Path | None = None
     try:
         with on_stop_signals(on_signal):
             out.write(f"dashboard: {url}\n")
             out.flush()
             if open_browser:  # a browser may take a moment to start: not on the event loop
+                page = browser_page(url)
                 threading.Thread(
-                    target=webbrowser.open, args=(url,), name="dashboard-open", daemon=True
+                    target=webbrowser.open, args=(page.as_uri(),), name="dashboard-open", daemon=True
                 ).start()
             await server.serve(sockets=[sock])
     finally:
+        if page is not None:
+            shutil.rmtree(page.parent, ignore_errors=True)
         if supervisor is not None:
             ours.supervisor = None
             await asyncio.to_thread(supervisor.stop, drain=True)

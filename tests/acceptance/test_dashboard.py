@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support import ROOT, cli, cli_env, kill_tagged
+from tests.support import ROOT, cli, cli_env, kill_tagged, wait_until
 
 
 @dataclass
@@ -38,12 +38,14 @@ class Dashboard:
 
 
 @contextmanager
-def dashboard_process(data: Path, *args: str, timeout: float = 30.0) -> Iterator[Dashboard]:
+def dashboard_process(
+    data: Path, *args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> Iterator[Dashboard]:
     """``python -m bridge dashboard ARGS`` until its URL is printed; stopped with SIGTERM (then
     SIGKILL) on exit, its agents reaped. ``stdout``/``stderr`` hold its output afterwards."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "dashboard", *args],
-        env=cli_env(data),
+        env=env or cli_env(data),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -163,6 +165,23 @@ def test_listens_on_loopback_only_and_never_logs_the_token(tmp_path: Path) -> No
         assert listening[0].laddr.port == board.port
     assert board.stdout.count(board.token) == 1
     assert board.token not in board.stderr
+
+
+def test_open_hands_the_browser_a_private_file_not_the_token(tmp_path: Path) -> None:
+    """--open starts the browser ($BROWSER) on a file:// page that redirects to the URL: the
+    token is not on the browser's command line, and the page is gone when the server stops."""
+    seen = tmp_path / "browser-argv"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}.tmp && mv {seen}.tmp {seen}\n')
+    browser.chmod(0o700)
+    data = tmp_path / "d"
+    with dashboard_process(data, "--open", env=cli_env(data, BROWSER=f"{browser} %s")) as board:
+        wait_until(seen.exists, 15, message="the browser to be started")
+        argument = seen.read_text()
+        assert argument.startswith("file:///") and board.token not in argument
+        page = Path(urlsplit(argument).path)
+        assert f'url={board.url}"' in page.read_text()
+    assert not page.exists()
 
 
 def test_store_mode_streams_changes_made_elsewhere(board: Dashboard, tmp_path: Path) -> None:

@@ -46,11 +46,13 @@ def check(
         ({"headers": {"host": "evil.example:8123"}, "cookies": COOKIE}, 403),
         ({"headers": {"host": "127.0.0.1:9999"}, "cookies": COOKIE}, 403),
         ({"headers": {}, "cookies": COOKIE}, 403),
+        ({"headers": {**HOST, "origin": "http://evil.example"}, "cookies": COOKIE}, 403),
+        ({"headers": SAME_ORIGIN, "cookies": COOKIE}, 0),
     ],
 )
 def test_reads_need_the_token_and_our_host(kwargs: dict[str, object], status: int) -> None:
     """A GET passes only with the token (query, cookie of this port, or Bearer) and a Host
-    naming this server; a foreign Host (DNS rebinding) is refused even with the token."""
+    naming this server; a foreign Host (DNS rebinding) or Origin is refused even with it."""
     decision = check(**kwargs)  # type: ignore[arg-type]
     assert decision.status == status, decision.reason
     assert decision.allowed is (status == 0)
