@@ -15,13 +15,16 @@ what a previous run left behind; the OS is reached only through ``processes.Proc
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import os
 import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from supervisor.admission import Gate, GateState, Machine, admit
 from supervisor.attempt import Attempt, base_env
@@ -32,6 +35,7 @@ from supervisor.pool import AgentPool
 from supervisor.processes import Processes
 from supervisor.reconcile import Decision
 from supervisor.recovery import reconcile_on_start
+from supervisor.retention import Retention, RetentionReport, disk_use
 from supervisor.session import Session
 from supervisor.settings import Settings
 from supervisor.statefile import State
@@ -116,6 +120,21 @@ class Loop:
         self._hint_due = math.inf
         self.watch: Watch | None = None
         """The store's push channel (None: the store cannot push, so the loop polls)."""
+        self.write_error: str | None = None
+        """Why the last state-file save failed (a full disk), while that lasts."""
+        self.retention_report: RetentionReport | None = None
+        first = settings()
+        self.retention = Retention(
+            session.datadir,
+            store,
+            clock=clock,
+            retention_s=first.retention_s,
+            files_max_bytes=first.files_max_bytes,
+            every_s=first.retention_every_s,
+            retain_jobs_s=first.retain_jobs_s,
+            live=self._live,
+            on_report=self._retained,
+        )
 
     @classmethod
     def open(
@@ -144,6 +163,7 @@ class Loop:
         )
         try:
             loop.watch = store.watch(loop._hinted)
+            loop.retention.start()
             loop.sync.replay(clock.monotonic())
             loop.decisions = reconcile_on_start(
                 session.state,
@@ -166,6 +186,7 @@ class Loop:
         if self._closed:
             return
         self._closed = True
+        self.retention.close()
         if self.watch is not None:
             self.watch.close()
         if self.timers.save_at is not None or self._control.leave_agents:
@@ -180,10 +201,28 @@ class Loop:
 
     def reloaded(self) -> None:
         """Settings changed: take the environment and the intervals anew."""
+        settings = self._settings()
         self.pool.env = base_env()  # a host that changed os.environ reloads to pass it on
-        self.sync.down_for_s = self._settings().heartbeat_s
+        self.sync.down_for_s = settings.heartbeat_s
+        self.retention.retention_s = settings.retention_s
+        self.retention.files_max_bytes = settings.files_max_bytes
+        self.retention.every_s = settings.retention_every_s
+        self.retention.retain_jobs_s = settings.retain_jobs_s
+        self.retention.wake()
         self.timers.beat_at = 0.0
         self.wake()
+
+    def _live(self) -> set[tuple[int, int]]:
+        """The attempts that run now (the retention thread asks; any thread)."""
+        for _ in range(3):
+            try:
+                return {(a.job.id, a.job.attempt) for a in list(self.pool)}
+            except RuntimeError:  # the pool changed size while copied: copy again
+                continue
+        return {(a.job.id, a.job.attempt) for a in list(self.pool)}
+
+    def _retained(self, report: RetentionReport) -> None:
+        self.retention_report = report  # one assignment: read by the loop thread at its leisure
 
     def _hinted(self, due_at: float | None) -> None:
         """The store's change hint (any thread): look now, or when ``due_at`` comes."""
@@ -239,6 +278,7 @@ class Loop:
                     stopping=self._control.stopping,
                     drain_at=None if self._shutdown_sent else self._control.drain_at,
                     poll_s=None if self.pushed else self._settings().poll_s,
+                    status_at=self.session.status.next_due(),
                 )
             )
 
@@ -359,8 +399,13 @@ class Loop:
             return
         if jobs:
             self._last_start = now
-            if len(jobs) == gate.limit:  # there may be more: look again as soon as the gate allows
-                self.timers.claim_at = now + settings.start_stagger_s
+        if len(jobs) == gate.limit:  # there may be more: look again as soon as the gate allows
+            self.timers.claim_at = now + settings.start_stagger_s
+        else:  # nothing more now: the next delayed job or retry may need no write to become due
+            with contextlib.suppress(StoreError):
+                due = self._store.next_due()
+                if due is not None:
+                    self._claim_by(now, due)
         launched: list[Attempt] = []
         for job in jobs:
             self._emit(job, Status.PENDING, "claimed")
@@ -386,7 +431,7 @@ class Loop:
         gate = admit(
             settings, running, machine, now=now, last_start=self._last_start, claim_kinds=settings.claim_kinds
         )
-        if gate.state is not self.gate.state or gate.reason != self.gate.reason:
+        if gate.state is not self.gate.state or gate.reason_key != self.gate.reason_key:
             if gate.state is GateState.BLOCKED:
                 log.info("admission blocked: %s", gate.reason)
             self.gate_since = self._clock.time()
@@ -432,22 +477,84 @@ class Loop:
         try:
             self.session.statefile.save(state, durable=durable)
             self.timers.save_at = None
+            self.write_error = None
         except StateFileError as exc:  # keep running: the agents stay supervised in memory
             log.error("could not save the state file: %s", exc)
+            self.write_error = str(exc)
             self.timers.save_at = self._clock.monotonic() + _SAVE_RETRY_S
 
     def _write_status(self, now: float) -> None:
-        """``status.json`` for ``health`` in other processes, when due (see ``StatusWriter``)."""
-        self.session.status.write_if_due(
-            now,
-            worker_id=self.worker_id,
-            gate=self.gate,
-            gate_since=self.gate_since,
-            machine=self.machine,
-            settings=self._settings(),
-            agents=list(self.pool),
-            observed=self.pool.observed,
-            outbox_depth=self.sync.depth,
-            enforcement=self._processes.enforcement,
-            wall_now=self._clock.time(),
+        """``status.json`` for ``health`` in other processes, when due (``supervisor.status``)."""
+        self.session.status.write_if_due(now, self._status)
+
+    def _status(self) -> tuple[object, dict[str, Any]]:
+        settings = self._settings()
+        agents = [_agent_row(a, self._clock) for a in self.pool]
+        report = self.retention_report
+        disk = disk_use(self.session.datadir.root)
+        write_error = self.write_error or self.sync.write_error
+        status: dict[str, Any] = {
+            "pid": os.getpid(),
+            "worker_id": self.worker_id,
+            "updated_at": self._clock.time(),
+            "admission": {
+                "state": self.gate.state.value,
+                "reason": self.gate.reason,
+                "reason_key": self.gate.reason_key,
+                "since": self.gate_since,
+                "never_fit": sorted(self.gate.never_fit),
+            },
+            "memory": {
+                "available_bytes": self.machine.available_bytes,
+                "total_bytes": self.machine.total_bytes,
+                "reserve_bytes": settings.memory_reserve_bytes,
+            },
+            "enforcement": self._processes.enforcement(),
+            "agents": agents,
+            "observed_peak_rss_bytes": [p for p, _ in self.pool.observed],
+            "observed_cpu_percent": [c for _, c in self.pool.observed],
+            "max_concurrent": settings.concurrency,
+            "outbox_depth": self.sync.depth,
+            "store": {
+                "push": self.pushed,
+                "unreachable_since": self.sync.down_since,
+                "last_error": self.sync.last_error,
+            },
+            "disk": {
+                "files_bytes": report.bytes if report else None,
+                "files": report.files if report else None,
+                "swept_at": report.at if report else None,
+                "free_bytes": disk.free_bytes if disk else None,
+                "total_bytes": disk.total_bytes if disk else None,
+                "write_error": write_error,
+            },
+        }
+        key = (
+            self.gate.state,
+            self.gate.reason_key,
+            json.dumps(agents, sort_keys=True, default=str),
+            self.sync.depth,
+            self.sync.last_error,
+            self.pushed,
+            write_error,
+            report,
         )
+        return key, status
+
+
+def _agent_row(attempt: Attempt, clock: Clock) -> dict[str, Any]:
+    """One running agent as ``status.json`` and ``health`` show it."""
+    job, entry = attempt.job, attempt.entry
+    started = entry.started_at
+    idle_for = clock.monotonic() - attempt.last_output
+    return {
+        "job_id": job.id,
+        "kind": job.kind,
+        **(attempt.stats or {}),
+        "memory_max_bytes": attempt.limits.memory_max_bytes,
+        "pids_max": attempt.limits.pids_max,
+        "progress": attempt.progress,
+        "started_at": started,
+        "timeout_at": started + entry.timeout_s if entry.timeout_s else None,
+        "last_activity_at": clock.time() - idle_for,
+    }

@@ -276,6 +276,23 @@ class Settings(BaseSettings):
     """How soon after an agent starts or ends the state file is saved: one save covers every
     change in that time. An agent started within it before a supervisor crash is found by
     its env tag on restart and killed and retried, not adopted; 0 saves in the same tick."""
+    retention_s: Grace = 7 * 86400.0
+    """Finished attempts' files (run dir, log) are deleted this long after their last write
+    (0: kept until the size cap or a purge)."""
+    files_max_bytes: int = Field(default=1 << 30, ge=0)
+    """All attempts' files together stay under this; the oldest go first (0: no cap)."""
+    retention_every_s: Seconds = 300.0
+    """How often the retention thread sweeps (it never pauses the supervisor's loop)."""
+    retain_jobs_s: Seconds | None = None
+    """Also purge finished jobs (rows and events) this long after they finished (off)."""
+    disk_low_bytes: int = Field(default=1 << 30, ge=0)
+    """health warns (``disk_low``) when the data dir's file system has less free space than
+    this, and says critical below a quarter of it."""
+    near_limit_warning: float = Field(default=0.8, gt=0, le=1)
+    """health's ``near_limit`` warns when an agent uses this share of its memory or process
+    limit ..."""
+    near_limit_critical: float = Field(default=0.95, gt=0, le=1)
+    """... and says critical at this share."""
     wake_poll_s: Seconds = 0.05
     """Deprecated and ignored: stores push change hints now (``poll_s`` covers stores that
     cannot). Kept so that an existing config file naming it still loads."""

@@ -195,6 +195,12 @@ class JobStore(Protocol):
         not grow with finished history (counters kept as jobs move)."""
         ...
 
+    def next_due(self) -> float | None:
+        """The earliest ``run_after`` still in the future among pending and waiting_retry jobs
+        (a delayed job, a retry in backoff), or None: when a claim may find work next without
+        any new write. The supervisor asks after a claim that came up short."""
+        ...
+
     def queue_position(self, job_id: int) -> int | None:
         """The 1-based place of a pending job in claim order (priority descending, then
         oldest, then id) among pending jobs; None when the job is not pending.

@@ -101,6 +101,9 @@ create index if not exists jobs_key_id on jobs (concurrency_key, id desc) where 
 create index if not exists jobs_created on jobs (created_at);
 create index if not exists jobs_finished on jobs (finished_at) where finished_at is not null;
 
+-- When waiting jobs become claimable (delayed jobs, retries in backoff): next_due.
+create index if not exists jobs_due on jobs (run_after) where status in ('pending', 'waiting_retry');
+
 -- unique_key: at most one job per key, in any status (recurring schedules key each slot).
 create unique index if not exists jobs_unique_key on jobs (unique_key) where unique_key is not null;
 

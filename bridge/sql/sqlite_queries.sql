@@ -118,3 +118,7 @@ select * from job_events where job_id = ? order by seq;
 
 -- name: delete_job
 delete from jobs where id = ?;
+
+-- name: next_due
+-- The earliest future run_after of a waiting job: one step into index jobs_due.
+select min(run_after) from jobs where status in ('pending', 'waiting_retry') and run_after > ?;

@@ -307,6 +307,10 @@ class RemoteStore(abc.ABC):
         }
         return self._jobs("jobs_list", params, write=False)[max(offset, 0) :]
 
+    def next_due(self) -> float | None:
+        """Not in the SQL yet (issue 10): without push the supervisor polls anyway."""
+        return None
+
     def queue_position(self, job_id: int) -> int | None:
         """The job's place among pending jobs in claim order (``jobs_queue_position``)."""
         rows = self._call("jobs_queue_position", {"p_id": job_id}, write=False)

@@ -444,6 +444,12 @@ class SQLiteStore:
                 by_status[Status(status)] = count
         return QueueCounts(by_status, oldest_running, oldest_pending, now)
 
+    def next_due(self) -> float | None:
+        """The earliest future run_after of a waiting job (index jobs_due)."""
+        with self._read() as (db, now):
+            value = db.execute(sql("next_due"), (now,)).fetchone()[0]
+        return None if value is None else float(value)
+
     def queue_position(self, job_id: int) -> int | None:
         """The job's 1-based place in claim order among pending jobs (None unless pending)."""
         with self._read() as (db, _):

@@ -286,6 +286,15 @@ class MemoryStore:
             jobs = jobs[max(offset, 0) :]
             return jobs[: max(limit, 0)] if limit is not None else jobs
 
+    def next_due(self) -> float | None:
+        with self._lock:
+            now = self.now()
+            waiting = (Status.PENDING, Status.WAITING_RETRY)
+            return min(
+                (j.run_after for j in self._jobs.values() if j.status in waiting and j.run_after > now),
+                default=None,
+            )
+
     def queue_position(self, job_id: int) -> int | None:
         with self._lock:
             job = self._get(job_id)

@@ -183,3 +183,18 @@ def test_watch_hints_another_writers_insert_and_due_time(
     finally:
         watch.close()
     assert not watch.live
+
+
+def test_next_due_is_the_earliest_future_run_after_of_a_waiting_job(
+    store: JobStore, clock: ManualClock
+) -> None:
+    """next_due names when a delayed job or a retry in backoff becomes claimable; None when
+    nothing waits for a time."""
+    assert store.next_due() is None
+    submit(store)  # claimable now: not a future time
+    assert store.next_due() is None
+    submit(store, run_after=clock() + 50)
+    submit(store, run_after=clock() + 20)
+    assert store.next_due() == pytest.approx(clock() + 20)
+    clock.advance(30)
+    assert store.next_due() == pytest.approx(clock() + 20)
