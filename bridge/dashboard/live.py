@@ -62,8 +62,10 @@ class Snapshot:
     jobs_version: int
     """Grows each time the jobs moved; equal in two snapshots: the same jobs."""
     health: dict[str, Any] | None
+    """``health --json``'s object; its counts are None while the store is unreachable."""
     error: str | None = None
-    """Why health could not be read (the store is unreachable); then ``health`` is None."""
+    """Why the store could not be read (then the jobs are not compared: ``jobs_version``
+    stays); ``health`` is None only if even health failed."""
 
     def as_json(self, mode: str) -> dict[str, Any]:
         """The ``state`` event's data (``mode``: ``run`` or ``store``)."""
@@ -156,13 +158,13 @@ class Feed:
                 continue
             self._wake.clear()
             dirty, self._dirty = self._dirty, False
-            try:
-                report, live = await asyncio.to_thread(self._look)
-            except SupervisorError as exc:
-                self._publish(changed=dirty, health=None, error=str(exc))
+            report, live, error = await asyncio.to_thread(self._look)
+            health = health_json(report) if report is not None else None
+            if live is None or report is None:
+                self._publish(changed=dirty, health=health, error=error)
             else:
                 now = fingerprint(report, live)
-                self._publish(changed=dirty or now != previous, health=health_json(report), error=None)
+                self._publish(changed=dirty or now != previous, health=health, error=None)
                 previous = now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.refresh_s)
@@ -188,8 +190,18 @@ class Feed:
                 continue
             observer.observe_job(job)
 
-    def _look(self) -> tuple[HealthReport, list[Job]]:
-        return self.service.health(), self.service.list(LIVE, limit=_MAX_LIVE)
+    def _look(self) -> tuple[HealthReport | None, list[Job] | None, str | None]:
+        """Health (which reports an unreachable store rather than failing: issue 11) and the
+        live jobs; the error that kept either from being read."""
+        try:
+            report = self.service.health()
+        except SupervisorError as exc:
+            return None, None, str(exc)
+        try:
+            live = self.service.list(LIVE, limit=_MAX_LIVE)
+        except SupervisorError as exc:
+            return report, None, str(exc)
+        return report, live, None
 
     def _publish(self, *, changed: bool, health: dict[str, Any] | None, error: str | None) -> None:
         latest = self.latest

@@ -18,6 +18,7 @@ module alone. Each registry is private to its caller, never the library's global
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -86,29 +87,32 @@ class Recorder:
 
 
 class _StoreCollector(Collector):
-    """Reads health and the last hour at each scrape; the ``agent_supervisor_up`` gauge says
-    whether the store answered (a scrape must not fail because the store is down)."""
+    """Reads health and the last hour at each scrape. A scrape never fails because the store
+    is down: ``agent_supervisor_up`` is then 0, the store's figures are left out, and what
+    the data dir knows (agents, outbox, admission) is still there (health needs no store)."""
 
     def __init__(self, health: Callable[[], HealthReport], last_hour: Callable[[], Throughput]) -> None:
         self._health = health
         self._last_hour = last_hour
 
     def collect(self) -> Iterator[Metric]:
+        up = "1 when the job store answered this scrape."
         try:
             report = self._health()
-            hour = self._last_hour()
         except SupervisorError:
-            yield GaugeMetricFamily("agent_supervisor_up", "1 when the job store answered this scrape.", 0)
+            yield GaugeMetricFamily("agent_supervisor_up", up, 0)
             return
-        yield GaugeMetricFamily("agent_supervisor_up", "1 when the job store answered this scrape.", 1)
+        hour: Throughput | None = None
+        if report.pending is not None:  # None: health found the store unreachable
+            with contextlib.suppress(SupervisorError):
+                hour = self._last_hour()
+        yield GaugeMetricFamily("agent_supervisor_up", up, int(hour is not None))
         yield from _health_metrics(report)
-        yield from _last_hour_metrics(hour)
+        if hour is not None:
+            yield from _last_hour_metrics(hour)
 
 
 def _health_metrics(report: HealthReport) -> Iterator[Metric]:
-    jobs = GaugeMetricFamily(
-        "agent_supervisor_jobs", "Jobs in the store by status (the store's counts).", labels=["status"]
-    )
     by_status = {
         "pending": report.pending,
         "waiting_retry": report.waiting_retry,
@@ -117,9 +121,13 @@ def _health_metrics(report: HealthReport) -> Iterator[Metric]:
         "failed": report.failed,
         "cancelled": report.cancelled,
     }
-    for status, count in by_status.items():
-        jobs.add_metric([status], count)
-    yield jobs
+    if all(count is not None for count in by_status.values()):
+        jobs = GaugeMetricFamily(
+            "agent_supervisor_jobs", "Jobs in the store by status (the store's counts).", labels=["status"]
+        )
+        for status, count in by_status.items():
+            jobs.add_metric([status], float(count or 0))
+        yield jobs
     admission = GaugeMetricFamily(
         "agent_supervisor_admission",
         "Admission state of this data dir's supervisor (1 for the current state), from its status file.",
@@ -148,6 +156,12 @@ def _health_metrics(report: HealthReport) -> Iterator[Metric]:
         "Outcomes this data dir's supervisor holds until the store answers again.",
         report.outbox_depth,
     )
+    if report.disk.get("files_bytes") is not None:
+        yield GaugeMetricFamily(
+            "agent_supervisor_attempt_files_bytes",
+            "Bytes of every attempt's files (logs, payloads, results) in the data dir.",
+            float(report.disk["files_bytes"]),
+        )
     for name, value, text in (
         (
             "oldest_pending_age_seconds",

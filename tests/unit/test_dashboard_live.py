@@ -23,7 +23,7 @@ WAIT_S = 5.0
 
 
 class FlakyStore(MemoryStore):
-    """A MemoryStore that can be made unreachable for counts (what health reads first)."""
+    """A MemoryStore that can be made unreachable for counts and lists (what the feed reads)."""
 
     down = False
 
@@ -31,6 +31,11 @@ class FlakyStore(MemoryStore):
         if self.down:
             raise StoreUnavailableError("store down")
         return super().counts()
+
+    def list(self, **kwargs):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise StoreUnavailableError("store down")
+        return super().list(**kwargs)
 
 
 @pytest.fixture
@@ -110,19 +115,22 @@ def test_watcher_rests_while_nobody_listens(service: JobService) -> None:
 
 
 def test_unreachable_store_is_a_snapshot_with_an_error(service: JobService, store: FlakyStore) -> None:
-    """When health cannot be read the snapshot says why and carries no health; the feed goes on
-    and recovers when the store answers again."""
+    """While the store is unreachable a snapshot still carries health (without counts) and says
+    why; jobs_version stays; the feed goes on and recovers when the store answers again."""
     store.down = True
     feed = Feed(service, refresh_s=0.01, min_gap_s=0)
 
     async def body() -> None:
         broken = await next_snapshot(feed, 0)
-        assert broken.health is None and broken.error == "store down"
+        assert broken.error == "store down"
+        assert broken.health is not None and broken.health["pending"] is None
+        again = await next_snapshot(feed, broken.version)
+        assert again.error == "store down" and again.jobs_version == broken.jobs_version
         store.down = False
-        healed = await next_snapshot(feed, broken.version)
-        while healed.health is None:
+        healed = await next_snapshot(feed, again.version)
+        while healed.error is not None:
             healed = await next_snapshot(feed, healed.version)
-        assert healed.error is None
+        assert healed.health is not None and healed.health["pending"] == 0
 
     running(feed, body)
 

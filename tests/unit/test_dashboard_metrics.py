@@ -82,13 +82,33 @@ def test_store_metrics_come_from_health_and_the_last_hour() -> None:
 
 
 def test_an_unreachable_store_is_a_zero_up_gauge_not_a_failed_scrape() -> None:
-    """When health cannot be read the scrape still answers: ``agent_supervisor_up 0``."""
+    """When the store does not answer the scrape still does: ``agent_supervisor_up 0``, no
+    store figures, but the data dir's own (agents, outbox); if even health fails, up alone."""
 
-    def down() -> HealthReport:
+    def unreachable() -> HealthReport:
+        return report(
+            running=None, pending=None, waiting_retry=None, completed=None, failed=None, cancelled=None
+        )
+
+    def chart_down() -> Throughput:
         raise StoreUnavailableError("store down")
 
-    registry, _ = build_registry(down, hour, in_process=False)
-    assert samples(render(registry).decode()) == {"agent_supervisor_up": 0}
+    for health, chart in ((unreachable, hour), (report, chart_down)):
+        got = samples(render(build_registry(health, chart, in_process=False)[0]).decode())
+        assert got["agent_supervisor_up"] == 0
+        assert got["agent_supervisor_outbox_depth"] == 3
+        assert 'agent_supervisor_agent_rss_bytes{job_id="12",kind="summarize"}' in got
+        assert not any(name.startswith("agent_supervisor_jobs_finished") for name in got)
+    assert 'agent_supervisor_jobs{status="pending"}' not in samples(
+        render(build_registry(unreachable, hour, in_process=False)[0]).decode()
+    )
+
+    def broken() -> HealthReport:
+        raise StoreUnavailableError("store down")
+
+    assert samples(render(build_registry(broken, hour, in_process=False)[0]).decode()) == {
+        "agent_supervisor_up": 0
+    }
 
 
 def change(before: Status | None, after: Status) -> JobChange:

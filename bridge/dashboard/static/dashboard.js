@@ -209,15 +209,22 @@ function filtered(v) {
 }
 
 // -- queue panel ----------------------------------------------------------------------------
+const STORE_DOWN = "The store does not answer";
+
 function renderHealth(health, error) {
   state.health = health;
-  if (!health) {
-    showBanner(`The store does not answer: ${error || "unknown error"}`);
-    return;
+  // Health needs no store: while the store is away it still tells what this machine knows,
+  // with its counts null and a store_unreachable alert.
+  const unreachable = health && health.alerts.find((a) => a.kind === "store_unreachable");
+  if (!health || unreachable || error) {
+    showBanner(`${STORE_DOWN}: ${unreachable ? unreachable.message : error || "unknown error"}`);
+  } else if ($("banner").textContent.startsWith(STORE_DOWN)) {
+    showBanner("");
   }
-  if ($("banner").textContent.startsWith("The store does not answer")) showBanner("");
+  if (!health) return;
   for (const key of ["pending", "running", "waiting_retry", "completed", "failed", "cancelled"]) {
-    document.querySelector(`[data-testid="count-${key}"]`).textContent = String(health[key]);
+    const count = health[key];
+    document.querySelector(`[data-testid="count-${key}"]`).textContent = count === null ? "–" : String(count);
   }
   const admission = health.admission || {};
   const adm = $("admission");
@@ -235,7 +242,7 @@ function renderHealth(health, error) {
   alerts.replaceChildren(
     ...(health.alerts.length
       ? health.alerts.map((a) => {
-          const item = el("li", { class: "alert", "data-kind": a.kind }, el("strong", { text: a.kind }), " ", a.message);
+          const item = el("li", { class: `alert ${a.level || "warning"}`, "data-kind": a.kind }, el("strong", { text: a.kind }), " ", a.message);
           if (a.job_id) item.append(" ", el("a", { href: `#job=${a.job_id}`, text: "show" }));
           return item;
         })
@@ -251,12 +258,15 @@ function renderHealth(health, error) {
             {},
             el("td", {}, el("a", { href: `#job=${a.job_id}`, text: String(a.job_id) })),
             el("td", { text: a.kind || "command" }),
+            el("td", {}, progressNode(a.progress, false)),
+            el("td", { class: "num", text: a.started_at ? span(Date.now() / 1000 - a.started_at) : "" }),
+            el("td", { class: "num", title: "since its last output or progress", text: a.last_activity_at ? span(Date.now() / 1000 - a.last_activity_at) : "" }),
             el("td", { class: "num", text: bytes(a.rss_bytes) }),
             el("td", { class: "num", text: a.cpu_percent !== undefined && a.cpu_percent !== null ? `${a.cpu_percent.toFixed(1)}%` : "" }),
             el("td", { class: "num", text: a.processes ?? "" })
           )
         )
-      : [el("tr", {}, el("td", { colspan: "5", class: "muted", text: "no agents running here" }))])
+      : [el("tr", {}, el("td", { colspan: "8", class: "muted", text: "no agents running here" }))])
   );
   renderPageInfo();
 }
@@ -296,7 +306,7 @@ function renderJobs() {
       el("td", { class: "num" }, el("a", { href: `#job=${j.id}`, text: String(j.id) })),
       el("td", { class: "status" }, badge(j.status)),
       el("td", { class: "what", title: what, text: what }),
-      el("td", { class: "what", title: j.repo || j.concurrency_key || "", text: j.repo || j.concurrency_key || "" }),
+      el("td", { class: "repo", title: j.repo || j.concurrency_key || "", text: j.repo || j.concurrency_key || "" }),
       el("td", { class: "num", text: String(j.priority) }),
       el("td", { class: "num", text: `${j.attempts_used}/${j.max_attempts}` }),
       el("td", {}, progressNode(j.progress, !LIVE.has(j.status) && j.progress !== null)),
