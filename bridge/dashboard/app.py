@@ -5,7 +5,7 @@ with ``bridge.views`` shapes; the rules stay in the service. Errors are translat
 boundary by one table (``_STATUS``), the same for every route:
 
 ==========================================  ======
-``QueryError``, ``UsageError``              400
+``QueryError``, ``UsageError``, invalid    400
 ``JobNotFoundError``, ``LogNotFoundError``  404
 ``IllegalTransitionError`` (and conflicts)  409
 ``StoreUnavailableError``                   503
@@ -53,6 +53,7 @@ from bridge.service import JobService, LogNotFoundError, UsageError
 from bridge.views import detail_json, health_json, job_json
 from supervisor.errors import (
     IllegalTransitionError,
+    InvalidJobError,
     JobNotFoundError,
     LeaseLostError,
     StoreUnavailableError,
@@ -69,6 +70,7 @@ T = TypeVar("T")
 _STATUS: Final[tuple[tuple[type[Exception], int], ...]] = (
     (QueryError, 400),
     (UsageError, 400),
+    (InvalidJobError, 400),
     (JobNotFoundError, 404),
     (LogNotFoundError, 404),
     (IllegalTransitionError, 409),

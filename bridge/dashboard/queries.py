@@ -53,8 +53,8 @@ class JobQuery:
 
     statuses: frozenset[Status] | None = None
     kinds: frozenset[str] | None = None
-    concurrency_key: str | None = None
-    """The repository filter: a repository's key (``github.com/owner/repo``) or any other key."""
+    repo: str | None = None
+    """A repository in any form ``submit --repo`` takes (a URL, ``owner/repo``)."""
     created_after: float | None = None
     created_before: float | None = None
     limit: int = DEFAULT_PAGE
@@ -80,7 +80,7 @@ class JobQuery:
         return cls(
             statuses=frozenset(statuses) or None,
             kinds=frozenset(kinds) or None,
-            concurrency_key=_key(repos[-1]) if repos else None,
+            repo=_repo(repos[-1]) if repos else None,
             created_after=_time("created_after", values("created_after")),
             created_before=_time("created_before", values("created_before")),
             limit=_int("limit", values("limit"), DEFAULT_PAGE, 1, MAX_PAGE),
@@ -91,7 +91,7 @@ class JobQuery:
         """The store filters this query sets, as ``JobService.list`` keyword arguments."""
         found = {
             "kinds": self.kinds,
-            "concurrency_key": self.concurrency_key,
+            "repo": self.repo,
             "created_after": self.created_after,
             "created_before": self.created_before,
         }
@@ -204,12 +204,13 @@ def bucket(
     )
 
 
-def _key(text: str) -> str:
-    """A repository as its key, whatever form it was typed in; any other text is a key itself."""
+def _repo(text: str) -> str:
+    """``text`` if it names a repository (the service turns it into the repository's key)."""
     try:
-        return repo_key(text)
-    except InvalidJobError:
-        return text
+        repo_key(text)
+    except InvalidJobError as exc:
+        raise QueryError(f"repo: {exc}") from None
+    return text
 
 
 def _time(name: str, texts: list[str]) -> float | None:

@@ -23,17 +23,16 @@ from supervisor.testing import ManualClock, MemoryStore
         ),
         ({"status": [""], "kind": [" "], "repo": []}, JobQuery()),
         ({"kind": ["a", "b"]}, JobQuery(kinds=frozenset({"a", "b"}))),
-        ({"repo": ["Octo/Notes"]}, JobQuery(concurrency_key="github.com/octo/notes")),
-        ({"repo": ["https://github.com/Octo/Notes.git"]}, JobQuery(concurrency_key="github.com/octo/notes")),
-        ({"repo": ["my key"]}, JobQuery(concurrency_key="my key")),
+        ({"repo": ["Octo/Notes"]}, JobQuery(repo="Octo/Notes")),
+        ({"repo": [" https://github.com/Octo/Notes.git "]}, JobQuery(repo="https://github.com/Octo/Notes.git")),
         ({"created_after": ["1700000000.5"]}, JobQuery(created_after=1700000000.5)),
         ({"created_before": ["2026-01-01T00:00:00Z"]}, JobQuery(created_before=1767225600.0)),
         ({"limit": ["200"], "offset": ["1000"]}, JobQuery(limit=200, offset=1000)),
     ],
 )
 def test_query_parses_the_api_parameters(params: dict[str, list[str]], expected: JobQuery) -> None:
-    """Statuses and kinds repeat, a repository in any spelling becomes its key, times are epoch
-    seconds or ISO 8601, and empty values are absent."""
+    """Statuses and kinds repeat, a repository is taken in any form submit takes, times are
+    epoch seconds or ISO 8601, and empty values are absent."""
     assert JobQuery.parse(params) == expected
 
 
@@ -47,6 +46,7 @@ def test_query_parses_the_api_parameters(params: dict[str, list[str]], expected:
         ({"limit": ["201"]}, "limit"),
         ({"limit": ["ten"]}, "limit"),
         ({"offset": ["-1"]}, "offset"),
+        ({"repo": ["not a repository"]}, "repo"),
     ],
 )
 def test_query_refuses_what_it_cannot_use(params: dict[str, list[str]], names: str) -> None:
