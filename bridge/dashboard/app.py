@@ -4,13 +4,13 @@ Every handler parses, calls ``JobService`` in a worker thread (the stores block)
 with ``bridge.views`` shapes; the rules stay in the service. Errors are translated at this
 boundary by one table (``_STATUS``), the same for every route:
 
-==========================================  ======
-``QueryError``, ``UsageError``, invalid    400
-``JobNotFoundError``, ``LogNotFoundError``  404
-``IllegalTransitionError`` (and conflicts)  409
-``StoreUnavailableError``                   503
-any other ``SupervisorError``               500
-==========================================  ======
+===================================================  ======
+``QueryError``, ``UsageError``, ``InvalidJobError``  400
+``JobNotFoundError``, ``LogNotFoundError``           404
+``IllegalTransitionError`` (and conflicts)           409
+``StoreUnavailableError``                            503
+any other ``SupervisorError``                        500
+===================================================  ======
 
 Routes (all behind ``auth.Guard``; README, "Dashboard and metrics"):
 
@@ -37,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -97,7 +97,7 @@ _CHART_TTL_S: Final = 5.0
 class Options:
     """How the server was started: shown on the page, decide the feed's sources."""
 
-    mode: str
+    mode: Literal["run", "store"]
     """``run``: a supervisor runs in this process; ``store``: the page follows the store."""
     store_kind: str
     """``sqlite``, ``postgres`` or ``supabase``: never the URL, which may hold a password."""
@@ -129,11 +129,12 @@ def create_app(
     options: Options,
     *,
     changes: Subscription | None = None,
-    on_close: Callable[[], None] | None = None,
 ) -> Starlette:
     """The dashboard over ``service``; ``changes``: the in-process supervisor's stream (its
     changes reach the page at once and feed the ``*_total`` metrics)."""
     feed = Feed(service, refresh_s=options.refresh_s)
+    # The window ends at this machine's time, not the store's: with a clock kept by NTP they
+    # agree to far less than a one-minute bucket, and a remote store is spared a round trip.
     last_hour: _Cached[Throughput] = _Cached(lambda: throughput(service, time.time()), _CHART_TTL_S)
     registry, recorder = metrics.build_registry(service.health, last_hour, in_process=changes is not None)
     page = resources.files("bridge.dashboard").joinpath("static/index.html").read_bytes()
@@ -262,8 +263,6 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if on_close is not None:
-                on_close()
 
     app = Starlette(
         routes=[

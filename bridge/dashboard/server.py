@@ -25,7 +25,7 @@ import socket
 import tempfile
 import threading
 import webbrowser
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -148,47 +148,60 @@ async def _serve(
             supervisor.store.close()
             raise
         ours.supervisor = supervisor
-    options = Options(
-        mode="run" if run else "store", store_kind=store_kind(settings.store_url), refresh_s=refresh_s
-    )
-    app = create_app(ours, auth, options, changes=changes)
-    server = _Server(
-        uvicorn.Config(
-            app,
-            log_config=None,  # the command's logging (stderr) stays as it is
-            log_level="warning",
-            access_log=False,  # it would log ?token=
-            lifespan="on",
-            proxy_headers=False,  # nothing sits in front of a loopback server
-            server_header=False,
-            timeout_graceful_shutdown=_GRACEFUL_S,
-        )
-    )
+    server: _Server | None = None
+    feed_close: Callable[[], None] | None = None
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
-        if server.should_exit and supervisor is not None:
-            supervisor.request_stop(drain=False)  # a second signal: stop the agents now
-        server.should_exit = True
-        loop.call_soon_threadsafe(app.state.feed.close)
+        """The first signal stops the server (then the supervisor drains); a second one stops
+        the agents at once. Flags and a self-pipe write only: it runs in a signal handler."""
+        if server is not None:
+            if server.should_exit and supervisor is not None:
+                supervisor.request_stop(drain=False)
+            server.should_exit = True
+        elif supervisor is not None:
+            supervisor.request_stop(drain=False)
+        if feed_close is not None:
+            loop.call_soon_threadsafe(feed_close)  # open event streams end now
 
-    url = f"http://{HOST}:{auth.port}/?token={auth.token}"
     page: Path | None = None
     try:
         with on_stop_signals(on_signal):
-            out.write(f"dashboard: {url}\n")
-            out.flush()
-            if open_browser:  # a browser may take a moment to start: not on the event loop
-                page = browser_page(url)
-                threading.Thread(
-                    target=webbrowser.open, args=(page.as_uri(),), name="dashboard-open", daemon=True
-                ).start()
-            await server.serve(sockets=[sock])
+            try:
+                options = Options(
+                    mode="run" if run else "store",
+                    store_kind=store_kind(settings.store_url),
+                    refresh_s=refresh_s,
+                )
+                app = create_app(ours, auth, options, changes=changes)
+                feed_close = app.state.feed.close
+                server = _Server(
+                    uvicorn.Config(
+                        app,
+                        log_config=None,  # the command's logging (stderr) stays as it is
+                        log_level="warning",
+                        access_log=False,  # it would log ?token=
+                        lifespan="on",
+                        proxy_headers=False,  # nothing sits in front of a loopback server
+                        server_header=False,
+                        timeout_graceful_shutdown=_GRACEFUL_S,
+                    )
+                )
+                url = f"http://{HOST}:{auth.port}/?token={auth.token}"
+                out.write(f"dashboard: {url}\n")
+                out.flush()
+                if open_browser:  # a browser may take a moment to start: not on the event loop
+                    page = browser_page(url)
+                    threading.Thread(
+                        target=webbrowser.open, args=(page.as_uri(),), name="dashboard-open", daemon=True
+                    ).start()
+                await server.serve(sockets=[sock])
+            finally:
+                if supervisor is not None:  # still under our signal handlers: a second one hurries it
+                    ours.supervisor = None
+                    await asyncio.to_thread(supervisor.stop, drain=True)
+                    supervisor.store.close()
     finally:
         if page is not None:
             shutil.rmtree(page.parent, ignore_errors=True)
-        if supervisor is not None:
-            ours.supervisor = None
-            await asyncio.to_thread(supervisor.stop, drain=True)
-            supervisor.store.close()
     return 0

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support import ROOT, cli, cli_env, kill_tagged, wait_until
+from tests.support import ROOT, cli, cli_env, kill_tagged, tagged_processes, wait_until
 
 
 @dataclass
@@ -182,6 +182,20 @@ def test_open_hands_the_browser_a_private_file_not_the_token(tmp_path: Path) -> 
         page = Path(urlsplit(argument).path)
         assert f'url={board.url}"' in page.read_text()
     assert not page.exists()
+
+
+def test_sigterm_with_run_drains_the_agents_and_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM to ``dashboard --run`` stops the server and lets the running agent finish
+    (drain, as ``run`` does: it completes), then exits 0 with no agent left behind."""
+    data = tmp_path / "d"
+    with dashboard_process(data, "--run", "--refresh", "0.3") as board:
+        job_id = submit(data, "--", "sleep", "2")
+        with httpx.Client(base_url=board.base, headers={"Authorization": f"Bearer {board.token}"}) as http:
+            wait_until(lambda: http.get(f"/api/jobs/{job_id}").json()["status"] == "running", 20)
+        board.proc.send_signal(signal.SIGTERM)
+        assert board.proc.wait(20) == 0
+        assert not tagged_processes(tmp_path)
+    assert json.loads(cli(data, "show", str(job_id), "--json").stdout)["status"] == "completed"
 
 
 def test_store_mode_streams_changes_made_elsewhere(board: Dashboard, tmp_path: Path) -> None:
