@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -64,6 +65,8 @@ from supervisor.events import Subscription
 from supervisor.lifecycle import LIVE, CancelMode, Status
 
 __all__ = ["Options", "create_app"]
+
+log = logging.getLogger("agent_supervisor.dashboard")
 
 T = TypeVar("T")
 
@@ -254,6 +257,8 @@ def create_app(
         tasks = [asyncio.create_task(feed.run(), name="dashboard-feed")]
         if changes is not None:
             tasks.append(asyncio.create_task(feed.consume(changes, recorder), name="dashboard-changes"))
+        for task in tasks:
+            task.add_done_callback(_report_crash)
         try:
             yield
         finally:
@@ -284,6 +289,12 @@ def create_app(
     )
     app.state.feed = feed
     return app
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A background task that ended by itself is a bug: say so (the page stops being live)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("dashboard task %s crashed", task.get_name(), exc_info=task.exception())
 
 
 def _job_id(request: Request) -> int:

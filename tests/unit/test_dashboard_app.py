@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,22 @@ def test_metrics_route_serves_prometheus_text(client: Client, store: DownStore) 
     answer = client.get("/metrics")
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert 'agent_supervisor_jobs{status="pending"} 1.0' in answer.text
+
+
+def test_a_crashed_background_task_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """If the feed's task ends with an error (a bug), the error is logged, not lost."""
+    from bridge.dashboard.app import _report_crash
+
+    async def boom() -> None:
+        raise RuntimeError("bug in the feed")
+
+    async def main() -> None:
+        task = asyncio.create_task(boom(), name="dashboard-feed")
+        task.add_done_callback(_report_crash)
+        with contextlib.suppress(RuntimeError):
+            await task
+        await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
+
+    with caplog.at_level("ERROR", logger="agent_supervisor.dashboard"):
+        asyncio.run(main())
+    assert "dashboard task dashboard-feed crashed" in caplog.text and "bug in the feed" in caplog.text
