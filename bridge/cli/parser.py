@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Final, NoReturn, TypeVar
 
 from bridge.cli.dashboard import add_parsers as add_dashboard_parsers
+from bridge.cli.workspaces import add_parser as add_workspaces_parser
 from supervisor.lifecycle import Status
 
 __all__ = ["build_parser", "duration"]
@@ -137,4 +138,5 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run sample agents on a fresh data dir (< 30 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data dir")
     add_dashboard_parsers(sub)
+    add_workspaces_parser(sub)
     return p
