@@ -92,8 +92,9 @@ _TAIL_BYTES: Final = 64 * 1024
 _MAX_LOG_CHUNK: Final = 256 * 1024
 _KEEPALIVE_S: Final = 15.0
 """A comment line on an idle event stream: proxies and browsers drop silent connections."""
-_CHART_TTL_S: Final = 5.0
-"""The chart (and the last-hour metrics) are read at most this often, however many pages ask."""
+_CHART_TTL_S: Final = 10.0
+"""The chart (and the last-hour metrics) are read at most this often, however many pages ask:
+one-minute buckets need no fresher data, and the read is the dashboard's dearest (README)."""
 
 
 @dataclass(frozen=True, slots=True)
