@@ -1,20 +1,20 @@
 """The ``dashboard`` and ``metrics`` commands: their grammar and their handlers.
 
 Both run on the optional extra ``agent-supervisor[dashboard]`` (Starlette, uvicorn,
-prometheus-client). This module imports none of it at the top: the handlers import
-``bridge.dashboard`` when they run, so ``import bridge.cli`` and every other command never
-load a web library (tests/unit/test_dashboard_imports.py). ``metrics`` needs only
-prometheus-client.
+prometheus-client). The parser imports this module for every command, so at the top it
+imports only the standard library: the handlers import ``bridge.dashboard`` (and the rest)
+when they run, so ``import bridge.cli`` and every other command never load a web library
+(tests/unit/test_dashboard_imports.py). ``metrics`` needs only prometheus-client.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from bridge.service import JobService
-from supervisor.errors import ConfigError
+if TYPE_CHECKING:
+    from bridge.service import JobService
 
 __all__ = ["add_parsers", "dashboard", "metrics"]
 
@@ -67,9 +67,10 @@ def add_parsers(sub: Any) -> None:
 
 def dashboard(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
     """``dashboard``: serve the page until SIGINT/SIGTERM; prints its URL (with the token)."""
-    if args.concurrency is not None and not args.run:
-        from bridge.service import UsageError
+    from bridge.service import UsageError
+    from supervisor.errors import ConfigError
 
+    if args.concurrency is not None and not args.run:
         raise UsageError("--concurrency is for the supervisor that --run starts; add --run")
     try:
         from bridge.dashboard.server import serve
@@ -81,6 +82,8 @@ def dashboard(args: argparse.Namespace, service: JobService, out: TextIO) -> int
 def metrics(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
     """``metrics``: the store-derived metrics once, in Prometheus text format (the in-process
     counters exist only under ``dashboard --run``)."""
+    from supervisor.errors import ConfigError
+
     try:
         from bridge.dashboard.metrics import build_registry, render
     except ImportError as exc:
