@@ -87,16 +87,6 @@ class JobQuery:
             offset=_int("offset", values("offset"), 0, 0, None),
         )
 
-    def filters(self) -> dict[str, Any]:
-        """The store filters this query sets, as ``JobService.list`` keyword arguments."""
-        found = {
-            "kinds": self.kinds,
-            "repo": self.repo,
-            "created_after": self.created_after,
-            "created_before": self.created_before,
-        }
-        return {name: value for name, value in found.items() if value is not None}
-
 
 @dataclass(frozen=True, slots=True)
 class Page:
@@ -119,10 +109,15 @@ class Page:
 
 def page_jobs(service: JobService, query: JobQuery) -> Page:
     """One page of jobs newest first: one ``list`` call of ``limit + 1`` rows."""
-    if query.filters():
-        # Until store protocol v2 lands, the stores filter by status only.
-        raise QueryError("filters by kind, repository or creation time need store protocol v2")
-    jobs = service.list(query.statuses, limit=query.limit + 1, offset=query.offset)
+    jobs = service.list(
+        query.statuses,
+        kinds=query.kinds,
+        repo=query.repo,
+        created_after=query.created_after,
+        created_before=query.created_before,
+        limit=query.limit + 1,
+        offset=query.offset,
+    )
     return Page(jobs[: query.limit], query.offset, query.limit, len(jobs) > query.limit)
 
 

@@ -9,7 +9,7 @@ import pytest
 from bridge.dashboard.queries import DURATION_BUCKETS_S, JobQuery, QueryError, bucket, page_jobs
 from bridge.service import JobService
 from supervisor.lifecycle import Job, JobSpec, Status
-from supervisor.settings import Settings
+from supervisor.settings import KindConfig, Settings
 from supervisor.testing import ManualClock, MemoryStore
 
 
@@ -24,7 +24,10 @@ from supervisor.testing import ManualClock, MemoryStore
         ({"status": [""], "kind": [" "], "repo": []}, JobQuery()),
         ({"kind": ["a", "b"]}, JobQuery(kinds=frozenset({"a", "b"}))),
         ({"repo": ["Octo/Notes"]}, JobQuery(repo="Octo/Notes")),
-        ({"repo": [" https://github.com/Octo/Notes.git "]}, JobQuery(repo="https://github.com/Octo/Notes.git")),
+        (
+            {"repo": [" https://github.com/Octo/Notes.git "]},
+            JobQuery(repo="https://github.com/Octo/Notes.git"),
+        ),
         ({"created_after": ["1700000000.5"]}, JobQuery(created_after=1700000000.5)),
         ({"created_before": ["2026-01-01T00:00:00Z"]}, JobQuery(created_before=1767225600.0)),
         ({"limit": ["200"], "offset": ["1000"]}, JobQuery(limit=200, offset=1000)),
@@ -75,6 +78,28 @@ def test_pages_are_newest_first_and_know_if_more_follow(service: JobService) -> 
     cancelled = page_jobs(service, JobQuery(statuses=frozenset({Status.CANCELLED})))
     assert [j.id for j in cancelled.jobs] == [2] and not cancelled.has_more
     assert cancelled.as_json()["jobs"][0]["status"] == "cancelled"
+
+
+def test_pages_filter_by_kind_repository_and_creation_time(tmp_path: Path) -> None:
+    """Kind, repository (in any form) and creation-time filters reach the store; a filtered
+    page still knows whether more follow."""
+    clock = ManualClock()
+    store = MemoryStore(clock)
+    kinds = {"summarize": KindConfig(argv=["true"]), "index": KindConfig(argv=["true"])}
+    service = JobService(Settings(data_dir=tmp_path, kinds=kinds), store)
+    early = store.enqueue([JobSpec(kind="summarize", repo="octo/notes"), JobSpec(kind="index")])
+    clock.advance(100)
+    late = store.enqueue([JobSpec(kind="summarize"), JobSpec(kind="summarize", repo="octo/notes")])
+
+    def ids(**params: list[str]) -> list[int]:
+        return [j.id for j in page_jobs(service, JobQuery.parse(params)).jobs]
+
+    assert ids(kind=["summarize"]) == [late[1], late[0], early[0]]
+    assert ids(kind=["index", "summarize"], limit=["1"]) == [late[1]]
+    assert ids(repo=["https://github.com/Octo/Notes.git"]) == [late[1], early[0]]
+    assert ids(created_after=[str(clock() - 50)]) == late[::-1]
+    assert ids(created_before=[str(clock() - 50)], kind=["index"]) == [early[1]]
+    assert page_jobs(service, JobQuery(kinds=frozenset({"summarize"}), limit=2)).has_more
 
 
 def finished(job_id: int, status: Status, at: float, took: float | None) -> Job:
