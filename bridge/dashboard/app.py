@@ -19,7 +19,8 @@ Routes (all behind ``auth.Guard``; README, "Dashboard and metrics"):
 - ``GET /api/health``: ``health --json``'s object;
 - ``GET /api/jobs?status=&kind=&repo=&created_after=&created_before=&limit=&offset=``:
   ``{jobs: [list --json items], offset, limit, has_more}``;
-- ``GET /api/jobs/{id}``: ``show --json``'s object (with ``events``);
+- ``GET /api/jobs/{id}``: ``show --json``'s object (with ``events``; ``queue_position``
+  when pending);
 - ``GET /api/jobs/{id}/log?offset=&limit=&attempt=``: a chunk of the attempt's log as text;
 - ``POST /api/jobs/{id}/cancel|kill|retry|purge``: ``{job, message}``;
 - ``GET /api/throughput``: finishes per minute over the last hour;
@@ -178,7 +179,12 @@ def create_app(
         return JSONResponse((await call(page_jobs, service, query)).as_json())
 
     async def job(request: Request) -> Response:
-        return JSONResponse(detail_json(await call(service.get, _job_id(request))))
+        detail = await call(service.get, _job_id(request))
+        data = detail_json(detail)
+        if detail.job.status is Status.PENDING:  # its place in the queue: one more count
+            [queued] = await call(service.queued, [detail.job.id])
+            data["queue_position"] = queued.queue_position
+        return JSONResponse(data)
 
     async def log(request: Request) -> Response:
         params = request.query_params

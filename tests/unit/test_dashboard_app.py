@@ -86,7 +86,10 @@ def test_reads_answer_in_the_views_shapes(client: Client, store: DownStore) -> N
     assert page["jobs"][0]["priority"] == 3
     detail = client.get("/api/jobs/1").json()
     assert detail["status"] == "pending" and [e["to"] for e in detail["events"]] == ["pending"]
-    assert client.get("/api/health").json()["pending"] == 2
+    assert detail["queue_position"] == 2  # job 2 has the higher priority
+    client.post("/api/jobs/1/cancel", headers=ORIGIN)
+    assert "queue_position" not in client.get("/api/jobs/1").json()
+    assert client.get("/api/health").json()["pending"] == 1
     info = client.get("/api/info").json()
     assert info == {
         "mode": "store",
