@@ -289,6 +289,8 @@ def _words(change: JobChange, duration: float | None) -> str:
     to, src, reason = change.to_status, change.from_status, change.reason
     if to is Status.PREPARING:
         return f"claimed (attempt {change.attempt})"
+    if reason.startswith("agent adopted"):  # a restart found it running and supervises it again
+        return reason.removeprefix("agent ")
     if to is Status.RUNNING:
         return "started" + (
             f" ({reason.removeprefix('agent started (').rstrip(')')})" if "pid" in reason else ""
