@@ -609,9 +609,8 @@ class JobService:
 
     def finished_since(self, since: float, *, limit: int) -> builtins.list[Job]:
         """Jobs that reached completed, failed or cancelled at or after ``since`` (store clock),
-        newest first, at most ``limit`` (the dashboard's throughput chart and metrics). The
-        store reads them through its finished_at index: the cost is the window's, never the
-        history's."""
+        newest first, at most ``limit`` (the dashboard's throughput chart and metrics), through
+        the store's ``finished_after`` filter, which has an index on finished_at."""
         return self.store.list(statuses=TERMINAL, finished_after=since, limit=limit)
 
     def reconcile(self, *, subreaper: bool = False) -> Reconciliation:

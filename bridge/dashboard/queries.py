@@ -1,9 +1,10 @@
 """What the dashboard asks of the store: a page of the jobs table, and the last hour's finishes.
 
-Both stay bounded at any history size: a page is one ``list`` call with the store's filters
-and ``limit + 1`` rows (the extra row says whether a next page exists, so no count of a
-filtered set is ever needed); the chart reads only jobs finished in its window, through the
-store's ``finished_after`` filter, and never more than ``MAX_CHART_JOBS`` of them.
+Neither asks for more than it shows: a page is one ``list`` call with the store's filters and
+``limit + 1`` rows (the extra row says whether a next page exists, so no count of a filtered
+set is ever needed); the chart asks only for jobs finished in its window, through the store's
+``finished_after`` filter, and never for more than ``MAX_CHART_JOBS`` of them. What that costs
+at 1M jobs is the store's plan (README, "At 1M finished jobs").
 """
 
 from __future__ import annotations
@@ -155,9 +156,9 @@ def throughput(
 ) -> Throughput:
     """The jobs finished in the ``window_s`` before ``now``, counted per ``bucket_s`` by status.
 
-    Cost: one ``JobService.finished_since``, an index range on finished_at that reads only the
-    window's rows (each a whole row), at most ``MAX_CHART_JOBS`` + 1; the history before the
-    window is never read.
+    Cost: one ``JobService.finished_since`` of at most ``MAX_CHART_JOBS`` + 1 whole rows,
+    meant as a range of the store's finished_at index (README, "At 1M finished jobs": the
+    SQLite store's plan does not use it yet).
     """
     jobs = service.finished_since(now - window_s, limit=MAX_CHART_JOBS + 1)
     return bucket(
