@@ -252,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.add_argument("--schema", action="store_true", help="print the JSON Schema and exit")
     demo = sub.add_parser("demo", help="run sample agents on a fresh data dir (< 30 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data dir")
+    from bridge.cli.dashboard import add_parsers as add_dashboard_parsers  # here: see the docstring
     from bridge.cli.workspaces import add_parser as add_workspaces_parser  # here: see the docstring
 
+    add_dashboard_parsers(sub)
     add_workspaces_parser(sub)
     return p
