@@ -44,10 +44,10 @@ KEEPALIVE_EXPIRY_S: Final = 20.0
 _MAX_RETRY_AFTER_S: Final = 60.0
 
 
-def default_http_client() -> httpx.Client:
+def default_http_client(read_timeout_s: float = READ_TIMEOUT_S) -> httpx.Client:
     """The httpx client the store uses unless one is injected (see the module docstring)."""
     return httpx.Client(
-        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        timeout=httpx.Timeout(read_timeout_s, connect=CONNECT_TIMEOUT_S),
         limits=httpx.Limits(
             max_connections=10, max_keepalive_connections=4, keepalive_expiry=KEEPALIVE_EXPIRY_S
         ),
@@ -85,6 +85,8 @@ class SupabaseStore(RemoteStore):
         http_client: httpx.Client | None = None,
         backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
         retry: RetryPolicy | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        access_token: SecretStr | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
@@ -99,7 +101,8 @@ class SupabaseStore(RemoteStore):
         self._url = url.rstrip("/")
         self._key = key
         self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else default_http_client()
+        self._http = http_client if http_client is not None else default_http_client(read_timeout_s)
+        self._access_token = access_token
         # postgrest-py turns an error answer into APIError without its HTTP status or headers;
         # a response hook keeps them (per thread: each call runs in its caller's thread).
         self._last = threading.local()
@@ -109,9 +112,15 @@ class SupabaseStore(RemoteStore):
 
     def _build_client(self) -> Client:
         from supabase import ClientOptions, create_client
-        from supabase.lib.client_options import SyncClientOptions
+        from supabase.lib.client_options import DEFAULT_HEADERS, SyncClientOptions
 
+        # A signed-in user's access token (per-user mode, bridge/sql/README.md) goes where
+        # supabase-py puts a session's token: the Authorization header; the key stays the apikey.
+        headers = dict(DEFAULT_HEADERS)
+        if self._access_token is not None:
+            headers["Authorization"] = f"Bearer {self._access_token.get_secret_value()}"
         options: SyncClientOptions = ClientOptions(
+            headers=headers,
             httpx_client=self._http,
             postgrest_client_retry=False,
             auto_refresh_token=False,  # a service key has no session to refresh
@@ -128,7 +137,8 @@ class SupabaseStore(RemoteStore):
         return f"SupabaseStore(url={self._url!r})"
 
     def _secrets(self) -> Iterable[str]:
-        return (self._key.get_secret_value(),)
+        token = () if self._access_token is None else (self._access_token.get_secret_value(),)
+        return (self._key.get_secret_value(), *token)
 
     def _remember(self, response: httpx.Response) -> None:
         self._last.status = response.status_code

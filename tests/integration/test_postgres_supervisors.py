@@ -130,12 +130,11 @@ def stores(
             from pydantic import SecretStr
 
             from bridge.stores.supabase import SupabaseStore
-            from tests.postgrest_lite import SERVICE_KEY, URL, PostgrestLite, routed_client
+            from tests.standin.postgrest import PostgrestStandin
 
-            lite = PostgrestLite(pg_dsn, clock=clock)
-            http, _ = routed_client(lite.handle)
-            store = SupabaseStore(URL, SecretStr(SERVICE_KEY), http_client=http)
-            made.extend([http, lite])
+            standin = PostgrestStandin(pg_dsn, clock=clock)
+            store = SupabaseStore(standin.url, SecretStr(standin.service_key))
+            made.append(standin)
         made.append(store)
         return store
 
