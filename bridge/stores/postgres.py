@@ -32,13 +32,13 @@ if TYPE_CHECKING:
 
 __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "PostgresStore"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """What ``public.jobs_schema_version()`` must answer (functions.sql)."""
 NOTIFY_CHANNEL: Final = "agent_supervisor_jobs"
 """The channel ``public._jobs_notify()`` of functions.sql notifies; ``changed()`` listens."""
 
 SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
-    "jobs_enqueue": (("p_specs", "jsonb"), ("p_request_id", "uuid")),
+    "jobs_enqueue": (("p_specs", "jsonb"), ("p_request_id", "uuid"), ("p_first_line", "integer")),
     "jobs_claim": (
         ("p_worker", "text"),
         ("p_claim_id", "uuid"),
@@ -70,14 +70,30 @@ SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("p_backoff_cap_s", "double precision"),
     ),
     "jobs_update": (("p_id", "bigint"), ("p_expected_version", "bigint"), ("p_changes", "jsonb")),
-    "jobs_reap_stale": (("p_grace_s", "double precision"), ("p_backoff_cap_s", "double precision")),
+    "jobs_reap_stale": (
+        ("p_grace_s", "double precision"),
+        ("p_backoff_cap_s", "double precision"),
+        ("p_limit", "integer"),
+    ),
     "jobs_request_cancel": (("p_id", "bigint"), ("p_mode", "text")),
     "jobs_retry": (("p_id", "bigint"),),
     "jobs_get": (("p_id", "bigint"),),
-    "jobs_list": (("p_statuses", "text[]"), ("p_lease_owner", "text"), ("p_limit", "integer")),
+    "jobs_list": (
+        ("p_statuses", "text[]"),
+        ("p_lease_owner", "text"),
+        ("p_limit", "integer"),
+        ("p_before_id", "bigint"),
+    ),
     "jobs_counts": (),
-    "jobs_purge": (("p_ids", "bigint[]"), ("p_statuses", "text[]"), ("p_older_than_s", "double precision")),
-    "jobs_events": (("p_id", "bigint"),),
+    "jobs_purge": (
+        ("p_ids", "bigint[]"),
+        ("p_statuses", "text[]"),
+        ("p_older_than_s", "double precision"),
+        ("p_request_id", "uuid"),
+        ("p_limit", "integer"),
+        ("p_after_id", "bigint"),
+    ),
+    "jobs_events": (("p_id", "bigint"), ("p_after_seq", "bigint"), ("p_limit", "integer")),
     "jobs_now": (),
     "jobs_schema_version": (),
 }

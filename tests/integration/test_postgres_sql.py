@@ -120,7 +120,7 @@ def test_schema_mirrors_the_model(conn: psycopg.Connection[Any]) -> None:
         ).fetchall()
     }
     assert {f.name for f in fields(Job)} <= columns
-    [(job_id, _)] = call(conn, "jobs_enqueue", p_specs=json.dumps([{"kind": "k"}]))
+    [([job_id], _)] = call(conn, "jobs_enqueue", p_specs=json.dumps([{"kind": "k"}]))
     for column, values in (("status", list(Status)), ("error_kind", list(ErrorKind))):
         for value in [*values, "bogus"]:
             changes = {"status": value} if column == "status" else {"error_kind": value}
@@ -191,14 +191,15 @@ def test_replays_of_lost_answers_return_the_first_answer(
     jobs, without inserting or claiming anything more; mark_running repeats harmlessly."""
     request = str(uuid.uuid4())
     specs = json.dumps([{"kind": "a"}, {"kind": "b", "dedup_key": "d"}, {"kind": "c", "dedup_key": "d"}])
-    first = call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request)
-    assert call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request) == [(i, False) for i, _ in first]
-    assert [c for _, c in first] == [True, True, False]
+    [(first, created)] = call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request)
+    assert call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request) == [(first, [False] * 3)]
+    assert created == [True, True, False]
+    assert first[1] == first[2]
     assert conn.execute("select count(*) from jobs").fetchone()[0] == 2
     claim_id = str(uuid.uuid4())
     args = {"p_worker": "w", "p_claim_id": claim_id, "p_limit": 5, "p_lease_s": 30.0}
     taken = [r[0] for r in call(conn, "jobs_claim", **args)]
-    assert [r[0] for r in call(conn, "jobs_claim", **args)] == taken == [first[0][0], first[1][0]]
+    assert [r[0] for r in call(conn, "jobs_claim", **args)] == taken == first[:2]
     job = store.get(taken[0])
     assert job.attempt == 1
     running = store.mark_running(job.id, "w", 1, 4242)

@@ -107,7 +107,7 @@ def test_illegal_transition_on_the_first_try_is_raised() -> None:
 def test_claim_and_enqueue_retries_reuse_their_ids() -> None:
     """A retried claim sends the same claim id (the server returns the jobs it already took),
     and a retried enqueue the same request id; a new call gets a new id."""
-    store = Scripted(jobs_claim=[LOST, [], []], jobs_enqueue=[LOST, [{"job_id": 5, "created": False}]])
+    store = Scripted(jobs_claim=[LOST, [], []], jobs_enqueue=[LOST, [{"job_ids": [5], "created": [False]}]])
     store.claim("w", 2, lease_s=30)
     store.claim("w", 2, lease_s=30)
     ids = [p["p_claim_id"] for fn, p in store.calls if fn == "jobs_claim"]
