@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from bridge.sqlcli import SCHEMA_VERSION, schema_mismatch
 from bridge.stores.policy import RetryPolicy
 from bridge.stores.remote import RemoteStore
 from supervisor.errors import ConfigError, StoreError
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "PostgresStore"]
 
-SCHEMA_VERSION: Final = 2
-"""What ``public.jobs_schema_version()`` must answer (functions.sql)."""
 NOTIFY_CHANNEL: Final = "agent_supervisor_jobs"
 """The channel ``public._jobs_notify()`` of functions.sql notifies; ``changed()`` listens."""
 
@@ -194,12 +193,10 @@ class PostgresStore(RemoteStore):
         except BaseException:
             conn.close()
             raise
-        if version is None or version[0] != SCHEMA_VERSION:
+        mismatch = schema_mismatch(self._name, None if version is None else int(version[0]))
+        if mismatch:
             conn.close()
-            raise StoreError(
-                f"{self._name} has schema version {version[0] if version else '?'}; this "
-                f"agent-supervisor needs {SCHEMA_VERSION}: run agent-supervisor db apply --dsn …"
-            )
+            raise StoreError(mismatch)
         self._conn = conn
         return conn
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
+from bridge.sqlcli import schema_mismatch
 from bridge.stores.policy import RetryPolicy, ServerError
 from bridge.stores.remote import RemoteStore
 from supervisor.errors import ConfigError, StoreError
@@ -109,6 +110,7 @@ class SupabaseStore(RemoteStore):
         self._http.event_hooks["response"] = [*self._http.event_hooks.get("response", []), self._remember]
         self._client = self._build_client()
         self._closed = False
+        self._schema_checked = False
 
     def _build_client(self) -> Client:
         from supabase import ClientOptions, create_client
@@ -145,10 +147,22 @@ class SupabaseStore(RemoteStore):
         self._last.retry_after = _retry_after(response.headers.get("retry-after"))
 
     def _send(self, fn: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        from postgrest import APIError
-
         if self._closed:
             raise StoreError(f"{self._name} is closed")
+        if not self._schema_checked:
+            # Once per store, before its first call: a database whose SQL is older or newer
+            # than this package is said as such, not as some function's "not found" later.
+            rows = self._rpc("jobs_schema_version", {})
+            version = rows[0].get("version") if rows and isinstance(rows[0], dict) else None
+            mismatch = schema_mismatch(self._name, version if isinstance(version, int) else None)
+            if mismatch:
+                raise StoreError(mismatch)
+            self._schema_checked = True
+        return self._rpc(fn, params)
+
+    def _rpc(self, fn: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        from postgrest import APIError
+
         self._last.status = self._last.retry_after = None
         try:
             answer = self._client.rpc(fn, params).execute()
