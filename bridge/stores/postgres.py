@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import select
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from bridge.sqlcli import SCHEMA_VERSION, schema_mismatch
-from bridge.stores.policy import RetryPolicy
+from bridge.stores.policy import RetryPolicy, describe
 from bridge.stores.remote import RemoteStore
 from supervisor.errors import ConfigError, StoreError
 from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
@@ -31,7 +33,9 @@ from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "PostgresStore"]
+__all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "ListenWatch", "PostgresStore"]
+
+log = logging.getLogger("agent_supervisor.store")
 
 NOTIFY_CHANNEL: Final = "agent_supervisor_jobs"
 """The channel ``public._jobs_notify()`` of functions.sql notifies; ``changed()`` listens."""
@@ -259,8 +263,112 @@ class PostgresStore(RemoteStore):
                 return own
         return own or heard > 0
 
+    def watch(self, wake: Callable[[float | None], None]) -> ListenWatch:
+        """Push wake-ups (protocol v2): a dedicated LISTEN connection, waited on in a thread,
+        calls ``wake(due_at)`` for every NOTIFY of functions.sql (any writer, even a plain SQL
+        insert: the insert trigger notifies). ``live`` is False while it reconnects."""
+        if self._closed:
+            raise StoreError(f"{self._name} is closed")
+        return ListenWatch(self._connect_kwargs(), wake, name=self._name)
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "conninfo": self._dsn,
+            "autocommit": True,
+            "connect_timeout": self._connect_timeout_s,
+            "application_name": "agent-supervisor watch",
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+
     def close(self) -> None:
         """Close the connection. Idempotent."""
         with self._lock:
             self._closed = True
             self._drop()
+
+
+class ListenWatch:
+    """A LISTEN connection in a thread of its own (``PostgresStore.watch``).
+
+    The thread waits in ``select`` on the connection's socket and on a wake-up pipe (so that
+    ``close`` ends it at once, without polling), reads the notifications psycopg received, and
+    calls ``wake`` with each payload's ``due_at``. A lost connection is re-made with backoff
+    (0.5 s doubling to 30 s); on every (re)connect ``wake(None)`` is called once, since what
+    happened while not listening is unknown.
+    """
+
+    def __init__(self, connect: dict[str, Any], wake: Callable[[float | None], None], *, name: str) -> None:
+        self._connect = connect
+        self._wake = wake
+        self._name = name
+        self._live = False
+        self._stop = threading.Event()
+        self._read_fd, self._write_fd = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="agent-supervisor-listen", daemon=True)
+        self._thread.start()
+
+    @property
+    def live(self) -> bool:
+        """The LISTEN connection is up right now."""
+        return self._live
+
+    def close(self) -> None:
+        """Stop listening and join the thread. Idempotent."""
+        if not self._stop.is_set():
+            self._stop.set()
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, b"x")
+        self._thread.join(timeout=10)
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._read_fd = self._write_fd = -1
+
+    def _run(self) -> None:
+        import psycopg
+
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(**self._connect) as conn:
+                    conn.execute(f"listen {NOTIFY_CHANNEL}")
+                    self._live = True
+                    delay = 0.5
+                    self._call(None)
+                    self._listen(conn)
+            except (psycopg.Error, OSError) as exc:
+                if not self._stop.is_set():
+                    log.warning("%s: wake-up channel lost (%s); polling until it is back", self._name,
+                                describe(exc))  # fmt: skip
+            finally:
+                self._live = False
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 30.0)
+
+    def _listen(self, conn: Any) -> None:
+        sock = conn.pgconn.socket
+        while not self._stop.is_set():
+            ready, _, _ = select.select([sock, self._read_fd], [], [])
+            if self._read_fd in ready:
+                return
+            for note in conn.notifies(timeout=0):
+                self._call(_due_at(note.payload))
+
+    def _call(self, due_at: float | None) -> None:
+        try:
+            self._wake(due_at)
+        except Exception:  # the caller's bug must not end the watch
+            log.exception("%s: wake-up callback failed", self._name)
+
+
+def _due_at(payload: str) -> float | None:
+    """``due_at`` of a NOTIFY payload ``{"due_at": epoch | null}`` (anything else: now)."""
+    try:
+        value = json.loads(payload).get("due_at") if payload else None
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
