@@ -18,10 +18,15 @@ repr, a log line or an error message.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import email.utils
+import json
+import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -37,7 +42,9 @@ from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
 if TYPE_CHECKING:
     from supabase import Client
 
-__all__ = ["SupabaseStore", "default_http_client"]
+__all__ = ["RealtimeWatch", "SupabaseStore", "default_http_client"]
+
+log = logging.getLogger("agent_supervisor.store")
 
 CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 15.0
@@ -178,6 +185,21 @@ class SupabaseStore(RemoteStore):
             raise StoreError(f"{self._name}: {fn} answered {type(rows).__name__}, not rows")
         return rows
 
+    def watch(self, wake: Callable[[float | None], None]) -> RealtimeWatch:
+        """Push wake-ups (protocol v2) through Supabase Realtime: Broadcast from Database
+        (functions.sql sends every change a claimer cares about with ``realtime.send`` to the
+        private topic ``agent_supervisor``, or ``agent_supervisor:<user id>`` for a user's
+        session), received by supabase-py's async realtime client on an asyncio loop in a
+        thread of its own. ``live`` is False while the socket is down."""
+        if self._closed:
+            raise StoreError(f"{self._name} is closed")
+        token = None if self._access_token is None else self._access_token.get_secret_value()
+        sub = _claim(token, "sub") if token else None
+        topic = "agent_supervisor" if sub is None else f"agent_supervisor:{sub}"
+        return RealtimeWatch(
+            f"{self._url}/realtime/v1", self._key, self._access_token, topic, wake, name=self._name
+        )
+
     def close(self) -> None:
         """Close the HTTP connections (unless the client was injected). Idempotent."""
         if self._closed:
@@ -185,3 +207,157 @@ class SupabaseStore(RemoteStore):
         self._closed = True
         if self._owns_http:
             self._http.close()
+
+
+def _claim(token: str, name: str) -> Any:
+    """A claim of a JWT, read without verifying it (the server verifies; this only picks the
+    user's Realtime topic)."""
+    try:
+        body = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))).get(name)
+    except (IndexError, ValueError, AttributeError):
+        return None
+
+
+class RealtimeWatch:
+    """A Realtime channel in a thread of its own (``SupabaseStore.watch``).
+
+    supabase-py's sync client has no realtime (``realtime/_sync/client.py`` raises
+    NotImplementedError), so the thread runs an asyncio loop with realtime-py's
+    ``AsyncRealtimeClient``: it joins the private topic, calls ``wake(due_at)`` for every
+    ``wake`` broadcast, and ``wake(None)`` once per (re)join (what happened while away is
+    unknown). The client's own reconnects are off: when the socket or the channel fails, this
+    loop makes a new client after a backoff (0.5 s doubling to 30 s), and ``live`` says False
+    meanwhile, so that the supervisor polls. The key and token never appear in a log line:
+    realtime-py logs its URL with the apikey redacted, and errors are logged by type only.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: SecretStr,
+        access_token: SecretStr | None,
+        topic: str,
+        wake: Callable[[float | None], None],
+        *,
+        name: str,
+    ) -> None:
+        self._url = url
+        self._key = key
+        self._access_token = access_token
+        self._topic = topic
+        self._wake = wake
+        self._name = name
+        self._live = False
+        self._closing = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent-supervisor-realtime", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    @property
+    def live(self) -> bool:
+        """The channel is joined right now."""
+        return self._live
+
+    def close(self) -> None:
+        """Leave the channel, close the socket, stop the loop and join the thread. Idempotent."""
+        self._closing.set()
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._started.set()
+        if self._closing.is_set():
+            return
+        delay = 0.5
+        while not self._stop.is_set():
+            if await self._session():
+                delay = 0.5
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _session(self) -> bool:
+        """One client, one join, until the channel fails or close(); True if it was joined."""
+        from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+
+        assert self._stop is not None
+        changed = asyncio.Event()
+        states: list[RealtimeSubscribeStates] = []
+
+        def on_state(state: RealtimeSubscribeStates, error: Exception | None) -> None:
+            states.append(state)
+            changed.set()
+
+        def on_wake(message: Any) -> None:
+            payload = message.get("payload") if isinstance(message, dict) else None
+            due = payload.get("due_at") if isinstance(payload, dict) else None
+            self._call(float(due) if isinstance(due, int | float) else None)
+
+        client = AsyncRealtimeClient(
+            self._url, token=self._key.get_secret_value(), auto_reconnect=False, max_retries=1, timeout=10
+        )
+        if self._access_token is not None:  # a user's session: its token authorises the join
+            client.access_token = self._access_token.get_secret_value()
+        joined = False
+        try:
+            channel = client.channel(
+                self._topic,
+                {
+                    "config": {
+                        "broadcast": {"ack": False, "self": False},
+                        "presence": {"key": "", "enabled": False},
+                        "private": True,
+                    }
+                },
+            )
+            channel.on_broadcast("wake", on_wake)
+            await channel.subscribe(on_state)
+            if states and states[-1] is RealtimeSubscribeStates.SUBSCRIBED:
+                joined = True
+                self._live = True
+                self._call(None)
+                # The client's reader task ending is a lost socket too, even when realtime-py
+                # fails to say so (it can die of an exception of its own: realtime-py 2.34
+                # reads ConnectionClosed.code, which websockets >= 13.1 deprecates).
+                reader: asyncio.Future[Any] | None = getattr(client, "_listen_task", None)
+                while not self._stop.is_set():
+                    changed.clear()
+                    stop = asyncio.ensure_future(self._stop.wait())
+                    change = asyncio.ensure_future(changed.wait())
+                    waits: set[asyncio.Future[Any]] = {stop, change}
+                    if reader is not None:
+                        waits.add(reader)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    for task in (stop, change):
+                        task.cancel()
+                    if states[-1] is not RealtimeSubscribeStates.SUBSCRIBED or (reader and reader.done()):
+                        break
+            elif not self._stop.is_set():
+                log.warning("%s: Realtime refused the wake-up channel (%s); polling", self._name,
+                            states[-1].value if states else "no answer")  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - any failure of the socket: poll, then reconnect
+            if not self._stop.is_set():
+                log.warning("%s: Realtime wake-up channel down (%s); polling", self._name, type(exc).__name__)
+        finally:
+            self._live = False
+            with contextlib.suppress(Exception):
+                await client.close()
+        return joined
+
+    def _call(self, due_at: float | None) -> None:
+        try:
+            self._wake(due_at)
+        except Exception:  # the caller's bug must not end the watch
+            log.exception("%s: wake-up callback failed", self._name)

@@ -41,6 +41,7 @@ import contextlib
 import json
 import queue
 import secrets
+import select
 import socket
 import struct
 import threading
@@ -56,6 +57,7 @@ from psycopg import sql
 from tests.pg import CLOCK_SETTING
 from tests.standin import jwt
 from tests.standin.faults import Fault, Faults
+from tests.standin.realtime import RealtimeStandin
 
 __all__ = ["DEFAULT_MAX_ROWS", "Call", "PostgrestStandin", "Routine", "http_status"]
 
@@ -225,6 +227,7 @@ class PostgrestStandin:
         role_settings: dict[str, dict[str, str]] | None = None,
         pool_size: int = 10,
         acquisition_timeout_s: float = 10.0,
+        realtime: bool = False,
     ) -> None:
         self.dsn = dsn
         self.clock = clock
@@ -250,6 +253,11 @@ class PostgrestStandin:
         with psycopg.connect(self._authenticator_dsn(), autocommit=True) as conn:
             self._routines = _load_routines(conn)
             self._role_settings = _role_settings(conn)
+        self.realtime: RealtimeStandin | None = None
+        if realtime:
+            self.realtime = RealtimeStandin(
+                dsn, (self.anon_key, self.service_key), lambda token: jwt.verify(token, self._secret)
+            )
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -295,6 +303,8 @@ class PostgrestStandin:
             return
         self._stopping.set()
         self.faults.release_all()
+        if self.realtime is not None:
+            self.realtime.close()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
@@ -559,7 +569,30 @@ def _handler(standin: PostgrestStandin) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()
 
         def do_GET(self) -> None:
+            if self.path.startswith("/realtime/v1/") and standin.realtime is not None:
+                self._proxy(standin.realtime.port)
+                return
             self._read_and_refuse()
+
+        def _proxy(self, port: int) -> None:
+            """Pass the connection through to Realtime, as Supabase's gateway does: the
+            request as it came, then bytes both ways until either side closes."""
+            head = "\r\n".join([self.requestline, *(f"{k}: {v}" for k, v in self.headers.items())])
+            self.close_connection = True
+            with socket.create_connection(("127.0.0.1", port)) as upstream:
+                upstream.sendall(head.encode("latin-1") + b"\r\n\r\n")
+                client = self.connection  # (a websocket client sends nothing before the 101)
+                while not standin._stopping.is_set():
+                    ready, _, _ = select.select([client, upstream], [], [], 0.5)
+                    for source in ready:
+                        other = upstream if source is client else client
+                        try:
+                            data = source.recv(65536)
+                        except OSError:
+                            data = b""
+                        if not data:
+                            return
+                        other.sendall(data)
 
         def do_PATCH(self) -> None:
             self._read_and_refuse()
