@@ -37,6 +37,8 @@ from typing import Any
 
 TEMPLATE = "agent_supervisor_template"
 CLOCK_SETTING = "agent_supervisor.now"
+CRON_DATABASE = "agent_supervisor_cron"
+"""pg_cron's database (``cron.database_name``), when the server has pg_cron (``has_cron``)."""
 
 # Supabase's default privileges (supabase/postgres migrations): everything new in public is
 # granted to the API roles. This is what makes `revoke ... from public` alone insufficient.
@@ -176,6 +178,7 @@ class PgServer:
     root: Path
     port: int
     user: pwd.struct_passwd | None
+    has_cron: bool = False
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -238,6 +241,11 @@ class PgServer:
                 "-c shared_buffers=64MB",
             ]
         )
+        # pg_cron (Debian's postgresql-NN-cron, .ci/run installs it) must be preloaded; its
+        # one database is made from the template by the test that needs it.
+        if (bin_dir.parent / "lib" / "pg_cron.so").exists():
+            server.has_cron = True
+            options += f" -c shared_preload_libraries=pg_cron -c cron.database_name={CRON_DATABASE}"
         for _ in range(3):  # the free port may be taken between _free_port and bind
             started = server._run(
                 "pg_ctl",
