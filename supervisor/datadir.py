@@ -8,11 +8,14 @@
                                 must not cost the supervisor its leases)
         outbox.jsonl            outcomes waiting for the store (supervisor.outbox)
         status.json             what only the live supervisor knows (supervisor.status)
+        store-id                the identity of the store this data dir works with
         supervisor.lock         held (flock) by the supervisor that owns this dir
         supervisor.pid          that supervisor's pid, for the "already running" message
-        logs/<job>-<attempt>.log
-        runs/<job>-<attempt>/   payload.json, result.json, progress.json and exit of one
-                                attempt (``AttemptFiles``)
+        logs/<store>/<job>-<attempt>.log
+        runs/<store>/<job>-<attempt>/   payload.json, result.json, progress.json and exit
+                                of one attempt (``AttemptFiles``); <store> is the first 12
+                                characters of the store's identity, so job ids of a
+                                replaced store never meet an old job's files
         quarantine/             state files that failed to load
 
 This module is the one owner of these names: everyone else asks a ``DataDir``. ``DataDir.at``
@@ -65,6 +68,7 @@ PID_FILE: Final = "supervisor.pid"
 OUTBOX_FILE: Final = "outbox.jsonl"
 WORKER_ID_FILE: Final = "worker-id"
 STATUS_FILE: Final = "status.json"
+STORE_ID_FILE: Final = "store-id"
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 
@@ -186,14 +190,20 @@ class AttemptFiles:
 
 @dataclass(frozen=True, slots=True)
 class DataDir:
-    """The paths of a data dir (see the module docstring for the layout)."""
+    """The paths of a data dir (see the module docstring for the layout). ``store_key``
+    names the store's subdirs of ``runs/`` and ``logs/`` ("" before it is known)."""
 
     root: Path
+    store_key: str = ""
 
     @classmethod
-    def at(cls, path: Path | str) -> DataDir:
+    def at(cls, path: Path | str, store_key: str = "") -> DataDir:
         """The paths of the data dir at ``path``; nothing is created or checked."""
-        return cls(Path(path).expanduser())
+        return cls(Path(path).expanduser(), store_key)
+
+    def for_store(self, identity: str) -> DataDir:
+        """These paths, with attempt files kept apart per store (``identity[:12]``)."""
+        return DataDir(self.root, _safe_key(identity[:12]))
 
     @property
     def logs(self) -> Path:
@@ -231,6 +241,19 @@ class DataDir:
     def status_file(self) -> Path:
         return self.root / STATUS_FILE
 
+    @property
+    def store_id_file(self) -> Path:
+        return self.root / STORE_ID_FILE
+
+    @property
+    def store_runs(self) -> Path:
+        """Where this store's attempt dirs are (``runs/<store>``, or ``runs`` without one)."""
+        return self.runs / self.store_key if self.store_key else self.runs
+
+    @property
+    def store_logs(self) -> Path:
+        return self.logs / self.store_key if self.store_key else self.logs
+
     def attempt_dir(self, job_id: int, attempt: int) -> Path:
         """``runs/<job_id>-<attempt>/``, created 0o700 if missing (``OSError`` if it cannot be)."""
         return self.new_attempt_dir(job_id, attempt)[0]
@@ -241,12 +264,22 @@ class DataDir:
         return path, _private_dir(path)
 
     def attempt_path(self, job_id: int, attempt: int) -> Path:
-        """``runs/<job_id>-<attempt>/`` (not created)."""
-        return self.runs / _attempt_name(job_id, attempt)
+        """``runs/<store>/<job_id>-<attempt>/`` (not created)."""
+        return self.store_runs / _attempt_name(job_id, attempt)
 
     def log_path(self, job_id: int, attempt: int) -> Path:
-        """``logs/<job_id>-<attempt>.log`` (not created)."""
-        return self.logs / f"{_attempt_name(job_id, attempt)}.log"
+        """``logs/<store>/<job_id>-<attempt>.log`` (not created)."""
+        return self.store_logs / f"{_attempt_name(job_id, attempt)}.log"
+
+    def prepare_store_dirs(self) -> None:
+        """Create this store's ``runs/`` and ``logs/`` subdirs, 0o700 (``OSError`` if not)."""
+        for path in (self.store_runs, self.store_logs):
+            _private_dir(path)
+
+
+def _safe_key(text: str) -> str:
+    """A store identity as a directory name: letters, digits, ``-`` and ``_`` only."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "store"
 
 
 def _attempt_name(job_id: int, attempt: int) -> str:

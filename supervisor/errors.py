@@ -7,6 +7,7 @@
      │    ├── StoreUnavailableError      the store could not be reached (retryable)
      │    ├── UpdateConflictError        optimistic update on a stale ``version``
      │    ├── LeaseLostError             a fenced write whose (worker, attempt) no longer holds the lease
+     │    ├── StoreMismatchError         not the store this data dir worked with (replaced, emptied)
      │    └── JobNotFoundError           (also a LookupError)
      ├── IllegalTransitionError          the state machine refuses a transition (also a ValueError)
      ├── InvalidJobError                 a job spec or payload is malformed (also a ValueError)
@@ -32,6 +33,7 @@ __all__ = [
     "SpawnError",
     "StateFileError",
     "StoreError",
+    "StoreMismatchError",
     "StoreUnavailableError",
     "SupervisorError",
     "UpdateConflictError",
@@ -56,6 +58,10 @@ class UpdateConflictError(StoreError):
 
 class LeaseLostError(StoreError):
     """A fenced write by (worker, attempt) that no longer holds the job's lease."""
+
+
+class StoreMismatchError(StoreError):
+    """The store is not the one this data dir worked with: replaced, emptied, or another one."""
 
 
 class JobNotFoundError(StoreError, LookupError):

@@ -1,10 +1,14 @@
-"""Queue health: counts, ages, admission and alerts that a person (or a plugin's status bar)
-can act on.
+"""Queue health: counts, ages, admission, disk and alerts that a person (or a plugin's status
+bar) can act on.
 
-Computed from the store (two calls: ``counts()`` and the live jobs) plus the data dir's
-``status.json``, which the running supervisor rewrites with what only it knows (admission
-state, per-agent samples, limit enforcement). So ``agent-supervisor health`` in another
-process sees the same picture as the supervisor itself.
+Computed from the store (two calls: ``counts()``, constant time, and the live jobs) plus the
+data dir's ``status.json``, which the running supervisor rewrites with what only it knows
+(admission, per-agent samples and progress, the store's reachability, disk use). So
+``agent-supervisor health`` in another process sees the same picture as the supervisor.
+
+Health never needs the store: when it cannot be reached, what only this machine knows (its
+agents, its outbox, its disk) is still reported, the store's counts are None, and the alert
+``store_unreachable`` says since when and why.
 """
 
 from __future__ import annotations
@@ -12,22 +16,39 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from supervisor.admission import recommend
 from supervisor.datadir import DataDir
-from supervisor.lifecycle import LIVE, Status
+from supervisor.errors import StoreError
+from supervisor.job import LIVE, Job, Status
+from supervisor.retention import disk_use
 from supervisor.settings import Settings
+from supervisor.status import FRESH_S
 from supervisor.store import JobStore
 
-__all__ = ["Alert", "HealthReport", "check_health", "read_status"]
+__all__ = ["ALERT_KINDS", "Alert", "HealthReport", "check_health", "read_status"]
 
-_STATUS_FRESH_S: Final = 15.0
-"""A status file older than this is from a supervisor that is gone (it rewrites every 5 s)."""
 _BLOCKED_ALERT_S: Final = 60.0
-_NEAR_LIMIT: Final = 0.9
+ALERT_KINDS: Final = (
+    "stuck",
+    "lease_expired",
+    "queue_backlog",
+    "high_queue_depth",
+    "admission_blocked",
+    "never_admissible",
+    "near_limit",
+    "unsynced_outbox",
+    "no_supervisor",
+    "store_unreachable",
+    "disk_low",
+    "disk_full",
+)
+
+Level = Literal["warning", "critical"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,25 +56,26 @@ class Alert:
     """Something wrong with the queue, in one sentence."""
 
     kind: str
-    """``stuck`` | ``lease_expired`` | ``queue_backlog`` | ``high_queue_depth`` |
-    ``admission_blocked`` | ``near_limit`` | ``unsynced_outbox`` | ``no_supervisor``"""
+    """One of ``ALERT_KINDS``."""
     message: str
     job_id: int | None = None
+    level: Level = "warning"
+    """``critical``: work is stopped or about to be lost; ``warning``: look at it soon."""
 
 
 @dataclass(frozen=True, slots=True)
 class HealthReport:
-    running: int
-    """Jobs preparing or running, on any supervisor sharing the store."""
-    pending: int
-    waiting_retry: int
-    completed: int
-    failed: int
-    cancelled: int
+    running: int | None
+    """Jobs preparing or running, on any supervisor sharing the store (None: store unreachable)."""
+    pending: int | None
+    waiting_retry: int | None
+    completed: int | None
+    failed: int | None
+    cancelled: int | None
     max_concurrent: int
     """This supervisor's concurrency setting."""
     running_here: int
-    """Live jobs leased to this data dir's worker id."""
+    """Live jobs leased to this data dir's worker id (its agents, while the store is away)."""
     utilization: float
     """running_here / max_concurrent, 0..1."""
     oldest_running_age_s: float | None
@@ -64,18 +86,28 @@ class HealthReport:
     supervisor_running: bool
     """A supervisor on this data dir has reported in the last few seconds."""
     admission: dict[str, Any] = field(default_factory=dict)
-    """``state`` (open | full | blocked), ``reason``, ``since`` (epoch seconds)."""
+    """``state`` (open | full | blocked), ``reason``, ``reason_key``, ``since`` (epoch
+    seconds), ``never_fit`` (kinds this machine can never give enough memory)."""
     memory: dict[str, Any] = field(default_factory=dict)
     """``available_bytes``, ``total_bytes``, ``reserve_bytes`` as last measured."""
     limits_enforcement: str | None = None
     """How per-agent limits are enforced here (cgroup v2/v1, or rlimits and sampling)."""
     agents: list[dict[str, Any]] = field(default_factory=list)
-    """Per running agent of this supervisor: job_id, kind, rss_bytes, cpu_percent, processes."""
+    """Per running agent of this supervisor: job_id, kind, rss_bytes, cpu_percent, processes,
+    progress, started_at, timeout_at, last_activity_at."""
     recommended_concurrency: int | None = None
     """What this machine can sustain, from observed per-agent peak memory and CPU."""
     outbox_depth: int = 0
     """Outcomes this data dir's supervisor holds until the store answers again."""
     alerts: list[Alert] = field(default_factory=list)
+    can_increase_concurrency: dict[str, Any] = field(default_factory=dict)
+    """``answer`` (bool) and ``reason``: may ``concurrency`` go up on this machine?"""
+    store: dict[str, Any] = field(default_factory=dict)
+    """``reachable``, ``push`` (hints arrive without polling), ``unreachable_since``,
+    ``last_error``."""
+    disk: dict[str, Any] = field(default_factory=dict)
+    """``files_bytes`` and ``files`` (every attempt's files), ``swept_at``, ``free_bytes``,
+    ``total_bytes`` of the data dir's file system, ``write_error``."""
 
 
 def read_status(data_dir: Path) -> dict[str, Any] | None:
@@ -84,7 +116,7 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
         status = json.loads(DataDir.at(data_dir).status_file.read_bytes())
     except (OSError, ValueError):
         return None
-    if not isinstance(status, dict) or time.time() - float(status.get("updated_at", 0)) > _STATUS_FRESH_S:
+    if not isinstance(status, dict) or time.time() - float(status.get("updated_at", 0)) > FRESH_S:
         return None
     try:
         os.kill(int(status["pid"]), 0)
@@ -102,46 +134,58 @@ def check_health(
     worker_id: str | None,
     outbox_depth: int = 0,
     status: dict[str, Any] | None = None,
+    wall: float | None = None,
 ) -> HealthReport:
-    """The health of the queue for ``worker_id``'s supervisor (``status`` from read_status)."""
-    counts = store.counts()
-    now = counts.now
-    by = counts.by_status
-    live = store.list(statuses=LIVE)
-    alerts = _job_alerts(live, settings, now)
-    pending = by.get(Status.PENDING, 0)
-    oldest_pending = now - counts.oldest_pending_created_at if counts.oldest_pending_created_at else None
-    if oldest_pending is not None and oldest_pending > settings.stuck_after_s:
-        alerts.append(
-            Alert("queue_backlog", f"{pending} jobs pending; the oldest has waited {_age(oldest_pending)}")
-        )
-    if pending > 10 * settings.concurrency:
-        alerts.append(Alert("high_queue_depth", f"{pending} jobs pending for {settings.concurrency} slots"))
-    if outbox_depth:
-        alerts.append(Alert("unsynced_outbox", f"{outbox_depth} outcomes wait in the outbox for the store"))
+    """The health of the queue for ``worker_id``'s supervisor (``status`` from read_status);
+    ``wall`` is the time to judge ages at (default: now)."""
     status = status or {}
-    admission = dict(status.get("admission") or {})
-    blocked_for = time.time() - float(admission.get("since") or time.time())
-    if admission.get("state") == "blocked" and pending and blocked_for > _BLOCKED_ALERT_S:
+    wall = time.time() if wall is None else wall
+    alerts: list[Alert] = []
+    by: Mapping[Status, int] | None = None
+    live: list[Job] = []
+    oldest_running = oldest_pending = None
+    try:
+        counts = store.counts()
+        live = store.list(statuses=LIVE)
+    except StoreError as exc:
+        alerts.append(_unreachable(status, exc, wall))
+    else:
+        now = counts.now
+        by = counts.by_status
+        alerts += _job_alerts(live, settings, now)
+        if counts.oldest_pending_created_at is not None:
+            oldest_pending = now - counts.oldest_pending_created_at
+        if counts.oldest_running_started_at is not None:
+            oldest_running = now - counts.oldest_running_started_at
+        alerts += _queue_alerts(by, oldest_pending, settings, status, wall)
+    if outbox_depth:
         alerts.append(
-            Alert("admission_blocked", f"no agent started for {_age(blocked_for)}: {admission.get('reason')}")
+            Alert("unsynced_outbox", f"{_jobs(outbox_depth, 'outcome')} wait in the outbox for the store")
         )
     agents = list(status.get("agents") or [])
-    alerts += _limit_alerts(agents)
-    if not status and (pending or by.get(Status.WAITING_RETRY, 0)):
-        alerts.append(
-            Alert("no_supervisor", f"{pending} jobs pending and no supervisor runs on this data dir")
-        )
+    alerts += _limit_alerts(agents, settings)
+    alerts += _never_fit_alerts(status)
+    disk = _disk(status, settings)
+    alerts += _disk_alerts(disk, settings)
     memory = dict(status.get("memory") or {})
-    here = sum(1 for j in live if worker_id is not None and j.lease_owner == worker_id)
-    oldest_running = now - counts.oldest_running_started_at if counts.oldest_running_started_at else None
+    here = len(agents) if by is None else sum(1 for j in live if worker_id and j.lease_owner == worker_id)
+    advice = recommend(
+        int(memory.get("total_bytes") or 0),
+        settings.memory_reserve_bytes,
+        os.cpu_count() or 1,
+        list(status.get("observed_peak_rss_bytes") or []),
+        list(status.get("observed_cpu_percent") or []),
+        current=settings.concurrency,
+    )
+    store_view = dict(status.get("store") or {})
+    store_view["reachable"] = by is not None
     return HealthReport(
-        running=sum(by.get(s, 0) for s in LIVE),
-        pending=pending,
-        waiting_retry=by.get(Status.WAITING_RETRY, 0),
-        completed=by.get(Status.COMPLETED, 0),
-        failed=by.get(Status.FAILED, 0),
-        cancelled=by.get(Status.CANCELLED, 0),
+        running=None if by is None else sum(by.get(s, 0) for s in LIVE),
+        pending=None if by is None else by.get(Status.PENDING, 0),
+        waiting_retry=None if by is None else by.get(Status.WAITING_RETRY, 0),
+        completed=None if by is None else by.get(Status.COMPLETED, 0),
+        failed=None if by is None else by.get(Status.FAILED, 0),
+        cancelled=None if by is None else by.get(Status.CANCELLED, 0),
         max_concurrent=settings.concurrency,
         running_here=here,
         utilization=round(min(1.0, here / settings.concurrency), 3),
@@ -150,23 +194,59 @@ def check_health(
         stuck_after_s=settings.stuck_after_s,
         worker_id=worker_id,
         supervisor_running=bool(status),
-        admission=admission,
+        admission=dict(status.get("admission") or {}),
         memory=memory,
         limits_enforcement=status.get("enforcement"),
         agents=agents,
-        recommended_concurrency=recommend(
-            int(memory.get("total_bytes") or 0),
-            settings.memory_reserve_bytes,
-            os.cpu_count() or 1,
-            status.get("observed_peak_rss_bytes"),
-            status.get("observed_cpu_percent"),
-        ),
+        recommended_concurrency=advice.concurrency,
         outbox_depth=outbox_depth,
         alerts=alerts,
+        can_increase_concurrency={"answer": advice.can_increase, "reason": advice.reason},
+        store=store_view,
+        disk=disk,
     )
 
 
-def _job_alerts(live: list[Any], settings: Settings, now: float) -> list[Alert]:
+def _unreachable(status: Mapping[str, Any], exc: StoreError, wall: float) -> Alert:
+    seen = dict(status.get("store") or {})
+    since = seen.get("unreachable_since") or wall
+    why = seen.get("last_error") or str(exc)
+    return Alert(
+        "store_unreachable",
+        f"the store has not answered for {_age(wall - float(since))}: {why}",
+        level="critical",
+    )
+
+
+def _queue_alerts(
+    by: Mapping[Status, int],
+    oldest_pending: float | None,
+    settings: Settings,
+    status: Mapping[str, Any],
+    wall: float,
+) -> list[Alert]:
+    alerts = []
+    pending = by.get(Status.PENDING, 0)
+    if oldest_pending is not None and oldest_pending > settings.stuck_after_s:
+        alerts.append(
+            Alert("queue_backlog", f"{_jobs(pending)} pending; the oldest has waited {_age(oldest_pending)}")
+        )
+    if pending > 10 * settings.concurrency:
+        alerts.append(Alert("high_queue_depth", f"{_jobs(pending)} pending for {settings.concurrency} slots"))
+    admission = dict(status.get("admission") or {})
+    blocked_for = wall - float(admission.get("since") or wall)
+    if admission.get("state") == "blocked" and pending and blocked_for > _BLOCKED_ALERT_S:
+        alerts.append(
+            Alert("admission_blocked", f"no agent started for {_age(blocked_for)}: {admission.get('reason')}")
+        )
+    if not status and (pending or by.get(Status.WAITING_RETRY, 0)):
+        alerts.append(
+            Alert("no_supervisor", f"{_jobs(pending)} pending and no supervisor runs on this data dir")
+        )
+    return alerts
+
+
+def _job_alerts(live: list[Job], settings: Settings, now: float) -> list[Alert]:
     alerts = []
     for job in sorted(live, key=lambda j: j.id):
         stuck_after = job.stuck_after_s or settings.stuck_after_s
@@ -192,7 +272,7 @@ def _job_alerts(live: list[Any], settings: Settings, now: float) -> list[Alert]:
     return alerts
 
 
-def _limit_alerts(agents: list[dict[str, Any]]) -> list[Alert]:
+def _limit_alerts(agents: list[dict[str, Any]], settings: Settings) -> list[Alert]:
     alerts = []
     for agent in agents:
         for used, limit, what in (
@@ -200,15 +280,64 @@ def _limit_alerts(agents: list[dict[str, Any]]) -> list[Alert]:
             ("processes", "pids_max", "processes"),
         ):
             value, cap = agent.get(used), agent.get(limit)
-            if value is not None and cap and value >= _NEAR_LIMIT * cap:
-                alerts.append(
-                    Alert(
-                        "near_limit",
-                        f"job {agent.get('job_id')} uses {value / cap:.0%} of its {what} limit",
-                        agent.get("job_id"),
-                    )
+            if value is None or not cap or value < settings.near_limit_warning * cap:
+                continue
+            level: Level = "critical" if value >= settings.near_limit_critical * cap else "warning"
+            alerts.append(
+                Alert(
+                    "near_limit",
+                    f"job {agent.get('job_id')} uses {value / cap:.0%} of its {what} limit",
+                    agent.get("job_id"),
+                    level,
                 )
+            )
     return alerts
+
+
+def _never_fit_alerts(status: Mapping[str, Any]) -> list[Alert]:
+    never = (status.get("admission") or {}).get("never_fit") or []
+    if not never:
+        return []
+    total = (status.get("memory") or {}).get("total_bytes") or 0
+    names = ", ".join(never)
+    return [
+        Alert(
+            "never_admissible",
+            f"the memory estimate of {names} exceeds what this machine can give "
+            f"({_gib(total)} minus the reserve): such jobs are left for a bigger machine; "
+            "lower the estimate or the reserve to run them here",
+        )
+    ]
+
+
+def _disk(status: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    disk = dict(status.get("disk") or {})
+    if disk.get("free_bytes") is None:  # no supervisor: measure the file system ourselves
+        use = disk_use(Path(settings.data_dir))
+        if use is not None:
+            disk.update(free_bytes=use.free_bytes, total_bytes=use.total_bytes)
+    return disk
+
+
+def _disk_alerts(disk: Mapping[str, Any], settings: Settings) -> list[Alert]:
+    alerts = []
+    error = disk.get("write_error")
+    if error:
+        alerts.append(Alert("disk_full", f"the data dir cannot be written: {error}", level="critical"))
+    free = disk.get("free_bytes")
+    low = settings.disk_low_bytes
+    if free is not None and low and free < low:
+        level: Level = "critical" if free < low / 4 else "warning"
+        alerts.append(Alert("disk_low", f"{_gib(free)} free on the data dir's disk", level=level))
+    return alerts
+
+
+def _jobs(n: int, noun: str = "job") -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
 
 
 def _age(seconds: float) -> str:

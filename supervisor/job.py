@@ -62,6 +62,8 @@ class ErrorKind(StrEnum):
     INVALID = "invalid"
     RESOURCE_LIMIT = "resource_limit"
     """The agent broke a memory, process-count or CPU-time limit of its kind."""
+    PREPARE_FAILED = "prepare_failed"
+    """Its workspace could not be made ready (a fetch or checkout failed); retried."""
 
 
 class CancelMode(StrEnum):
@@ -119,9 +121,24 @@ class JobSpec:
     idle_timeout_s: float | None = None
     stuck_after_s: float | None = None
     queue_timeout_s: float | None = None
+    repo: str | None = None
+    """The repository the agent works on (a git URL, a local path, or ``owner/repo``): the
+    agent gets a checkout of it, and one job per repository runs at a time (unless
+    ``concurrency_key`` says otherwise)."""
+    ref: str | None = None
+    """The branch, tag or commit of ``repo`` to check out (default: its default branch)."""
+    run_after: float | None = None
+    """Not before this time (seconds since the epoch, the store's clock): a delayed job."""
+    unique_key: str | None = None
+    """At most one job with this key ever exists (until purged): submitting another returns
+    the existing id, whatever its status (recurring schedules key each slot so)."""
 
     def __post_init__(self) -> None:
         _validate_spec(self)
+        if self.repo is not None and self.concurrency_key is None:
+            from supervisor.keys import repo_key
+
+            object.__setattr__(self, "concurrency_key", repo_key(self.repo))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -148,6 +165,7 @@ class JobSpec:
             if values.get("concurrency_key") is not None:
                 raise InvalidJobError("give either a repo or a concurrency key, not both")
             values["concurrency_key"] = repo_key(repo, owner)
+            values["repo"] = repo.strip() if owner is None else f"{owner.strip()}/{repo.strip()}"
         if "command" in values and values["command"] is not None:
             cmd = values["command"]
             if not isinstance(cmd, list | tuple) or not all(isinstance(a, str) for a in cmd):
@@ -162,7 +180,12 @@ class JobSpec:
                 raise InvalidJobError(f"{name!r} must be a number of seconds")
             if value is not None:
                 values[name] = float(value)
-        for name in ("kind", "concurrency_key", "dedup_key"):
+        run_after = values.get("run_after")
+        if run_after is not None:
+            if type(run_after) not in (int, float):
+                raise InvalidJobError("'run_after' must be a time in seconds since the epoch")
+            values["run_after"] = float(run_after)
+        for name in ("kind", "concurrency_key", "dedup_key", "ref", "unique_key"):
             value = values.get(name)
             if value is not None and not isinstance(value, str):
                 raise InvalidJobError(f"{name!r} must be a string")
@@ -182,10 +205,12 @@ def _validate_spec(spec: JobSpec) -> None:
             raise InvalidJobError("'command' must not be empty")
         if any("\0" in arg for arg in spec.command):
             raise InvalidJobError("'command' must not contain NUL characters")
-    for name in ("concurrency_key", "dedup_key"):
+    for name in ("concurrency_key", "dedup_key", "unique_key", "repo", "ref"):
         value = getattr(spec, name)
         if value is not None:
             _check_name(name, value)
+    if spec.run_after is not None and not (math.isfinite(spec.run_after) and spec.run_after >= 0):
+        raise InvalidJobError("'run_after' must be a time in seconds since the epoch")
     if not -(2**31) <= spec.priority < 2**31:
         raise InvalidJobError("'priority' must fit in 32 bits")
     if not 1 <= spec.max_attempts <= 1000:
@@ -272,6 +297,12 @@ class Job:
     finished_by: str | None = None
     """Who settled the last attempt: a worker id, or ``reaper``. Makes a replayed finish
     (its first response lost) recognisable as already done."""
+    repo: str | None = None
+    ref: str | None = None
+    unique_key: str | None = None
+    last_activity_at: float | None = None
+    """When the running attempt last showed life beyond its heartbeat: new output or
+    progress (store clock; None until it does)."""
     version: int = 1
 
     @property

@@ -109,6 +109,7 @@ _RETRYABLE: Final = frozenset(
         ErrorKind.LOST,
         ErrorKind.LEASE_LOST,
         ErrorKind.SPAWN_ERROR,
+        ErrorKind.PREPARE_FAILED,
     }
 )
 
@@ -193,7 +194,10 @@ def new_job(spec: JobSpec, *, job_id: int, now: float) -> tuple[Job, Event]:
         idle_timeout_s=spec.idle_timeout_s,
         stuck_after_s=spec.stuck_after_s,
         queue_timeout_s=spec.queue_timeout_s,
-        run_after=now,
+        run_after=now if spec.run_after is None else max(now, spec.run_after),
+        repo=spec.repo,
+        ref=spec.ref,
+        unique_key=spec.unique_key,
     )
     return job, Event(job_id, now, None, Status.PENDING, "submitted", DecidedBy.USER)
 
@@ -232,6 +236,7 @@ def claim(job: Job, *, worker: str, now: float, lease_s: float) -> tuple[Job, Ev
         stats=None,
         started_at=None,
         finished_at=None,
+        last_activity_at=None,
     )
 
 
@@ -268,15 +273,18 @@ def heartbeat(
     lease_s: float,
     progress: Any = None,
     stats: Any = None,
+    active: bool = False,
 ) -> Job:
     """Extend the lease (fenced). Not a transition: no event, and ``version`` stays, so a
-    heartbeat never invalidates someone's optimistic update."""
+    heartbeat never invalidates someone's optimistic update. New progress, or ``active``
+    (the agent wrote output since the last beat), moves ``last_activity_at`` to ``now``."""
     fence(job, worker, attempt)
     return replace(
         job,
         lease_expires_at=now + lease_s,
         progress=job.progress if progress is None else progress,
         stats=job.stats if stats is None else stats,
+        last_activity_at=now if active or progress is not None else job.last_activity_at,
     )
 
 

@@ -15,11 +15,16 @@ what a previous run left behind; the OS is reached only through ``processes.Proc
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
+import os
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from supervisor.admission import Gate, GateState, Machine, admit
 from supervisor.attempt import Attempt, base_env
@@ -30,10 +35,11 @@ from supervisor.pool import AgentPool
 from supervisor.processes import Processes
 from supervisor.reconcile import Decision
 from supervisor.recovery import reconcile_on_start
+from supervisor.retention import Retention, RetentionReport, disk_use
 from supervisor.session import Session
 from supervisor.settings import Settings
 from supervisor.statefile import State
-from supervisor.store import JobStore
+from supervisor.store import JobStore, Watch
 from supervisor.sync import OutcomeSync
 from supervisor.timers import Timers, next_wake, plan
 
@@ -78,7 +84,7 @@ class Loop:
         self._processes = processes
         self._clock = clock
         self._control = control
-        self._emit = emit
+        self._emit_change = emit
         self.worker_id = session.worker_id
         self.timers = Timers()
         self.pool = AgentPool(
@@ -97,7 +103,7 @@ class Loop:
             session.outbox,
             self.timers,
             clock=clock,
-            emit=emit,
+            emit=self._emit,
             down_for_s=settings().heartbeat_s,
             rng=rng,
         )
@@ -109,6 +115,26 @@ class Loop:
         self._shutdown_sent = False
         self._idle_check_at = 0.0
         self._closed = False
+        self._hint_lock = threading.Lock()
+        self._hint_now = True  # what happened before we watched is unknown: look once
+        self._hint_due = math.inf
+        self.watch: Watch | None = None
+        """The store's push channel (None: the store cannot push, so the loop polls)."""
+        self.write_error: str | None = None
+        """Why the last state-file save failed (a full disk), while that lasts."""
+        self.retention_report: RetentionReport | None = None
+        first = settings()
+        self.retention = Retention(
+            session.datadir,
+            store,
+            clock=clock,
+            retention_s=first.retention_s,
+            files_max_bytes=first.files_max_bytes,
+            every_s=first.retention_every_s,
+            retain_jobs_s=first.retain_jobs_s,
+            live=self._live,
+            on_report=self._retained,
+        )
 
     @classmethod
     def open(
@@ -124,18 +150,20 @@ class Loop:
         subreaper: bool,
     ) -> Loop:
         """Take the data dir, replay the outbox, settle what a previous run left behind."""
-        session = Session.open(settings(), processes, subreaper=subreaper)
+        session = Session.open(settings(), processes, store, subreaper=subreaper)
+        loop = cls(
+            session,
+            settings=settings,
+            store=store,
+            processes=processes,
+            clock=clock,
+            control=control,
+            emit=emit,
+            rng=rng,
+        )
         try:
-            loop = cls(
-                session,
-                settings=settings,
-                store=store,
-                processes=processes,
-                clock=clock,
-                control=control,
-                emit=emit,
-                rng=rng,
-            )
+            loop.watch = store.watch(loop._hinted)
+            loop.retention.start()
             loop.sync.replay(clock.monotonic())
             loop.decisions = reconcile_on_start(
                 session.state,
@@ -149,7 +177,7 @@ class Loop:
             )
             loop._save_state(durable=True)  # once per start: a new worker id or boot must stick
         except BaseException:
-            session.close()
+            loop.close()
             raise
         return loop
 
@@ -158,6 +186,9 @@ class Loop:
         if self._closed:
             return
         self._closed = True
+        self.retention.close()
+        if self.watch is not None:
+            self.watch.close()
         if self.timers.save_at is not None or self._control.leave_agents:
             self._save_state()
         self.pool.close()
@@ -170,10 +201,61 @@ class Loop:
 
     def reloaded(self) -> None:
         """Settings changed: take the environment and the intervals anew."""
+        settings = self._settings()
         self.pool.env = base_env()  # a host that changed os.environ reloads to pass it on
-        self.sync.down_for_s = self._settings().heartbeat_s
+        self.sync.down_for_s = settings.heartbeat_s
+        self.retention.retention_s = settings.retention_s
+        self.retention.files_max_bytes = settings.files_max_bytes
+        self.retention.every_s = settings.retention_every_s
+        self.retention.retain_jobs_s = settings.retain_jobs_s
+        self.retention.wake()
         self.timers.beat_at = 0.0
         self.wake()
+
+    def _live(self) -> set[tuple[int, int]]:
+        """The attempts that run now (the retention thread asks; any thread)."""
+        for _ in range(3):
+            try:
+                return {(a.job.id, a.job.attempt) for a in list(self.pool)}
+            except RuntimeError:  # the pool changed size while copied: copy again
+                continue
+        return {(a.job.id, a.job.attempt) for a in list(self.pool)}
+
+    def _retained(self, report: RetentionReport) -> None:
+        self.retention_report = report  # one assignment: read by the loop thread at its leisure
+
+    def _hinted(self, due_at: float | None) -> None:
+        """The store's change hint (any thread): look now, or when ``due_at`` comes."""
+        with self._hint_lock:
+            if due_at is None:
+                self._hint_now = True
+            else:
+                self._hint_due = min(self._hint_due, due_at)
+        self.session.waiter.wake()
+
+    def _take_hints(self, now: float) -> bool:
+        """Hints since the last tick: True for "look now"; a due time becomes a claim time."""
+        with self._hint_lock:
+            look, due = self._hint_now, self._hint_due
+            self._hint_now, self._hint_due = False, math.inf
+        if due < math.inf:
+            self._claim_by(now, due)
+        return look
+
+    def _claim_by(self, now: float, due_at: float) -> None:
+        """Claim when the store-clock time ``due_at`` comes (a job's ``run_after``)."""
+        wait = max(0.0, due_at - self._clock.time())
+        self.timers.claim_at = min(self.timers.claim_at, now + wait)
+
+    @property
+    def pushed(self) -> bool:
+        """The store pushes change hints now (no polling needed)."""
+        return self.watch is not None and self.watch.live
+
+    def _emit(self, job: Job, before: Status | None, reason: str) -> None:
+        if job.status is Status.WAITING_RETRY:  # ours to claim again when its backoff ends
+            self._claim_by(self._clock.monotonic(), job.run_after)
+        self._emit_change(job, before, reason)
 
     def _adopt(self, attempt: Attempt) -> None:
         self.pool.adopt(attempt)
@@ -195,7 +277,8 @@ class Loop:
                     outbox=self.sync.depth,
                     stopping=self._control.stopping,
                     drain_at=None if self._shutdown_sent else self._control.drain_at,
-                    poll_s=self._settings().wake_poll_s,
+                    poll_s=None if self.pushed else self._settings().poll_s,
+                    status_at=self.session.status.next_due(),
                 )
             )
 
@@ -203,10 +286,11 @@ class Loop:
         """One pass of the loop; True when the loop should end."""
         now = self._clock.monotonic()
         pool, control = self.pool, self._control
-        changed = self._store.changed()
+        changed = self._take_hints(now)
         for attempt, outcome in pool.collect_exits():
             self._state_changed()
             self._record(attempt.job, outcome)
+            self.timers.claim_at = min(self.timers.claim_at, now)  # a slot is free
         pool.watch_output(now)
         pool.act_on_stops(now)
         due = plan(
@@ -277,20 +361,29 @@ class Loop:
 
     def _reap(self, now: float) -> None:
         settings = self._settings()
-        self.timers.reap_at = now + settings.heartbeat_s
+        self.timers.reap_at = now + settings.reap_s if settings.reap_s > 0 else math.inf
         try:
-            for job in self._store.reap_stale(settings.reap_grace_s):
-                log.warning("reaped job %d: %s", job.id, job.error)
+            changed = self._store.reap_stale(settings.reap_grace_s)
         except StoreUnavailableError as exc:
             self.sync.store_down(exc)
+            return
+        for job in changed:
+            if job.status is Status.PENDING:  # a retry whose backoff ended: claimable now
+                self.timers.claim_at = min(self.timers.claim_at, now)
+            else:
+                log.warning("reaped job %d: %s", job.id, job.error)
+                if job.status is Status.WAITING_RETRY:
+                    self._claim_by(now, job.run_after)
 
     def _claim(self, now: float) -> None:
         settings = self._settings()
-        self.timers.claim_at = now + settings.poll_s
+        # With a live push channel nothing needs asking until a hint or a known due time;
+        # without one, poll. A closed gate is a fact of this machine: look again at poll_s.
+        self.timers.claim_at = math.inf if self.pushed else now + settings.poll_s
         gate = self._admit(now)
         if gate.state is not GateState.OPEN:
-            if gate.retry_in_s is not None:
-                self.timers.claim_at = min(self.timers.claim_at, now + gate.retry_in_s)
+            wait = gate.retry_in_s if gate.retry_in_s is not None else settings.poll_s
+            self.timers.claim_at = min(self.timers.claim_at, now + wait)
             return
         try:
             jobs = self._store.claim(
@@ -302,11 +395,17 @@ class Loop:
             )
         except StoreUnavailableError as exc:
             self.sync.store_down(exc)
+            self.timers.claim_at = now  # claim again as soon as the store may be asked
             return
         if jobs:
             self._last_start = now
-            if len(jobs) == gate.limit:  # there may be more: look again as soon as the gate allows
-                self.timers.claim_at = now + settings.start_stagger_s
+        if len(jobs) == gate.limit:  # there may be more: look again as soon as the gate allows
+            self.timers.claim_at = now + settings.start_stagger_s
+        else:  # nothing more now: the next delayed job or retry may need no write to become due
+            with contextlib.suppress(StoreError):
+                due = self._store.next_due()
+                if due is not None:
+                    self._claim_by(now, due)
         launched: list[Attempt] = []
         for job in jobs:
             self._emit(job, Status.PENDING, "claimed")
@@ -332,7 +431,7 @@ class Loop:
         gate = admit(
             settings, running, machine, now=now, last_start=self._last_start, claim_kinds=settings.claim_kinds
         )
-        if gate.state is not self.gate.state or gate.reason != self.gate.reason:
+        if gate.state is not self.gate.state or gate.reason_key != self.gate.reason_key:
             if gate.state is GateState.BLOCKED:
                 log.info("admission blocked: %s", gate.reason)
             self.gate_since = self._clock.time()
@@ -378,22 +477,84 @@ class Loop:
         try:
             self.session.statefile.save(state, durable=durable)
             self.timers.save_at = None
+            self.write_error = None
         except StateFileError as exc:  # keep running: the agents stay supervised in memory
             log.error("could not save the state file: %s", exc)
+            self.write_error = str(exc)
             self.timers.save_at = self._clock.monotonic() + _SAVE_RETRY_S
 
     def _write_status(self, now: float) -> None:
-        """``status.json`` for ``health`` in other processes, when due (see ``StatusWriter``)."""
-        self.session.status.write_if_due(
-            now,
-            worker_id=self.worker_id,
-            gate=self.gate,
-            gate_since=self.gate_since,
-            machine=self.machine,
-            settings=self._settings(),
-            agents=list(self.pool),
-            observed=self.pool.observed,
-            outbox_depth=self.sync.depth,
-            enforcement=self._processes.enforcement,
-            wall_now=self._clock.time(),
+        """``status.json`` for ``health`` in other processes, when due (``supervisor.status``)."""
+        self.session.status.write_if_due(now, self._status)
+
+    def _status(self) -> tuple[object, dict[str, Any]]:
+        settings = self._settings()
+        agents = [_agent_row(a, self._clock) for a in self.pool]
+        report = self.retention_report
+        disk = disk_use(self.session.datadir.root)
+        write_error = self.write_error or self.sync.write_error
+        status: dict[str, Any] = {
+            "pid": os.getpid(),
+            "worker_id": self.worker_id,
+            "updated_at": self._clock.time(),
+            "admission": {
+                "state": self.gate.state.value,
+                "reason": self.gate.reason,
+                "reason_key": self.gate.reason_key,
+                "since": self.gate_since,
+                "never_fit": sorted(self.gate.never_fit),
+            },
+            "memory": {
+                "available_bytes": self.machine.available_bytes,
+                "total_bytes": self.machine.total_bytes,
+                "reserve_bytes": settings.memory_reserve_bytes,
+            },
+            "enforcement": self._processes.enforcement(),
+            "agents": agents,
+            "observed_peak_rss_bytes": [p for p, _ in self.pool.observed],
+            "observed_cpu_percent": [c for _, c in self.pool.observed],
+            "max_concurrent": settings.concurrency,
+            "outbox_depth": self.sync.depth,
+            "store": {
+                "push": self.pushed,
+                "unreachable_since": self.sync.down_since,
+                "last_error": self.sync.last_error,
+            },
+            "disk": {
+                "files_bytes": report.bytes if report else None,
+                "files": report.files if report else None,
+                "swept_at": report.at if report else None,
+                "free_bytes": disk.free_bytes if disk else None,
+                "total_bytes": disk.total_bytes if disk else None,
+                "write_error": write_error,
+            },
+        }
+        key = (
+            self.gate.state,
+            self.gate.reason_key,
+            json.dumps(agents, sort_keys=True, default=str),
+            self.sync.depth,
+            self.sync.last_error,
+            self.pushed,
+            write_error,
+            report,
         )
+        return key, status
+
+
+def _agent_row(attempt: Attempt, clock: Clock) -> dict[str, Any]:
+    """One running agent as ``status.json`` and ``health`` show it."""
+    job, entry = attempt.job, attempt.entry
+    started = entry.started_at
+    idle_for = clock.monotonic() - attempt.last_output
+    return {
+        "job_id": job.id,
+        "kind": job.kind,
+        **(attempt.stats or {}),
+        "memory_max_bytes": attempt.limits.memory_max_bytes,
+        "pids_max": attempt.limits.pids_max,
+        "progress": attempt.progress,
+        "started_at": started,
+        "timeout_at": started + entry.timeout_s if entry.timeout_s else None,
+        "last_activity_at": clock.time() - idle_for,
+    }

@@ -13,12 +13,15 @@ import logging
 from dataclasses import dataclass
 
 from supervisor.datadir import DataDir, DataDirLock, prepare_data_dir
+from supervisor.errors import ConfigError
 from supervisor.outbox import Outbox
 from supervisor.processes import Processes, Waiter
 from supervisor.recovery import load_worker_id
 from supervisor.settings import Settings
 from supervisor.statefile import State, StateFile
 from supervisor.status import StatusWriter
+from supervisor.store import JobStore
+from supervisor.storeid import check_store_identity
 
 __all__ = ["Session"]
 
@@ -42,14 +45,22 @@ class Session:
     _processes: Processes
 
     @classmethod
-    def open(cls, settings: Settings, processes: Processes, *, subreaper: bool) -> Session:
-        """Take the data dir (``DataDirLockedError`` if another supervisor has it) and open
-        everything a run needs; on any failure, what was opened is closed again."""
+    def open(cls, settings: Settings, processes: Processes, store: JobStore, *, subreaper: bool) -> Session:
+        """Take the data dir (``DataDirLockedError`` if another supervisor has it), check that
+        the store is the one it worked with (``StoreMismatchError``), and open everything a
+        run needs; on any failure, what was opened is closed again."""
         datadir = prepare_data_dir(settings.data_dir)
         lock = DataDirLock(datadir)
         lock.acquire()
         with contextlib.ExitStack() as undo:
             undo.callback(lock.release)
+            identity = check_store_identity(datadir, store, accept_new=settings.new_store)
+            if identity:
+                datadir = datadir.for_store(identity)
+                try:
+                    datadir.prepare_store_dirs()
+                except OSError as exc:
+                    raise ConfigError(f"cannot use data dir {datadir.root}: {exc.strerror or exc}") from exc
             statefile = StateFile(datadir.state_file, datadir.quarantine)
             undo.callback(statefile.close)
             state = statefile.load().state  # a bad file is quarantined and logged by load()

@@ -276,11 +276,32 @@ class Settings(BaseSettings):
     """How soon after an agent starts or ends the state file is saved: one save covers every
     change in that time. An agent started within it before a supervisor crash is found by
     its env tag on restart and killed and retried, not adopted; 0 saves in the same tick."""
+    retention_s: Grace = 7 * 86400.0
+    """Finished attempts' files (run dir, log) are deleted this long after their last write
+    (0: kept until the size cap or a purge)."""
+    files_max_bytes: int = Field(default=1 << 30, ge=0)
+    """All attempts' files together stay under this; the oldest go first (0: no cap)."""
+    retention_every_s: Seconds = 300.0
+    """How often the retention thread sweeps (it never pauses the supervisor's loop)."""
+    retain_jobs_s: Seconds | None = None
+    """Also purge finished jobs (rows and events) this long after they finished (off)."""
+    disk_low_bytes: int = Field(default=1 << 30, ge=0)
+    """health warns (``disk_low``) when the data dir's file system has less free space than
+    this, and says critical below a quarter of it."""
+    near_limit_warning: float = Field(default=0.8, gt=0, le=1)
+    """health's ``near_limit`` warns when an agent uses this share of its memory or process
+    limit ..."""
+    near_limit_critical: float = Field(default=0.95, gt=0, le=1)
+    """... and says critical at this share."""
     wake_poll_s: Seconds = 0.05
-    """How often an idle supervisor asks the store whether anything changed (a cheap hint)."""
+    """Deprecated and ignored: stores push change hints now (``poll_s`` covers stores that
+    cannot). Kept so that an existing config file naming it still loads."""
     poll_s: Seconds = 1.0
-    """How often an idle supervisor claims even without a change hint (backoffs ending, and
-    stores without change hints, such as Supabase)."""
+    """How often an idle supervisor claims while its store cannot push change hints (a
+    Supabase project without Realtime, a Postgres connection being re-established)."""
+    reap_s: Grace = 30.0
+    """How often this supervisor settles other supervisors' expired leases and promotes due
+    retries (0: never, e.g. when pg_cron reaps on the server)."""
     kinds: dict[str, KindConfig] = Field(default_factory=dict)
     """Registered agent kinds, as TOML tables [kinds.<name>]."""
     claim_kinds: list[str] | None = None
@@ -297,6 +318,9 @@ class Settings(BaseSettings):
     """What a restarted supervisor does with its own agents that are still running: keep
     supervising them (their deadlines, heartbeats and outcomes carry on), or kill and retry.
     A kind can override it."""
+    new_store: bool = False
+    """Start fresh: work with a store other than the one this data dir last used (a replaced,
+    emptied or new one) instead of refusing to (``--new-store``)."""
     allow_remote_commands: bool = False
     """Run raw ``command`` jobs that come from a shared (remote) store. Off: anyone who can
     insert a row would otherwise run any program on this machine."""

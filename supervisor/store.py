@@ -13,13 +13,13 @@ later" and is the only one a caller should retry.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from supervisor.lifecycle import CancelMode, Event, Job, JobSpec, Outcome, Status
 
-__all__ = ["Beat", "BeatReply", "JobStore", "PurgeResult", "QueueCounts"]
+__all__ = ["Beat", "BeatReply", "JobStore", "PurgeResult", "QueueCounts", "Wake", "Watch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,8 @@ class Beat:
     progress: Any = None
     stats: Any = None
     """The tree's resource use (rss_bytes, cpu_percent, processes), stored with the job."""
+    active: bool = False
+    """The agent wrote output since the previous beat (moves ``last_activity_at``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,24 @@ class QueueCounts:
     oldest_running_started_at: float | None
     oldest_pending_created_at: float | None
     now: float
+
+
+Wake = Callable[[float | None], None]
+"""A store's change hint: called with the store-clock time at which the changed job becomes
+claimable (its ``run_after``) when that is known and in the future, else None ("look now")."""
+
+
+class Watch(Protocol):
+    """A store's push channel, from ``JobStore.watch``."""
+
+    @property
+    def live(self) -> bool:
+        """True while hints arrive without polling (False while the channel reconnects)."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching; idempotent; joins any thread the store started for it."""
+        ...
 
 
 @runtime_checkable
@@ -130,8 +150,9 @@ class JobStore(Protocol):
 
     def reap_stale(self, grace_s: float) -> list[Job]:
         """Settle live jobs whose lease expired more than ``grace_s`` ago (store clock) as
-        ``lost`` (retried or failed per their policy), and fail pending jobs that waited past
-        their ``queue_timeout_s`` as ``queue_timeout``. Returns the jobs it changed."""
+        ``lost`` (retried or failed per their policy), fail pending jobs that waited past their
+        ``queue_timeout_s`` as ``queue_timeout``, and promote waiting_retry jobs whose
+        ``run_after`` has come to pending. Returns the jobs it changed."""
         ...
 
     def request_cancel(self, job_id: int, mode: CancelMode = CancelMode.CANCEL) -> Job:
@@ -154,13 +175,48 @@ class JobStore(Protocol):
         *,
         statuses: Collection[Status] | None = None,
         lease_owner: str | None = None,
+        kinds: Collection[str] | None = None,
+        concurrency_key: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        finished_after: float | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> builtins.list[Job]:
-        """Jobs, newest first, optionally filtered by status and lease owner."""
+        """Jobs, newest first (id descending), filtered by every argument given: statuses,
+        lease owner, kinds (a raw command has no kind), concurrency key, creation time
+        (``created_after <= created_at < created_before``), ``finished_at >= finished_after``;
+        then ``offset`` jobs skipped and at most ``limit`` returned. Each filter is served by
+        an index: a page costs what it returns (plus the offset), not the history."""
         ...
 
     def counts(self) -> QueueCounts:
-        """Counts by status and the oldest running/pending times, in one call."""
+        """Counts by status and the oldest running/pending times, in one call. Its cost does
+        not grow with finished history (counters kept as jobs move)."""
+        ...
+
+    def next_due(self) -> float | None:
+        """The earliest ``run_after`` still in the future among pending and waiting_retry jobs
+        (a delayed job, a retry in backoff), or None: when a claim may find work next without
+        any new write. The supervisor asks after a claim that came up short."""
+        ...
+
+    def queue_position(self, job_id: int) -> int | None:
+        """The 1-based place of a pending job in claim order (priority descending, then
+        oldest, then id) among pending jobs; None when the job is not pending.
+        ``JobNotFoundError`` for a missing job."""
+        ...
+
+    def identity(self) -> str:
+        """A random id made when the store's schema was created and kept in it; it never
+        changes. A data dir remembers it, so a replaced or emptied store is noticed."""
+        ...
+
+    def watch(self, wake: Wake) -> Watch | None:
+        """Start pushing change hints: call ``wake`` (from any thread) soon after anyone
+        commits a change a claimer cares about (an insert, a cancel or kill request, a retry,
+        a settled attempt, a promotion, a purge). Spurious hints are fine. None when this
+        store cannot push: its user then polls."""
         ...
 
     def purge(
@@ -176,11 +232,6 @@ class JobStore(Protocol):
 
     def events(self, job_id: int) -> builtins.list[Event]:
         """The job's event log, oldest first."""
-        ...
-
-    def changed(self) -> bool:
-        """A cheap hint: has anyone written to the store since the last call? Lets an idle
-        supervisor wake for a new job without a full poll. False positives are fine."""
         ...
 
     def close(self) -> None:

@@ -60,6 +60,10 @@ class OutcomeSync:
         self._fails = 0
         self.last_error: str | None = None
         """The last reason the store could not be reached (None once it answers)."""
+        self.down_since: float | None = None
+        """Wall-clock time the store stopped answering (None while it answers)."""
+        self.write_error: str | None = None
+        """Why the outbox could not be written durably (a full disk), while that lasts."""
         if len(outbox):
             timers.replay_at = 0.0
 
@@ -101,10 +105,13 @@ class OutcomeSync:
             log.warning("store unavailable; no new work for %.0f s: %s", self.down_for_s, exc)
         self._timers.store_down_until = now + self.down_for_s
         self.last_error = str(exc)
+        if self.down_since is None:
+            self.down_since = self._clock.time()
 
     def store_answered(self) -> None:
         """A call got through (a heartbeat): replay the outbox now, not after its backoff."""
         self.last_error = None
+        self.down_since = None
         if self.depth:
             self._timers.replay_at = 0.0
 
@@ -138,6 +145,7 @@ class OutcomeSync:
         else:
             self._fails = 0
             self.last_error = None
+            self.down_since = None
             self._timers.replay_at = float("inf")
         saved = min(done, len(self._outbox))
         if saved:
@@ -150,14 +158,18 @@ class OutcomeSync:
     def _keep(self, entry: OutboxEntry) -> None:
         try:
             self._outbox.append(entry)
+            self.write_error = None
         except StateFileError as exc:  # disk full: keep it in memory, and say so loudly
             log.error("outbox not durable: %s", exc)
+            self.write_error = str(exc)
             self._unsaved.append(entry)
         self._timers.replay_at = min(self._timers.replay_at, self._clock.monotonic() + _FIRST_TRY_S)
 
     def _backoff(self, now: float, exc: StoreError, waiting: int) -> None:
         self._fails += 1
         self.last_error = str(exc)
+        if self.down_since is None:
+            self.down_since = self._clock.time()
         delay = min(_RETRY_MAX_S, 0.5 * 2**self._fails)
         self._timers.replay_at = now + self._rng.uniform(delay / 2, delay)
         log.warning("outbox: %d outcomes wait for the store (%s)", waiting, exc)

@@ -91,16 +91,18 @@ def next_wake(
     stopping: bool,
     drain_at: float | None,
     poll_s: float | None,
+    status_at: float = math.inf,
 ) -> float:
     """How long the loop may sleep after this tick, in seconds (>= 0).
 
     ``agents_due``: the next stop deadline of any agent (``scheduler.next_due``); ``check_s``:
     how often running agents' logs are checked against their cap; ``drain_at``: the drain
     deadline while stopping, until SIGTERM went out; ``poll_s``: the longest idle sleep
-    (None: none, something else wakes the loop). The next claim and reap count too, unless the
-    store is down (then not before it may be asked again) or outcomes wait in the outbox.
+    (None: none, something else wakes the loop); ``status_at``: the status file's next sign of
+    life. The next claim and reap count too, unless the store is down (then not before it may
+    be asked again) or outcomes wait in the outbox.
     """
-    due = agents_due
+    due = min(agents_due, status_at)
     if agents:
         due = min(due, t.beat_at, now + check_s)
     if outbox:

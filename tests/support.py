@@ -153,3 +153,10 @@ def _group_alive(pgid: int) -> bool:
         return True
     # killpg succeeds on a group of zombies (orphans of an init that never reaps)
     return bool(procs._group_members(pgid))
+
+
+def log_file(data_dir: Path, job_id: int, attempt: int = 1) -> Path:
+    """The log of a job's attempt in a data dir (``logs/<store>/<job>-<attempt>.log``)."""
+    found = sorted(data_dir.glob(f"logs/*/{job_id}-{attempt}.log"))
+    assert len(found) == 1, found
+    return found[0]

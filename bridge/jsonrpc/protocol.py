@@ -127,6 +127,13 @@ class SubmitParams(_Params):
     queue_timeout_s: Seconds | None = Field(None, description="fail it if it waits longer than this to start")
     repo: StrictStr | None = Field(None, description="a repository: at most one running job per repo")
     owner: StrictStr | None = Field(None, description="the repository's owner (with repo)")
+    ref: StrictStr | None = Field(None, description="the branch, tag or commit of repo to check out")
+    run_after: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="not before this time (seconds since the epoch): a delayed job"
+    )
+    unique_key: StrictStr | None = Field(
+        None, description="at most one job with this key ever: return its id instead"
+    )
 
 
 class IdParams(_Params):

@@ -61,7 +61,8 @@ $$;
 
 create or replace function public._jobs_retryable(p_kind text) returns boolean
 language sql immutable set search_path = '' as $$
-  select p_kind in ('exit_code', 'timeout', 'idle_timeout', 'killed', 'lost', 'lease_lost', 'spawn_error')
+  select p_kind in ('exit_code', 'timeout', 'idle_timeout', 'killed', 'lost', 'lease_lost', 'spawn_error',
+    'prepare_failed')
 $$;
 
 -- Full-jitter exponential backoff, as lifecycle.backoff_delay: uniform in [0, min(cap, base * 2^(n-1))].

@@ -54,7 +54,8 @@ create table if not exists public.jobs (
     exit_code integer,
     signal integer,
     error_kind text check (error_kind in ('exit_code', 'timeout', 'idle_timeout', 'killed', 'lost',
-        'lease_lost', 'queue_timeout', 'spawn_error', 'cancelled', 'invalid', 'resource_limit')),
+        'lease_lost', 'queue_timeout', 'spawn_error', 'cancelled', 'invalid', 'resource_limit',
+        'prepare_failed')),
     error text,
     result jsonb,
     output_tail text,
@@ -64,6 +65,10 @@ create table if not exists public.jobs (
     finished_at timestamptz,
     -- Who settled the last attempt (a worker id, or 'reaper'): a replayed finish is recognised.
     finished_by text,
+    repo text,
+    ref text,
+    unique_key text,
+    last_activity_at timestamptz,
     version bigint not null default 1,
     -- The signed-in user who submitted the job (per_user.sql): the `sub` claim PostgREST sets
     -- per request, null for the service role and for direct connections. Keys are per owner.
@@ -75,6 +80,13 @@ create table if not exists public.jobs (
 alter table public.jobs set (fillfactor = 80);
 alter table public.jobs add column if not exists owner_id uuid
     default (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid;
+
+-- Protocol v2's columns for databases made before them (issue 10 turns this into a versioned
+-- migration; here they only keep an older database readable).
+alter table public.jobs add column if not exists repo text;
+alter table public.jobs add column if not exists ref text;
+alter table public.jobs add column if not exists unique_key text;
+alter table public.jobs add column if not exists last_activity_at timestamptz;
 
 -- The claim path: pending jobs in claim order (priority desc, oldest first, then id).
 create index if not exists jobs_claim_order

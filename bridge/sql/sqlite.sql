@@ -1,7 +1,8 @@
--- agent-supervisor: the embedded SQLite job store (bridge/stores/sqlite.py), schema version 1.
+-- agent-supervisor: the embedded SQLite job store (bridge/stores/sqlite.py), schema version 2.
 --
 -- Idempotent: every statement is "if not exists", so any number of supervisors may open the
--- same file at once. The store sets PRAGMA user_version = 1 in the same transaction.
+-- same file at once. The store sets PRAGMA user_version = 2 in the same transaction; a version 1
+-- file first gets the columns version 2 added (bridge/stores/sqlite_db.py, _migrate).
 -- Status changes are NOT decided here: the store runs supervisor.lifecycle in Python and
 -- writes the resulting row, so this file holds data and indexes only, never transition rules.
 --
@@ -48,6 +49,10 @@ create table if not exists jobs (
     started_at real,
     finished_at real,
     finished_by text,
+    repo text,                  -- the repository source as submitted (schema version 2)
+    ref text,
+    unique_key text,            -- at most one job per key, whatever its status
+    last_activity_at real,
     version integer not null default 1
 );
 
@@ -87,3 +92,56 @@ create table if not exists job_events (
 );
 
 create index if not exists job_events_job on job_events (job_id, seq);
+
+-- Schema version 2 ------------------------------------------------------------------------
+
+-- Listing by kind, key, creation or finish time, newest first, at any history size.
+create index if not exists jobs_kind_id on jobs (kind, id desc);
+create index if not exists jobs_key_id on jobs (concurrency_key, id desc) where concurrency_key is not null;
+create index if not exists jobs_created on jobs (created_at);
+create index if not exists jobs_finished on jobs (finished_at) where finished_at is not null;
+
+-- When waiting jobs become claimable (delayed jobs, retries in backoff): next_due.
+create index if not exists jobs_due on jobs (run_after) where status in ('pending', 'waiting_retry');
+
+-- unique_key: at most one job per key, in any status (recurring schedules key each slot).
+create unique index if not exists jobs_unique_key on jobs (unique_key) where unique_key is not null;
+
+-- What never changes about this store: its identity (a random id made with the schema), so a
+-- data dir notices when its store was replaced or emptied.
+create table if not exists store_meta (
+    name text primary key,
+    value text not null
+);
+
+-- Jobs per status, kept by the triggers below in the same transaction as each change: counts()
+-- (health) reads seven rows instead of counting a history of a million jobs.
+create table if not exists job_counts (
+    status text primary key,
+    n integer not null default 0
+);
+
+create trigger if not exists jobs_count_insert after insert on jobs begin
+    insert into job_counts (status, n) values (new.status, 1)
+        on conflict (status) do update set n = n + 1;
+end;
+
+create trigger if not exists jobs_count_delete after delete on jobs begin
+    update job_counts set n = n - 1 where status = old.status;
+end;
+
+create trigger if not exists jobs_count_update after update of status on jobs
+when old.status is not new.status begin
+    update job_counts set n = n - 1 where status = old.status;
+    insert into job_counts (status, n) values (new.status, 1)
+        on conflict (status) do update set n = n + 1;
+end;
+
+-- Rows that could not be read (damaged bytes, a value this version cannot decode): moved here
+-- with every column's raw bytes (hex) and their events, so the rest of the queue keeps running.
+create table if not exists jobs_quarantine (
+    id integer primary key,
+    at real not null,
+    reason text not null,
+    row text not null           -- JSON: column -> hex of its raw value; "events" -> their rows
+);

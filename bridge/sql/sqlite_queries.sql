@@ -55,9 +55,41 @@ select * from jobs where status = 'pending' and queue_timeout_s is not null
   and ? - run_after > queue_timeout_s order by id;
 
 -- name: counts
--- Counts by status and the oldest start / creation per status, in one query.
-select status, count(*), min(coalesce(started_at, updated_at)), min(created_at)
-from jobs group by status;
+-- Jobs per status, kept by triggers (sqlite.sql): seven rows, whatever the history.
+select status, n from job_counts;
+
+-- name: oldest_running
+-- Live jobs are few: a walk of jobs_status_id over them.
+select min(coalesce(started_at, updated_at)) from jobs where status in ('preparing', 'running');
+
+-- name: oldest_pending
+-- The oldest pending job: the claim index's pending rows (what waits, not the history).
+select min(created_at) from jobs where status = 'pending';
+
+-- name: unique
+-- A job with this unique_key, whatever its status (index jobs_unique_key).
+select id from jobs where unique_key = ?;
+
+-- name: queue_position
+-- Pending jobs ahead of (or equal to) one in claim order: a range of the jobs_claim index.
+select count(*) from jobs
+where status = 'pending'
+  and (priority > :priority
+       or (priority = :priority and (created_at < :created_at
+                                     or (created_at = :created_at and id <= :id))));
+
+-- name: identity
+select value from store_meta where name = 'identity';
+
+-- name: make_identity
+insert or ignore into store_meta (name, value) values ('identity', ?);
+
+-- name: recount_clear
+-- After a migration: the counts as they are (once; the triggers keep them from then on).
+delete from job_counts;
+
+-- name: recount
+insert into job_counts (status, n) select status, count(*) from jobs group by status;
 
 -- name: missing_id
 -- The first id of a JSON array that names no job (purge refuses the whole request).
@@ -74,3 +106,19 @@ values (?, ?, ?, ?, ?, ?, ?, ?, ?);
 -- name: events
 select job_id, at, from_status, to_status, reason, decided_by, worker, attempt, facts
 from job_events where job_id = ? order by seq;
+
+-- name: quarantine
+insert or replace into jobs_quarantine (id, at, reason, row) values (?, ?, ?, ?);
+
+-- name: quarantined
+select reason from jobs_quarantine where id = ?;
+
+-- name: raw_events
+select * from job_events where job_id = ? order by seq;
+
+-- name: delete_job
+delete from jobs where id = ?;
+
+-- name: next_due
+-- The earliest future run_after of a waiting job: one step into index jobs_due.
+select min(run_after) from jobs where status in ('pending', 'waiting_retry') and run_after > ?;

@@ -386,7 +386,13 @@ class RemoteStore(abc.ABC):
         *,
         statuses: Collection[Status] | None = None,
         lease_owner: str | None = None,
+        kinds: Collection[str] | None = None,
+        concurrency_key: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        finished_after: float | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> builtins.list[Job]:
         """Jobs, newest first, read ``PAGE`` per call (keyset paging on the id)."""
         wanted = None if limit is None else max(0, limit)
@@ -423,6 +429,22 @@ class RemoteStore(abc.ABC):
             return [convert(item) for item in items]
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{self._name}: {fn} returned a row this version cannot read: {exc}") from exc
+
+    def next_due(self) -> float | None:
+        """Not in the SQL yet (issue 10): without push the supervisor polls anyway."""
+        return None
+
+    def queue_position(self, job_id: int) -> int | None:
+        """The job's place among pending jobs in claim order (``jobs_queue_position``)."""
+        rows = self._call("jobs_queue_position", {"p_id": job_id}, write=False)
+        return None if not rows or rows[0].get("position") is None else int(rows[0]["position"])
+
+    def identity(self) -> str:
+        """The store's random id (``jobs_identity``)."""
+        rows = self._call("jobs_identity", {}, write=False, quick=True)
+        if not rows or not rows[0].get("identity"):
+            raise StoreError(f"{self._name} has no identity")
+        return str(rows[0]["identity"])
 
     def counts(self) -> QueueCounts:
         """Counts by status and the oldest live start / pending creation, one call."""
@@ -487,6 +509,10 @@ class RemoteStore(abc.ABC):
                 break
             after = int(page[-1]["seq"])
         return events
+
+    def watch(self, wake: Callable[[float | None], None]) -> None:
+        """No push channel yet: the supervisor polls every ``poll_s`` (issue 10 adds one)."""
+        return None
 
     def changed(self) -> bool:
         """Own writes since the last call (a host thread's submit wakes the supervisor).

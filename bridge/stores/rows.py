@@ -50,7 +50,15 @@ __all__ = [
 
 _JOB_FIELDS: Final = tuple(f.name for f in fields(Job))
 _TIMES: Final = frozenset(
-    {"created_at", "updated_at", "run_after", "lease_expires_at", "started_at", "finished_at"}
+    {
+        "created_at",
+        "updated_at",
+        "run_after",
+        "lease_expires_at",
+        "started_at",
+        "finished_at",
+        "last_activity_at",
+    }
 )
 _FLOATS: Final = frozenset({"backoff_s", "timeout_s", "idle_timeout_s", "stuck_after_s", "queue_timeout_s"})
 _ENUMS: Final = {"status": Status, "cancel_requested": CancelMode, "error_kind": ErrorKind}
@@ -180,8 +188,12 @@ def job_to_sqlite(job: Job) -> dict[str, Any]:
 
 
 def job_from_sqlite(row: sqlite3.Row) -> Job:
-    """A row of the SQLite ``jobs`` table → ``Job``."""
+    """A row of the SQLite ``jobs`` table → ``Job``; ``ValueError`` naming the column when a
+    value cannot be read (text that is not UTF-8 arrives as bytes: ``sqlite_db._text``)."""
     values = {name: row[name] for name in _JOB_FIELDS}  # by name: column order is no contract
+    for name, value in values.items():
+        if isinstance(value, bytes):
+            raise ValueError(f"column {name} is not UTF-8 text")  # noqa: TRY004 - bad data, not a bug
     for name in _JSON_TEXT:
         if values[name] is not None:
             values[name] = json.loads(values[name])

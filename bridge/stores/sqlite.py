@@ -2,51 +2,46 @@
 
 Every status change runs through ``supervisor.lifecycle`` in Python inside one transaction:
 read the rows, call the pure function, write the new row and append its event, commit. The
-schema (``bridge/sql/sqlite.sql``) holds data and indexes, never transition rules, so this store
-can be no more permissive than ``MemoryStore``; one contract suite runs against both. The
-statements live in ``bridge/sql/sqlite_queries.sql``, read once (``_sql``); rows are encoded
-and decoded by ``bridge/stores/rows.py``.
+schema (``bridge/sql/sqlite.sql``) holds data, indexes and the per-status counters, never
+transition rules, so this store can be no more permissive than ``MemoryStore``; one contract
+suite runs against both. The statements live in ``bridge/sql/sqlite_queries.sql``; the file
+itself (opening, migrating, transactions, errors) is ``bridge/stores/sqlite_db.py``; rows are
+encoded and decoded by ``bridge/stores/rows.py``.
 
 Several supervisors (processes) may share the file: ``BEGIN IMMEDIATE`` takes SQLite's write
 lock before the first read, so two claims are serialised and never return the same job. Inside
 a process, threads (a host thread, the supervisor thread) share one connection under a lock.
-Nothing from ``sqlite3`` leaks out: errors are translated at the boundary (``_translate``).
+Change hints reach idle supervisors in other processes through FIFOs next to the file
+(``bridge/stores/wakeup.py``): nobody polls. A row that cannot be read is moved to the
+``jobs_quarantine`` table and logged; every other job keeps running.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import functools
 import json
-import os
+import logging
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import fields
-from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Final
 
 from bridge.stores.rows import event_from_sqlite, event_to_sqlite, job_from_sqlite, job_to_sqlite
+from bridge.stores.sqlite_db import SCHEMA_VERSION, Database, schema_sql, sql
+from bridge.stores.wakeup import FifoWatch, notify
 from supervisor import lifecycle as lc
-from supervisor.errors import (
-    JobNotFoundError,
-    LeaseLostError,
-    StoreError,
-    StoreUnavailableError,
-    UpdateConflictError,
-)
+from supervisor.errors import JobNotFoundError, LeaseLostError, StoreError, UpdateConflictError
 from supervisor.lifecycle import LIVE, CancelMode, Event, Job, JobSpec, Outcome, Status
-from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts
+from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts, Wake
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "schema_sql"]
 
-SCHEMA_VERSION: Final = 1
-"""Kept in ``PRAGMA user_version``; a file with a newer version is refused, not guessed at."""
+log = logging.getLogger("agent_supervisor.store")
 
 _COLUMNS: Final = tuple(f.name for f in fields(Job))
 # Identifiers come from Job's fields, never from input; every value is a bound parameter.
@@ -55,38 +50,8 @@ _VALUES: Final = ", ".join(f":{c}" for c in _COLUMNS)
 _ASSIGN: Final = ", ".join(f"{c} = :{c}" for c in _COLUMNS if c != "id")
 _INSERT: Final = f"insert into jobs ({_NAMES}) values ({_VALUES})"  # noqa: S608
 _UPDATE: Final = f"update jobs set {_ASSIGN} where id = :id"  # noqa: S608
-_NAME_MARK: Final = "-- name: "
-
-# sqlite3 primary result codes (https://sqlite.org/rescode.html), the table of _translate.
-_BUSY: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
-_CORRUPT: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
-_UNREACHABLE: Final = frozenset({3, 8, 10, 13, 14, 15})  # PERM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL
-
-
-@functools.cache
-def schema_sql() -> str:
-    """The schema this store applies (``agent-supervisor db schema`` prints it)."""
-    return resources.files("bridge").joinpath("sql/sqlite.sql").read_text(encoding="utf-8")
-
-
-@functools.cache
-def _queries() -> Mapping[str, str]:
-    """The statements of ``sqlite_queries.sql`` by name: each runs from its ``-- name: <name>``
-    line to the next one, without its comment lines and its final semicolon."""
-    text = resources.files("bridge").joinpath("sql/sqlite_queries.sql").read_text(encoding="utf-8")
-    lines: dict[str, list[str]] = {}
-    current: list[str] = []  # the file's header, before the first name: not a statement
-    for line in text.splitlines():
-        if line.startswith(_NAME_MARK):
-            current = lines.setdefault(line.removeprefix(_NAME_MARK).strip(), [])
-        elif not line.lstrip().startswith("--"):
-            current.append(line)
-    return MappingProxyType({name: "\n".join(body).strip().removesuffix(";") for name, body in lines.items()})
-
-
-def _sql(name: str) -> str:
-    """The statement ``name`` of ``sqlite_queries.sql``."""
-    return _queries()[name]
+_LOOK_NOW: Final = -1.0
+"""A pending hint meaning "look now" (any due time is later than it)."""
 
 
 class SQLiteStore:
@@ -94,7 +59,8 @@ class SQLiteStore:
 
     ``clock`` is the store's clock (default ``time.time``), read once per transaction; ``rng``
     draws the retry backoff jitter; ``busy_timeout_s`` is how long a write waits for another
-    process's lock before ``StoreUnavailableError``.
+    process's lock before ``StoreUnavailableError``; ``create=False`` refuses to make the
+    file's directory (an explicit ``--store`` URL whose directory is missing is a mistake).
     """
 
     shared = False  # jobs in a local file come from this machine's user
@@ -107,177 +73,161 @@ class SQLiteStore:
         rng: random.Random | None = None,
         backoff_cap_s: float = lc.DEFAULT_BACKOFF_CAP_S,
         busy_timeout_s: float = 5.0,
+        create: bool = True,
     ) -> None:
-        self._path = str(path)
         self._clock = clock or time.time
         # The retry policy's knobs, passed to lifecycle.settle/reap. One rng for the store:
-        # calls are serialised by self._lock, so its draws never interleave.
+        # calls are serialised by the database lock, so its draws never interleave.
         self._policy: dict[str, Any] = {"rng": rng or random.Random(), "backoff_cap_s": backoff_cap_s}
-        self._lock = threading.RLock()
-        self._writes = 0  # our own commits: PRAGMA data_version does not count them
-        self._seen: tuple[int, int] | None = None
-        if self._path != ":memory:":
-            self._create_file(Path(path))
-        self._conn: sqlite3.Connection | None = self._open(busy_timeout_s)
+        self._db = Database(path, busy_timeout_s=busy_timeout_s, create=create)
+        self._lock = self._db.lock
+        self._wake_dir = None if self._db.path == ":memory:" else Path(self._db.path + ".wake")
+        self._hint: float | None = None
+        """The hint this transaction owes watchers (``_LOOK_NOW``, a due time, or None)."""
+        self._damaged: set[int] = set()
+        """Ids of rows found unreadable in a read-only transaction: quarantined at the next write."""
+        self._watches: list[FifoWatch | _LocalWatch] = []
+        self._watch_lock = threading.Lock()
 
     @property
     def path(self) -> str:
         """The database file, as given (for messages and health)."""
-        return self._path
+        return self._db.path
 
-    # -- opening -------------------------------------------------------------------------
-    def _create_file(self, path: Path) -> None:
-        """Create the data dir (0700) and the file (0600) ourselves: sqlite would create the
-        file with 0644 & ~umask, readable by every local user."""
-        try:
-            if not path.parent.exists():
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                return
-            try:
-                os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask too
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise StoreUnavailableError(
-                f"SQLite store {self._path} cannot be created: {exc.strerror or exc}"
-            ) from exc
-
-    def _open(self, busy_timeout_s: float) -> sqlite3.Connection:
-        try:
-            # isolation_level=None: autocommit; we issue BEGIN IMMEDIATE/COMMIT ourselves.
-            # check_same_thread=False: threads share the connection under self._lock.
-            conn = sqlite3.connect(
-                self._path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from exc
-        try:
-            conn.execute(f"pragma busy_timeout = {max(0, int(busy_timeout_s * 1000))}")
-            conn.execute("pragma foreign_keys = on")  # job_events rows go with their job
-            conn.execute("pragma journal_mode = wal")  # readers never block the writer
-            # WAL + synchronous=NORMAL survives any crash of an application (the commit is in
-            # the WAL before COMMIT returns); only an OS crash or power loss may lose the last
-            # commits, never corrupt the file. The failure we guard against is the former.
-            conn.execute("pragma synchronous = normal")
-            conn.row_factory = sqlite3.Row
-            self._migrate(conn)
-            columns = {row["name"] for row in conn.execute("pragma table_info(jobs)")}
-            if missing := sorted(set(_COLUMNS) - columns):
-                raise StoreError(f"SQLite store {self._path} has no column {missing[0]!r} in table jobs")
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise self._translate(exc) from exc
-            raise
-        return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("pragma user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"SQLite store {self._path} has schema version {version}; "
-                f"this agent-supervisor understands up to {SCHEMA_VERSION}"
-            )
-        # executescript commits any open transaction first, so BEGIN goes inside the script.
-        # Two processes may race here: the script is idempotent and serialised by the lock.
-        script = f"begin immediate;\n{schema_sql()}\npragma user_version = {SCHEMA_VERSION};\ncommit;"
-        try:
-            conn.executescript(script)
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("rollback")
-            raise
+    @property
+    def created(self) -> bool:
+        """True when opening this store made its file (it was missing or empty)."""
+        return self._db.created
 
     # -- plumbing ------------------------------------------------------------------------
-    def _translate(self, exc: sqlite3.Error) -> StoreError:
-        """Map a sqlite3 error to our tree by result code (message text as a fallback)."""
-        code = getattr(exc, "sqlite_errorcode", None)
-        primary = code & 0xFF if isinstance(code, int) else None
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        low = text.lower()
-        if primary in _BUSY or "locked" in low:
-            return StoreUnavailableError(
-                f"SQLite store {self._path} is busy: another process holds its lock ({text})"
-            )
-        if primary in _CORRUPT or "not a database" in low or "malformed" in low:
-            return StoreError(
-                f"SQLite store {self._path} is corrupt ({text}); move it (and its -wal file) aside"
-            )
-        if primary in _UNREACHABLE or "disk i/o" in low or "readonly" in low or "unable to open" in low:
-            return StoreUnavailableError(f"SQLite store {self._path} cannot be read or written ({text})")
-        return StoreError(f"SQLite store {self._path}: {text}")
+    @functools.cached_property
+    def _write(self) -> Callable[[], Any]:
+        return functools.partial(self._db.transaction, self._clock)
 
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"SQLite store {self._path} is closed")
-        return self._conn
+    def _read(self) -> Any:
+        return self._db.transaction(self._clock, write=False)
 
-    @contextlib.contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[tuple[sqlite3.Connection, float]]:
-        """One transaction and the store time, read once inside it. BEGIN IMMEDIATE takes the
-        write lock up front: a deferred transaction that upgrades to write in WAL mode fails
-        with SQLITE_BUSY_SNAPSHOT at once instead of waiting for the lock."""
-        with self._lock:
-            db = self._db()
+    def _commit_hint(self) -> None:
+        """After a commit: tell other processes' watchers (and our own) about the change."""
+        hint, self._hint = self._hint, None
+        if hint is None:
+            return
+        due = None if hint == _LOOK_NOW else hint
+        own = [w for w in self._watches if isinstance(w, FifoWatch)]
+        if self._wake_dir is not None:
+            notify(self._wake_dir, due, skip=own[0].name if own else None)
+        for watch in list(self._watches):
+            if isinstance(watch, _LocalWatch):
+                watch.wake(due)
+
+    def _decode(self, db: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, write: bool) -> list[Job]:
+        """Rows → jobs; a row that cannot be read is quarantined (in a write transaction) or
+        skipped until the next write, logged with its id, and never stops the others."""
+        jobs: list[Job] = []
+        for row in rows:
             try:
-                db.execute("begin immediate" if write else "begin")
-                try:
-                    yield db, self._clock()
-                    db.execute("commit")
-                except BaseException:
-                    if db.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            db.execute("rollback")
-                    raise
-            except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+                jobs.append(job_from_sqlite(row))
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                job_id = row["id"]
+                if write:
+                    self._quarantine(db, row, f"row could not be read: {exc}")
+                elif job_id not in self._damaged:
+                    log.error(
+                        "SQLite store %s: job %s's row is damaged (%s); it is set aside",
+                        self.path,
+                        job_id,
+                        exc,
+                    )
+                    self._damaged.add(job_id)
+        return jobs
+
+    def _quarantine(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
+        job_id = row["id"]
+        events = [
+            {key: _raw(ev[key]) for key in ev.keys()}  # noqa: SIM118 - sqlite3.Row has no items()
+            for ev in db.execute(sql("raw_events"), (job_id,)).fetchall()
+        ]
+        record = {key: _raw(row[key]) for key in row.keys()}  # noqa: SIM118
+        record["events"] = events
+        db.execute(sql("quarantine"), (job_id, self._clock(), reason, json.dumps(record)))
+        db.execute(sql("delete_job"), (job_id,))
+        self._damaged.discard(job_id)
+        log.error("SQLite store %s: job %s moved to jobs_quarantine: %s", self.path, job_id, reason)
+
+    def _set_aside(self, db: sqlite3.Connection) -> None:
+        """Quarantine the damaged rows found by reads (the caller holds a write transaction)."""
+        for job_id in list(self._damaged):
+            row = db.execute(sql("job"), (job_id,)).fetchone()
+            if row is None:
+                self._damaged.discard(job_id)
+            else:
+                self._quarantine(db, row, "row could not be read")
 
     def _fetch(
-        self, db: sqlite3.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+        self,
+        db: sqlite3.Connection,
+        statement: str,
+        params: Sequence[Any] | dict[str, Any] = (),
+        *,
+        write: bool = True,
     ) -> list[Job]:
-        rows = db.execute(sql, params).fetchall()
-        try:
-            return [job_from_sqlite(row) for row in rows]
-        except (ValueError, TypeError, IndexError) as exc:
-            raise StoreError(f"SQLite store {self._path} holds a corrupt job row: {exc}") from exc
+        return self._decode(db, db.execute(statement, params).fetchall(), write=write)
 
-    def _get(self, db: sqlite3.Connection, job_id: int) -> Job:
-        jobs = self._fetch(db, _sql("job"), (job_id,))
+    def _get(self, db: sqlite3.Connection, job_id: int, *, write: bool = True) -> Job:
+        jobs = self._fetch(db, sql("job"), (job_id,), write=write)
         if not jobs:
+            reason = db.execute(sql("quarantined"), (job_id,)).fetchone()
+            if reason is not None or job_id in self._damaged:
+                why = reason[0] if reason is not None else "row could not be read"
+                raise StoreError(f"job {job_id} is damaged and set aside in jobs_quarantine ({why})")
             raise JobNotFoundError(f"no job with id {job_id}")
         return jobs[0]
 
     def _put(self, db: sqlite3.Connection, job: Job, event: Event | None, *, insert: bool = False) -> Job:
         db.execute(_INSERT if insert else _UPDATE, job_to_sqlite(job))
         if event is not None:
-            db.execute(_sql("insert_event"), event_to_sqlite(event))
-        self._writes += 1
+            db.execute(sql("insert_event"), event_to_sqlite(event))
+            if job.status not in LIVE or job.cancel_requested is not None:  # claims and starts: no news
+                self._owe_hint(job)
         return job
+
+    def _owe_hint(self, job: Job | None) -> None:
+        due = _LOOK_NOW
+        if (
+            job is not None
+            and job.status in (Status.PENDING, Status.WAITING_RETRY)
+            and job.run_after > self._clock()
+        ):
+            due = job.run_after
+        self._hint = due if self._hint is None else min(self._hint, due)
 
     # -- JobStore ------------------------------------------------------------------------
     def now(self) -> float:
         """The store's current time, seconds since the epoch."""
         return self._clock()
 
+    def identity(self) -> str:
+        """The random id made with this file's schema (table ``store_meta``)."""
+        value = self._db.scalar("identity")
+        if not isinstance(value, str):
+            raise StoreError(f"SQLite store {self.path} has no identity; its store_meta table is damaged")
+        return value
+
     def enqueue(self, specs: Sequence[JobSpec]) -> list[int]:
-        """Insert jobs in one transaction (dedup by ``dedup_key``); ids in order."""
+        """Insert jobs in one transaction (dedup by ``unique_key``, then ``dedup_key``); ids in order."""
         if not specs:
             return []
-        with self._transaction() as (db, now):
+        with self._write() as (db, now):
             # AUTOINCREMENT keeps its high-water mark in sqlite_sequence; under the write lock
             # we can hand out the next ids ourselves, so new_job builds the row with its id.
-            next_id = db.execute(_sql("next_id")).fetchone()[0]
+            next_id = db.execute(sql("next_id")).fetchone()[0]
             ids: list[int] = []
             staged: dict[str, int] = {}
+            unique: dict[str, int] = {}
             for spec in specs:
-                existing = self._find_dedup(db, spec.dedup_key, staged)
+                existing = self._find(db, "unique", spec.unique_key, unique)
+                if existing is None:
+                    existing = self._find(db, "dedup", spec.dedup_key, staged)
                 if existing is not None:
                     ids.append(existing)
                     continue
@@ -286,15 +236,20 @@ class SQLiteStore:
                 self._put(db, job, event, insert=True)
                 if spec.dedup_key is not None:
                     staged[spec.dedup_key] = job.id
+                if spec.unique_key is not None:
+                    unique[spec.unique_key] = job.id
                 ids.append(job.id)
-            return ids
+        self._commit_hint()
+        return ids
 
-    def _find_dedup(self, db: sqlite3.Connection, key: str | None, staged: dict[str, int]) -> int | None:
+    def _find(
+        self, db: sqlite3.Connection, statement: str, key: str | None, staged: dict[str, int]
+    ) -> int | None:
         if key is None:
             return None
         if key in staged:
             return staged[key]
-        row = db.execute(_sql("dedup"), (key,)).fetchone()
+        row = db.execute(sql(statement), (key,)).fetchone()
         return None if row is None else int(row[0])
 
     def claim(
@@ -307,25 +262,30 @@ class SQLiteStore:
         exclude_kinds: Collection[str] = (),
     ) -> list[Job]:
         """Promote due retries, then take up to ``limit`` pending jobs (see ``JobStore.claim``)."""
-        with self._transaction() as (db, now):
-            for job in self._fetch(db, _sql("due_retries"), (now,)):
+        with self._write() as (db, now):
+            self._set_aside(db)
+            for job in self._fetch(db, sql("due_retries"), (now,)):
                 self._put(db, *lc.promote(job, now=now))
-            if limit <= 0 or (kinds is not None and not kinds):
-                return []
-            wanted = None if kinds is None else json.dumps(list(kinds))
-            params = {"now": now, "kinds": wanted, "exclude": json.dumps(list(exclude_kinds))}
-            ready = self._walk_claimable(db, params, limit)
-            return [self._put(db, *lc.claim(job, worker=worker, now=now, lease_s=lease_s)) for job in ready]
+            taken: list[Job] = []
+            if limit > 0 and (kinds is None or kinds):
+                wanted = None if kinds is None else json.dumps(list(kinds))
+                params = {"now": now, "kinds": wanted, "exclude": json.dumps(list(exclude_kinds))}
+                ready = self._walk_claimable(db, params, limit)
+                taken = [
+                    self._put(db, *lc.claim(job, worker=worker, now=now, lease_s=lease_s)) for job in ready
+                ]
+        self._commit_hint()
+        return taken
 
     def _walk_claimable(self, db: sqlite3.Connection, params: dict[str, Any], limit: int) -> list[Job]:
         """The first ``limit`` claimable jobs, at most one per concurrency key (why the key
         rule is split between SQL and here: the comment of ``claimable`` in the queries)."""
-        cursor = db.execute(_sql("claimable"), params)
+        cursor = db.execute(sql("claimable"), params)
         taken: list[Job] = []
         keys: set[str] = set()
         try:
             while len(taken) < limit and (rows := cursor.fetchmany(max(limit * 2, 16))):
-                for job in map(job_from_sqlite, rows):
+                for job in self._decode(db, rows, write=True):
                     if job.concurrency_key is not None:
                         if job.concurrency_key in keys:
                             continue
@@ -333,8 +293,6 @@ class SQLiteStore:
                     taken.append(job)
                     if len(taken) == limit:
                         break
-        except (ValueError, TypeError, IndexError) as exc:
-            raise StoreError(f"SQLite store {self._path} holds a corrupt job row: {exc}") from exc
         finally:
             cursor.close()
         return taken
@@ -343,7 +301,7 @@ class SQLiteStore:
         self, job_id: int, worker: str, attempt: int, pid: int, facts: dict[str, Any] | None = None
     ) -> Job:
         """preparing → running with the agent's pid; fenced by (worker, attempt)."""
-        with self._transaction() as (db, now):
+        with self._write() as (db, now):
             job = self._get(db, job_id)
             return self._put(
                 db, *lc.start(job, worker=worker, attempt=attempt, pid=pid, now=now, facts=facts)
@@ -354,10 +312,9 @@ class SQLiteStore:
         pending cancel request. Writes no event and keeps ``version``."""
         if not beats:
             return []
-        with self._transaction() as (db, now):
+        with self._write() as (db, now):
             ids = json.dumps(sorted({beat.job_id for beat in beats}))
-            rows = self._fetch(db, _sql("jobs_by_ids"), (ids,))
-            current = {job.id: job for job in rows}
+            current = {job.id: job for job in self._fetch(db, sql("jobs_by_ids"), (ids,))}
             renew = functools.partial(lc.heartbeat, worker=worker, now=now, lease_s=lease_s)
             renewed: dict[int, Job] = {}
             replies: list[BeatReply] = []
@@ -366,94 +323,141 @@ class SQLiteStore:
                 try:
                     if job is None:
                         raise LeaseLostError(f"job {beat.job_id} is gone")
-                    job = renew(job, attempt=beat.attempt, progress=beat.progress, stats=beat.stats)
+                    job = renew(
+                        job,
+                        attempt=beat.attempt,
+                        progress=beat.progress,
+                        stats=beat.stats,
+                        active=beat.active,
+                    )
                 except LeaseLostError:
                     replies.append(BeatReply(beat.job_id, None, lease_lost=True))
                     continue
                 current[job.id] = renewed[job.id] = job
                 replies.append(BeatReply(job.id, job.cancel_requested, lease_lost=False))
-            # Not counted in self._writes: a renewed lease is no news for an idle supervisor.
             db.executemany(_UPDATE, [job_to_sqlite(job) for job in renewed.values()])
             return replies
 
     def finish(self, job_id: int, worker: str, attempt: int, outcome: Outcome) -> Job:
         """Record the attempt's outcome and apply the retry policy; fenced by (worker, attempt)."""
-        with self._transaction() as (db, now):
+        with self._write() as (db, now):
             job = self._get(db, job_id)
             if lc.is_replayed_finish(job, worker, attempt):
                 return job
-            return self._put(
+            new = self._put(
                 db, *lc.settle(job, outcome, worker=worker, attempt=attempt, now=now, **self._policy)
             )
+        self._commit_hint()
+        return new
 
     def update(self, job_id: int, expected_version: int, changes: dict[str, Any]) -> Job:
         """Optimistic update of editable fields; ``UpdateConflictError`` on a stale version."""
-        with self._transaction() as (db, now):
+        with self._write() as (db, now):
             job = self._get(db, job_id)
             if job.version != expected_version:
                 raise UpdateConflictError(f"job {job_id} is at version {job.version}, not {expected_version}")
             return self._put(db, *lc.apply_update(job, changes, now=now))
 
     def reap_stale(self, grace_s: float) -> list[Job]:
-        """Settle as ``lost`` the live jobs whose lease expired more than ``grace_s`` ago, and
-        fail the pending jobs past their queue timeout."""
-        with self._transaction() as (db, now):
-            stale = self._fetch(db, _sql("stale_leases"), (grace_s, now))
-            reaped = [self._put(db, *lc.reap(job, now=now, **self._policy)) for job in stale]
-            waiting = self._fetch(db, _sql("queue_expired"), (now,))
-            return reaped + [self._put(db, *lc.expire(job, now=now)) for job in waiting]
+        """Settle as ``lost`` the live jobs whose lease expired more than ``grace_s`` ago, fail
+        the pending jobs past their queue timeout, promote the retries that are due."""
+        with self._write() as (db, now):
+            self._set_aside(db)
+            stale = self._fetch(db, sql("stale_leases"), (grace_s, now))
+            changed = [self._put(db, *lc.reap(job, now=now, **self._policy)) for job in stale]
+            waiting = self._fetch(db, sql("queue_expired"), (now,))
+            changed += [self._put(db, *lc.expire(job, now=now)) for job in waiting]
+            due = self._fetch(db, sql("due_retries"), (now,))
+            changed += [self._put(db, *lc.promote(job, now=now)) for job in due]
+        self._commit_hint()
+        return list({job.id: job for job in changed}.values())  # a job reaped then promoted: once
 
     def request_cancel(self, job_id: int, mode: CancelMode = CancelMode.CANCEL) -> Job:
         """Cancel a job that has not started, or flag a live one for its supervisor."""
-        with self._transaction() as (db, now):
-            return self._put(db, *lc.request_cancel(self._get(db, job_id), now=now, mode=mode))
+        with self._write() as (db, now):
+            job = self._put(db, *lc.request_cancel(self._get(db, job_id), now=now, mode=mode))
+        self._commit_hint()
+        return job
 
     def retry(self, job_id: int) -> Job:
         """Manual retry: failed | cancelled → pending with a fresh attempt budget."""
-        with self._transaction() as (db, now):
-            return self._put(db, *lc.manual_retry(self._get(db, job_id), now=now))
+        with self._write() as (db, now):
+            job = self._put(db, *lc.manual_retry(self._get(db, job_id), now=now))
+        self._commit_hint()
+        return job
 
     def get(self, job_id: int) -> Job:
         """The job, or ``JobNotFoundError``."""
-        with self._transaction(write=False) as (db, _):
-            return self._get(db, job_id)
+        with self._read() as (db, _):
+            return self._get(db, job_id, write=False)
 
     def list(
         self,
         *,
         statuses: Collection[Status] | None = None,
         lease_owner: str | None = None,
+        kinds: Collection[str] | None = None,
+        concurrency_key: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        finished_after: float | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[Job]:
-        """Jobs newest first, filtered in SQL (indexes jobs_status_id, jobs_lease_owner)."""
+        """Jobs newest first, filtered in SQL; each filter has an index (sqlite.sql)."""
         clauses: list[str] = []
         params: list[Any] = []
         if statuses is not None:
             clauses.append("status in (select value from json_each(?))")
             params.append(json.dumps([str(s) for s in statuses]))
-        if lease_owner is not None:
-            clauses.append("lease_owner = ?")
-            params.append(lease_owner)
+        if kinds is not None:
+            clauses.append("kind in (select value from json_each(?))")
+            params.append(json.dumps(list(kinds)))
+        filters: tuple[tuple[str, str | float | None], ...] = (
+            ("lease_owner = ?", lease_owner),
+            ("concurrency_key = ?", concurrency_key),
+            ("created_at >= ?", created_after),
+            ("created_at < ?", created_before),
+            ("finished_at >= ?", finished_after),
+        )
+        for clause, value in filters:
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
         where = f" where {' and '.join(clauses)}" if clauses else ""
-        params.append(-1 if limit is None else max(limit, 0))  # LIMIT -1 means no limit
-        with self._transaction(write=False) as (db, _):
+        params += [-1 if limit is None else max(limit, 0), max(offset, 0)]  # LIMIT -1: no limit
+        with self._read() as (db, _):
             # Clauses are fixed strings chosen above; values are bound parameters.
-            return self._fetch(db, f"select * from jobs{where} order by id desc limit ?", params)  # noqa: S608
+            statement = f"select * from jobs{where} order by id desc limit ? offset ?"  # noqa: S608
+            return self._fetch(db, statement, params, write=False)
 
     def counts(self) -> QueueCounts:
-        """Counts by status and the oldest running/pending times, in one query."""
-        with self._transaction(write=False) as (db, now):
-            rows = db.execute(_sql("counts")).fetchall()
+        """Counts by status (kept by triggers: constant time) and the oldest running/pending
+        times (over live and pending jobs only, never the finished history)."""
+        with self._read() as (db, now):
+            rows = db.execute(sql("counts")).fetchall()
+            oldest_running = db.execute(sql("oldest_running")).fetchone()[0]
+            oldest_pending = db.execute(sql("oldest_pending")).fetchone()[0]
         by_status = dict.fromkeys(Status, 0)
-        oldest_running: float | None = None
-        oldest_pending: float | None = None
-        for status, count, started, created in rows:
-            by_status[Status(status)] = count
-            if status in LIVE:
-                oldest_running = started if oldest_running is None else min(oldest_running, started)
-            elif status == Status.PENDING:
-                oldest_pending = created
+        for status, count in rows:
+            if count:
+                by_status[Status(status)] = count
         return QueueCounts(by_status, oldest_running, oldest_pending, now)
+
+    def next_due(self) -> float | None:
+        """The earliest future run_after of a waiting job (index jobs_due)."""
+        with self._read() as (db, now):
+            value = db.execute(sql("next_due"), (now,)).fetchone()[0]
+        return None if value is None else float(value)
+
+    def queue_position(self, job_id: int) -> int | None:
+        """The job's 1-based place in claim order among pending jobs (None unless pending)."""
+        with self._read() as (db, _):
+            job = self._get(db, job_id, write=False)
+            if job.status is not Status.PENDING:
+                return None
+            params = {"priority": job.priority, "created_at": job.created_at, "id": job.id}
+            return int(db.execute(sql("queue_position"), params).fetchone()[0])
 
     def purge(
         self,
@@ -463,12 +467,12 @@ class SQLiteStore:
         older_than_s: float | None = None,
     ) -> PurgeResult:
         """Delete terminal (and not yet started) jobs with their events; flag live ones."""
-        with self._transaction() as (db, now):
+        with self._write() as (db, now):
             clauses: list[str] = []
             params: list[Any] = []
             if ids is not None:
                 wanted = json.dumps(list(ids))
-                missing = db.execute(_sql("missing_id"), (wanted,)).fetchone()
+                missing = db.execute(sql("missing_id"), (wanted,)).fetchone()
                 if missing is not None:
                     raise JobNotFoundError(f"no job with id {missing[0]}")
                 clauses.append("id in (select value from json_each(?))")
@@ -491,38 +495,59 @@ class SQLiteStore:
                 if not job.is_terminal:
                     lc.request_cancel(job, now=now)  # pending → cancelled, then deleted below
                 deleted.append(job.id)
-            db.execute(_sql("delete_jobs"), (json.dumps(deleted),))  # and their events
-            self._writes += 1
-            return PurgeResult(tuple(deleted), tuple(flagged))
+            db.execute(sql("delete_jobs"), (json.dumps(deleted),))  # and their events
+            if deleted:
+                self._owe_hint(None)
+        self._commit_hint()
+        return PurgeResult(tuple(deleted), tuple(flagged))
 
     def events(self, job_id: int) -> builtins.list[Event]:  # `list` is a method here
         """The job's event log, oldest first."""
-        with self._transaction(write=False) as (db, _):
-            self._get(db, job_id)
-            rows = db.execute(_sql("events"), (job_id,)).fetchall()
+        with self._read() as (db, _):
+            self._get(db, job_id, write=False)
+            rows = db.execute(sql("events"), (job_id,)).fetchall()
         try:
             return [event_from_sqlite(row) for row in rows]
         except (ValueError, TypeError) as exc:
-            raise StoreError(f"SQLite store {self._path} holds a corrupt event row: {exc}") from exc
+            raise StoreError(f"SQLite store {self.path} holds a corrupt event row: {exc}") from exc
 
-    def changed(self) -> bool:
-        """True when anyone committed since the last call (True on the first call).
-
-        ``PRAGMA data_version`` moves when another connection commits; our own commits are
-        counted separately, since a host thread may enqueue through this same store object.
-        """
-        with self._lock:
-            try:
-                data_version = int(self._db().execute("pragma data_version").fetchone()[0])
-            except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
-            seen, self._seen = self._seen, (data_version, self._writes)
-            return seen != self._seen
+    def watch(self, wake: Wake) -> FifoWatch | _LocalWatch:
+        """Change hints from every writer of this file: other processes through a FIFO next
+        to it (``bridge/stores/wakeup.py``), this object's own writes directly."""
+        with self._watch_lock:
+            if self._wake_dir is None:
+                watch: FifoWatch | _LocalWatch = _LocalWatch(wake, self._watches.remove)
+            else:
+                watch = FifoWatch(self._wake_dir, wake)
+            self._watches.append(watch)
+        return watch
 
     def close(self) -> None:
-        """Close the connection. Idempotent."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+        """Close the connection and stop watching. Idempotent."""
+        for watch in list(self._watches):
+            watch.close()
+        self._watches.clear()
+        self._db.close()
+
+
+class _LocalWatch:
+    """The watch of an in-memory database: only this object's own writes can change it."""
+
+    def __init__(self, wake: Wake, remove: Callable[[_LocalWatch], None]) -> None:
+        self.wake = wake
+        self._remove = remove
+        self._closed = False
+
+    @property
+    def live(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._remove(self)
+
+
+def _raw(value: Any) -> Any:
+    """A column's value as JSON can keep it: bytes (text that was not UTF-8) as hex."""
+    return value.hex() if isinstance(value, bytes) else value

@@ -6,6 +6,7 @@ import builtins
 import itertools
 import random
 import threading
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,7 @@ from supervisor.errors import (
     UpdateConflictError,
 )
 from supervisor.lifecycle import TERMINAL, CancelMode, Event, Job, JobSpec, Outcome, Status
-from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts
+from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts, Wake
 
 __all__ = ["ManualClock", "MemoryStore"]
 
@@ -59,16 +60,25 @@ class MemoryStore:
         self._jobs: dict[int, Job] = {}
         self._events: dict[int, list[Event]] = {}
         self._ids = itertools.count(1)
-        self._writes = 0
-        self._seen_writes = 0
+        self._identity = uuid.uuid4().hex
+        self._watchers: list[_MemoryWatch] = []
 
     # -- helpers -------------------------------------------------------------------------
     def _put(self, job: Job, event: Event | None) -> Job:
         self._jobs[job.id] = job
         if event is not None:
             self._events.setdefault(job.id, []).append(event)
-        self._writes += 1
+            if job.status not in lc.LIVE or job.cancel_requested is not None:
+                self._hint(job)  # not for claims and starts: nobody waits for those
         return job
+
+    def _hint(self, job: Job | None) -> None:
+        """Tell watchers: the job became claimable at its run_after, or look now."""
+        due = None
+        if job is not None and job.status in (Status.PENDING, Status.WAITING_RETRY):
+            due = job.run_after if job.run_after > self._clock() else None
+        for watch in list(self._watchers):
+            watch.wake(due)
 
     def _get(self, job_id: int) -> Job:
         try:
@@ -85,9 +95,12 @@ class MemoryStore:
             now = self.now()
             ids: list[int] = []
             staged: dict[str, int] = {}
+            unique: dict[str, int] = {}
             new: list[tuple[Job, Event]] = []
             for spec in specs:
-                existing = self._find_dedup(spec.dedup_key, staged)
+                existing = self._find_unique(spec.unique_key, unique)
+                if existing is None:
+                    existing = self._find_dedup(spec.dedup_key, staged)
                 if existing is not None:
                     ids.append(existing)
                     continue
@@ -95,10 +108,19 @@ class MemoryStore:
                 new.append((job, event))
                 if spec.dedup_key is not None:
                     staged[spec.dedup_key] = job.id
+                if spec.unique_key is not None:
+                    unique[spec.unique_key] = job.id
                 ids.append(job.id)
             for job, event in new:  # all or nothing: store only once every spec has its row
                 self._put(job, event)
             return ids
+
+    def _find_unique(self, key: str | None, staged: dict[str, int]) -> int | None:
+        if key is None:
+            return None
+        if key in staged:
+            return staged[key]
+        return next((j.id for j in self._jobs.values() if j.unique_key == key), None)
 
     def _find_dedup(self, key: str | None, staged: dict[str, int]) -> int | None:
         if key is None:
@@ -177,6 +199,7 @@ class MemoryStore:
                         lease_s=lease_s,
                         progress=beat.progress,
                         stats=beat.stats,
+                        active=beat.active,
                     )
                 except LeaseLostError:
                     replies.append(BeatReply(beat.job_id, None, lease_lost=True))
@@ -214,7 +237,13 @@ class MemoryStore:
             ]
             reaped = [self._put(*lc.reap(j, now=now, rng=self._rng)) for j in stale]
             waiting = sorted((j for j in self._jobs.values() if lc.is_expired(j, now)), key=lambda j: j.id)
-            return reaped + [self._put(*lc.expire(j, now=now)) for j in waiting]
+            expired = [self._put(*lc.expire(j, now=now)) for j in waiting]
+            due = sorted(
+                (j for j in self._jobs.values() if j.status is Status.WAITING_RETRY and j.run_after <= now),
+                key=lambda j: j.id,
+            )
+            changed = reaped + expired + [self._put(*lc.promote(j, now=now)) for j in due]
+            return list({j.id: j for j in changed}.values())  # a job reaped then promoted: once
 
     def request_cancel(self, job_id: int, mode: CancelMode = CancelMode.CANCEL) -> Job:
         with self._lock:
@@ -233,7 +262,13 @@ class MemoryStore:
         *,
         statuses: Collection[Status] | None = None,
         lease_owner: str | None = None,
+        kinds: Collection[str] | None = None,
+        concurrency_key: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        finished_after: float | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[Job]:
         with self._lock:
             jobs = [
@@ -241,9 +276,44 @@ class MemoryStore:
                 for j in self._jobs.values()
                 if (statuses is None or j.status in statuses)
                 and (lease_owner is None or j.lease_owner == lease_owner)
+                and (kinds is None or j.kind in kinds)
+                and (concurrency_key is None or j.concurrency_key == concurrency_key)
+                and (created_after is None or j.created_at >= created_after)
+                and (created_before is None or j.created_at < created_before)
+                and (finished_after is None or (j.finished_at or -1.0) >= finished_after)
             ]
             jobs.sort(key=lambda j: j.id, reverse=True)
-            return jobs[:limit] if limit is not None else jobs
+            jobs = jobs[max(offset, 0) :]
+            return jobs[: max(limit, 0)] if limit is not None else jobs
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            now = self.now()
+            waiting = (Status.PENDING, Status.WAITING_RETRY)
+            return min(
+                (j.run_after for j in self._jobs.values() if j.status in waiting and j.run_after > now),
+                default=None,
+            )
+
+    def queue_position(self, job_id: int) -> int | None:
+        with self._lock:
+            job = self._get(job_id)
+            if job.status is not Status.PENDING:
+                return None
+            order = sorted(
+                (j for j in self._jobs.values() if j.status is Status.PENDING),
+                key=lambda j: (-j.priority, j.created_at, j.id),
+            )
+            return next(n for n, j in enumerate(order, 1) if j.id == job_id)
+
+    def identity(self) -> str:
+        return self._identity
+
+    def watch(self, wake: Wake) -> _MemoryWatch:
+        watch = _MemoryWatch(wake, self._watchers.remove)
+        with self._lock:
+            self._watchers.append(watch)
+        return watch
 
     def counts(self) -> QueueCounts:
         with self._lock:
@@ -285,7 +355,8 @@ class MemoryStore:
                 del self._jobs[job.id]
                 self._events.pop(job.id, None)
                 deleted.append(job.id)
-            self._writes += 1
+            if deleted:
+                self._hint(None)
             return PurgeResult(tuple(sorted(deleted)), tuple(sorted(flagged)))
 
     def events(self, job_id: int) -> builtins.list[Event]:
@@ -293,16 +364,30 @@ class MemoryStore:
             self._get(job_id)
             return list(self._events.get(job_id, []))
 
-    def changed(self) -> bool:
-        with self._lock:
-            seen, self._seen_writes = self._seen_writes, self._writes
-            return seen != self._writes
-
     def close(self) -> None:
-        pass
+        for watch in list(self._watchers):
+            watch.close()
 
     # -- test hooks ----------------------------------------------------------------------
     def force(self, job_id: int, **changes: Any) -> Job:
         """Change a row behind the state machine's back (simulate an expired lease, say)."""
         with self._lock:
             return self._put(replace(self._get(job_id), **changes), None)
+
+
+class _MemoryWatch:
+    """``MemoryStore.watch``: every write calls ``wake`` at once, in the writer's thread."""
+
+    def __init__(self, wake: Wake, remove: Callable[[_MemoryWatch], None]) -> None:
+        self.wake = wake
+        self._remove = remove
+        self._closed = False
+
+    @property
+    def live(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._remove(self)

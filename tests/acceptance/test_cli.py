@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import cli, cli_env, kill_tagged, supervisor_process, wait_until
+from tests.support import cli, cli_env, kill_tagged, log_file, supervisor_process, wait_until
 
 SHOW_FIELDS = {
     "id",
@@ -300,7 +300,7 @@ def test_huge_output_is_capped_and_supervisor_memory_stays_small(tmp_path: Path)
                 break
             time.sleep(0.02)  # sampling RSS while it runs: there is nothing to await
         assert proc.wait(timeout=60) == 0
-    log = data / "logs" / f"{job_id}-1.log"
+    log = log_file(data, job_id)
     size = log.stat().st_size
     assert cap < size <= cap + 200
     assert b"output truncated" in log.read_bytes()[cap:]

@@ -25,6 +25,13 @@ class StoreFactory:
     lifecycle_in_python: bool = True
     """The store runs ``supervisor.lifecycle`` in this process, so a test may inject a failure
     into it (the Postgres stores run their SQL mirror of it on the server instead)."""
+    other_writer: Callable[[JobStore, ManualClock, Path], JobStore] | None = None
+    """Another handle on the same store, as another process would have (for ``watch``):
+    None means the store itself (its own writes reach its watchers)."""
+    protocol_v2: bool = True
+    """The store implements protocol v2 (/work/notes/protocol-v2.md: list filters, identity,
+    queue_position, unique_key, run_after, watch, reap promotion). The remote stores get it
+    with issue 10; their factories set this once their SQL does."""
 
 
 def _memory(clock: ManualClock, tmp_path: Path) -> JobStore:
@@ -35,6 +42,12 @@ def _sqlite(clock: ManualClock, tmp_path: Path) -> JobStore:
     from bridge.stores.sqlite import SQLiteStore
 
     return SQLiteStore(tmp_path / "jobs.sqlite3", clock=clock, rng=random.Random(7))
+
+
+def _sqlite_other(store: JobStore, clock: ManualClock, tmp_path: Path) -> JobStore:
+    from bridge.stores.sqlite import SQLiteStore
+
+    return SQLiteStore(tmp_path / "jobs.sqlite3", clock=clock, rng=random.Random(8))
 
 
 def _postgres(clock: ManualClock, tmp_path: Path) -> JobStore:
@@ -78,9 +91,9 @@ def _supabase(clock: ManualClock, tmp_path: Path) -> JobStore:
 
 STORES: dict[str, StoreFactory] = {
     "memory": StoreFactory(_memory),
-    "sqlite": StoreFactory(_sqlite),
-    "postgres": StoreFactory(_postgres, lifecycle_in_python=False),
-    "supabase": StoreFactory(_supabase, lifecycle_in_python=False),
+    "sqlite": StoreFactory(_sqlite, other_writer=_sqlite_other),
+    "postgres": StoreFactory(_postgres, lifecycle_in_python=False, protocol_v2=False),
+    "supabase": StoreFactory(_supabase, lifecycle_in_python=False, protocol_v2=False),
 }
 
 
@@ -93,6 +106,28 @@ def clock() -> ManualClock:
 @pytest.fixture(params=list(STORES))
 def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
     return STORES[request.param]
+
+
+@pytest.fixture
+def v2(store_factory: StoreFactory) -> None:
+    """Skips a protocol-v2 test on a store that does not have v2 yet."""
+    if not store_factory.protocol_v2:
+        pytest.skip("this store gets protocol v2 with issue 10")
+
+
+@pytest.fixture
+def other(
+    store_factory: StoreFactory, store: JobStore, clock: ManualClock, tmp_path: Path
+) -> Iterator[JobStore]:
+    """Another writer on the same store (another process's handle), closed after the test."""
+    if store_factory.other_writer is None:
+        yield store
+        return
+    made = store_factory.other_writer(store, clock, tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.fixture

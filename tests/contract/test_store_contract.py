@@ -811,19 +811,6 @@ def test_now_is_the_store_clock(store: JobStore, clock: ManualClock) -> None:
     assert store.now() == clock.t
 
 
-def test_changed_reports_own_writes_once(store: JobStore) -> None:
-    """After a write through the store, changed() is True once, then False until the next write."""
-    store.changed()
-    assert store.changed() is False
-    submit(store)
-    assert store.changed() is True
-    assert store.changed() is False
-    store.claim(W, 1, lease_s=LEASE)
-    assert store.changed() is True
-    store.purge(statuses=[Status.PENDING])
-    assert store.changed() is True
-
-
 def test_close_is_idempotent(store: JobStore) -> None:
     """close() may be called more than once."""
     store.close()
@@ -833,9 +820,7 @@ def test_close_is_idempotent(store: JobStore) -> None:
 def test_reap_fails_pending_jobs_past_their_queue_timeout(store: JobStore, clock: ManualClock) -> None:
     """A pending job that waited past its queue timeout fails as queue_timeout when reaped;
     one still within it, and one without a timeout, stay pending."""
-    late, fresh, patient = store.enqueue(
-        [spec(queue_timeout_s=60.0), spec(queue_timeout_s=600.0), spec()]
-    )
+    late, fresh, patient = store.enqueue([spec(queue_timeout_s=60.0), spec(queue_timeout_s=600.0), spec()])
     clock.advance(61)
     reaped = store.reap_stale(0)
     assert [j.id for j in reaped] == [late]

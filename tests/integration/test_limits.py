@@ -286,6 +286,7 @@ def test_close_of_a_running_agent_keeps_its_cgroup_for_readoption(agents: Agents
     finished(agent, 5)
     wait_until(lambda: again.poll() is not None, 5, message="the adopted view to see the end")
     again.close()
+
     # the killed sleep, re-parented to us, keeps a v1 cgroup busy until reap_orphans reaps it
     def removed() -> bool:
         proctable.reap_orphans(())

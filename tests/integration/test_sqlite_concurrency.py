@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import sqlite3
 import subprocess
@@ -170,19 +171,18 @@ def test_threads_sharing_one_store_claim_each_job_once(tmp_path: Path) -> None:
         store.close()
 
 
-def test_changed_sees_commits_of_another_connection(tmp_path: Path) -> None:
-    """changed() is True first, False while nobody writes, True after another store's (or
-    another process's) enqueue, then False again."""
+def test_watch_hears_commits_of_another_store_and_another_process(tmp_path: Path) -> None:
+    """A watcher is told of another store object's enqueue and of another process's, and not
+    of its own store object's writes (its supervisor knows of those already)."""
     db = tmp_path / "jobs.sqlite3"
     watcher, writer = SQLiteStore(db), SQLiteStore(db)
+    hints: queue.Queue[float | None] = queue.Queue()
+    watch = watcher.watch(hints.put)
     procs: list[subprocess.Popen[str]] = []
     try:
-        assert watcher.changed() is True
-        assert watcher.changed() is False
+        watcher.enqueue([JobSpec(kind="echo")])
         writer.enqueue([JobSpec(kind="echo")])
-        assert watcher.changed() is True
-        assert watcher.changed() is False
-        assert watcher.changed() is False
+        assert hints.get(timeout=5) is None
         script = (
             "import sys; from bridge.stores.sqlite import SQLiteStore;"
             "from supervisor.lifecycle import JobSpec;"
@@ -191,13 +191,29 @@ def test_changed_sees_commits_of_another_connection(tmp_path: Path) -> None:
         procs.append(_spawn(script, str(db)))
         _, err = procs[0].communicate(timeout=30)
         assert procs[0].returncode == 0, err
-        assert watcher.changed() is True
-        assert watcher.changed() is False
-        assert len(watcher.list()) == 2
+        assert hints.get(timeout=5) is None
+        assert hints.empty()  # the watcher's own enqueue sent nothing to itself
+        assert len(watcher.list()) == 3
     finally:
         _reap(procs)
+        watch.close()
         watcher.close()
         writer.close()
+    assert [p.name for p in (tmp_path / "jobs.sqlite3.wake").iterdir()] == []  # its FIFO is gone
+
+
+def test_a_dead_watchers_fifo_is_removed_by_the_next_writer(tmp_path: Path) -> None:
+    """A FIFO left by a watcher that died (nobody reads it) is removed when a writer finds it."""
+    db = tmp_path / "jobs.sqlite3"
+    store = SQLiteStore(db)
+    wake_dir = tmp_path / "jobs.sqlite3.wake"
+    wake_dir.mkdir(mode=0o700)
+    os.mkfifo(wake_dir / "999999-dead.fifo", 0o600)
+    try:
+        store.enqueue([JobSpec(kind="echo")])
+    finally:
+        store.close()
+    assert list(wake_dir.iterdir()) == []
 
 
 def test_a_corrupt_file_is_a_one_line_store_error(tmp_path: Path) -> None:
@@ -216,7 +232,8 @@ def test_a_corrupt_file_is_a_one_line_store_error(tmp_path: Path) -> None:
 
 
 def test_damaged_pages_are_reported_as_corrupt(tmp_path: Path) -> None:
-    """A valid header over damaged pages gives StoreError 'corrupt' when the rows are read."""
+    """A valid header over damaged pages gives StoreError 'corrupt' on opening or when the
+    rows are read (whichever first touches a damaged page: the schema spans several pages)."""
     db = tmp_path / "jobs.sqlite3"
     store = SQLiteStore(db)
     store.enqueue([JobSpec(kind="echo", payload={"pad": "x" * 500}) for _ in range(50)])
@@ -226,12 +243,16 @@ def test_damaged_pages_are_reported_as_corrupt(tmp_path: Path) -> None:
     page_size = int.from_bytes(data[16:18], "big")
     data[page_size : len(data)] = b"\xa5" * (len(data) - page_size)  # every page but the header's
     db.write_bytes(bytes(data))
-    reopened = SQLiteStore(db)  # the header and the schema page are intact
-    try:
-        with pytest.raises(StoreError, match="corrupt") as info:
+
+    def open_and_list() -> None:
+        reopened = SQLiteStore(db)  # the header page is intact
+        try:
             reopened.list()
-    finally:
-        reopened.close()
+        finally:
+            reopened.close()
+
+    with pytest.raises(StoreError, match="corrupt") as info:
+        open_and_list()
     assert "\n" not in str(info.value)
     assert not isinstance(info.value, StoreUnavailableError)
 

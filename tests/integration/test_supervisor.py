@@ -20,7 +20,7 @@ from supervisor.lifecycle import ErrorKind, JobSpec, Status
 from supervisor.runner import JobChange, Supervisor
 from supervisor.settings import Settings
 from supervisor.statefile import AgentEntry, StateFile
-from tests.support import agent_code, kill_tagged, tagged_processes, wait_until
+from tests.support import agent_code, kill_tagged, log_file, tagged_processes, wait_until
 
 
 def make(tmp_path: Path, **overrides: object) -> Supervisor:
@@ -315,7 +315,7 @@ def test_no_sigpipe_needed_output_goes_to_a_file(tmp_path: Path) -> None:
     job_id = sup.submit(JobSpec(command=(sys.executable, "-c", "print('x' * 10)")))
     sup.run(until_idle=True)
     try:
-        log = tmp_path / "data" / "logs" / f"{job_id}-1.log"
+        log = log_file(tmp_path / "data", job_id)
         assert log.read_text() == "x" * 10 + "\n"
         assert log.stat().st_mode & 0o077 == 0
     finally:

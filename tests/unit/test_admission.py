@@ -81,7 +81,32 @@ def test_load_and_stagger_gates() -> None:
 
 
 def test_recommendation_from_observed_use() -> None:
-    """The recommended concurrency is bounded by memory and by CPU, whichever is tighter."""
-    assert recommend(16 * GIB, GIB, 8, peak_rss_bytes=GIB, cpu_percent=50) == 15
-    assert recommend(16 * GIB, GIB, 2, peak_rss_bytes=GIB, cpu_percent=100) == 2
-    assert recommend(16 * GIB, GIB, 2, peak_rss_bytes=None, cpu_percent=None) is None
+    """The recommended concurrency is bounded by memory and by CPU, whichever is tighter,
+    and by four agents per CPU; none before five attempts were seen."""
+    peaks, cpus = [GIB] * 5, [50.0] * 5
+    assert recommend(16 * GIB, GIB, 8, peaks, cpus, current=2).concurrency == 15
+    assert recommend(16 * GIB, GIB, 2, peaks, [100.0] * 5, current=2).concurrency == 2
+    assert recommend(16 * GIB, GIB, 2, [GIB] * 4, cpus, current=2).concurrency is None
+
+
+def test_light_agents_get_a_recommendation_a_person_would_believe() -> None:
+    """5 MB agents using no CPU on 2 CPUs: capped at 4 per CPU (8), not thousands."""
+    advice = recommend(24 * GIB, GIB // 2, 2, [5 << 20] * 20, [0.5] * 20, current=2)
+    assert advice.concurrency == 8
+    assert advice.can_increase and "per CPU" in advice.reason
+
+
+def test_the_recommendation_is_steady_across_refreshes() -> None:
+    """One heavy outlier among recent attempts does not swing the answer (90th percentile)."""
+    window = [512 << 20] * 19
+    a = recommend(16 * GIB, GIB, 8, [*window, 8 * GIB], [20.0] * 20, current=4).concurrency
+    b = recommend(16 * GIB, GIB, 8, [8 * GIB, *window], [20.0] * 20, current=4).concurrency
+    assert a == b
+    assert a is not None and a >= 8
+
+
+def test_no_increase_is_advised_at_the_limit() -> None:
+    """When the setting already equals what fits, the answer is no, with the binding limit."""
+    advice = recommend(16 * GIB, GIB, 8, [5 * GIB] * 5, [10.0] * 5, current=3)
+    assert (advice.concurrency, advice.can_increase) == (3, False)
+    assert "memory" in advice.reason

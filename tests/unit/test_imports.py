@@ -27,20 +27,23 @@ def imported(path: Path) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "supervisor").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "supervisor").rglob("*.py")), ids=lambda p: p.name)
 def test_engine_module_imports_no_adapter(path: Path) -> None:
     """No module of supervisor/ imports an adapter, a remote client or sqlite3."""
     for name in imported(path):
         assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
 
 
-@pytest.mark.parametrize("path", [STORES / "sqlite.py", STORES / "rows.py"], ids=lambda p: p.name)
+SQLITE_PARTS = ("bridge.stores.rows", "bridge.stores.sqlite_db", "bridge.stores.wakeup")
+
+
+@pytest.mark.parametrize("path", [STORES / f"{p.rsplit('.', 1)[1]}.py" for p in ("x.sqlite", *SQLITE_PARTS)])
 def test_sqlite_store_imports_no_remote_code(path: Path) -> None:
-    """The SQLite store and its row conversion import no remote client nor tenacity, and of
-    bridge/ only the row conversion."""
+    """The SQLite store and its parts (file, wake-ups, row conversion) import no remote client
+    nor tenacity, and of bridge/ only each other."""
     for name in imported(path):
         assert name.split(".")[0] not in REMOTE, f"{path.name} imports {name}"
-        assert not name.startswith("bridge") or name == "bridge.stores.rows", f"{path.name} imports {name}"
+        assert not name.startswith("bridge") or name in SQLITE_PARTS, f"{path.name} imports {name}"
 
 
 @pytest.mark.parametrize("path", sorted(STORES.glob("*.py")), ids=lambda p: p.name)

@@ -39,9 +39,16 @@ def test_other_hosts_keep_their_name() -> None:
 
 @pytest.mark.parametrize(
     ("source", "owner"),
-    [("", None), ("just-a-name", None), ("a/b/c", None), ("https://github.com/onlyowner", None),
-     ("owner/repo", "owner"), ("own er/repo", None), ("https://github.com/o/r/x/y", None),
-     ("../../etc", None)],
+    [
+        ("", None),
+        ("just-a-name", None),
+        ("a/b/c", None),
+        ("https://github.com/onlyowner", None),
+        ("owner/repo", "owner"),
+        ("own er/repo", None),
+        ("https://github.com/o/r/x/y", None),
+        ("../../etc", None),
+    ],
 )
 def test_unparseable_sources_are_refused(source: str, owner: str | None) -> None:
     """A source that names no repository is a clear error."""

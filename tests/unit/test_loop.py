@@ -328,3 +328,75 @@ def test_a_lost_lease_kills_the_agent_without_grace_and_records_nothing(world: W
     job = world.store.get(job_id)
     assert (job.status, job.lease_owner, job.attempt) == (Status.RUNNING, "someone-else", 7)
     assert [e.to_status for e in world.store.events(job_id)][-1] is Status.RUNNING
+
+
+def test_an_idle_supervisor_sleeps_until_its_next_duty(world: World) -> None:
+    """Ten idle minutes on a store that pushes hints: at most one wake-up every five seconds
+    (the status file's sign of life and the reaper), not twenty a second."""
+    sup = world.supervisor()
+    world.fake.at(600.0, lambda: sup.request_stop())
+    sup.run()
+    [waiter] = world.fake.waiters
+    assert world.at() == pytest.approx(600.0)
+    assert len(waiter.waits) <= 600 / 5
+
+
+def test_a_submit_from_elsewhere_wakes_an_idle_supervisor_at_once(world: World) -> None:
+    """A job enqueued by another writer while the loop sleeps starts without waiting for a
+    poll: the store's hint wakes the loop."""
+    world.fake.default = Behaviour(runtime_s=1.0)
+    sup = world.supervisor(poll_s=60.0)
+    world.fake.at(100.0, lambda: world.submit())
+    world.fake.on_exit = lambda agent: sup.request_stop()
+    sup.run()
+    [agent] = world.fake.spawned
+    assert agent.started_mono - T0 == pytest.approx(100.0)
+
+
+def test_a_delayed_job_starts_at_its_run_after_without_polling(world: World) -> None:
+    """A job submitted to run in 90 s starts at 90 s: the hint carried its due time."""
+    world.fake.default = Behaviour(runtime_s=1.0)
+    world.submit(run_after=T0 + 90.0)
+    world.supervisor(poll_s=600.0).run(until_idle=True)
+    [agent] = world.fake.spawned
+    assert agent.started_mono - T0 == pytest.approx(90.0)
+
+
+def test_admission_blocked_keeps_its_since_while_free_memory_fluctuates(tmp_path: Path) -> None:
+    """Blocked by memory for 90 s with free memory changing every look: status.json keeps the
+    first 'since', and health raises admission_blocked."""
+    import itertools
+    import time as real_time
+
+    from supervisor.health import check_health, read_status
+
+    clock = ManualClock(real_time.time())
+    store = MemoryStore(clock=clock, seed=1)
+    frees = itertools.cycle([100 << 20, 200 << 20, 300 << 20])
+
+    class Fluctuating(FakeProcesses):
+        def memory(self) -> tuple[int, int]:
+            return next(frees), 16 << 30
+
+    fake = Fluctuating(clock)
+    store.enqueue([JobSpec(command=("agent",))])
+    settings = Settings(
+        data_dir=tmp_path / "d", memory_estimate_bytes=1 << 30, memory_reserve_bytes=0, poll_s=1.0
+    )
+    sup = Supervisor(settings, store, clock=clock, processes=fake, install_signal_handlers=False)
+    started = clock.time()
+    fake.at(90.0, lambda: sup.request_stop())
+    sup.run()
+    status = read_status(tmp_path / "d")
+    assert status is not None
+    assert status["admission"]["reason_key"] == "memory"
+    assert status["admission"]["since"] == pytest.approx(started, abs=1.5)
+    # health runs "now" for real: move the status' clock back so its age is the 90 s simulated
+    report = check_health(
+        store,
+        settings,
+        worker_id=None,
+        status={**status, "admission": {**status["admission"], "since": real_time.time() - 90}},
+    )
+    assert "admission_blocked" in {a.kind for a in report.alerts}
+    assert fake.spawned == []

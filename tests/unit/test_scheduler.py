@@ -59,8 +59,12 @@ CASES = [
     ("already killed", agent(stop=StopState(StopReason.TIMEOUT, 160.0, kill_at=165.0)), 500.0, []),
     ("no timeout", agent(timeout_s=None), 1e9, []),
     ("limit broken", agent(limit_breach="memory limit 1 GiB exceeded"), 101.0, [Kill(1, StopReason.LIMIT)]),
-    ("limit broken during grace", agent(limit_breach="x", stop=StopState(StopReason.CANCEL, term_at=101.0)),
-     102.0, [Kill(1, StopReason.CANCEL)]),
+    (
+        "limit broken during grace",
+        agent(limit_breach="x", stop=StopState(StopReason.CANCEL, term_at=101.0)),
+        102.0,
+        [Kill(1, StopReason.CANCEL)],
+    ),
 ]
 
 
