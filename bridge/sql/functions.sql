@@ -35,6 +35,8 @@ drop function if exists public.jobs_purge(bigint[], text[], double precision);
 drop function if exists public.jobs_reap_stale(double precision, double precision);
 drop function if exists public.jobs_schema_version();
 drop function if exists public._jobs_notify();
+drop function if exists public.jobs_heartbeat(text, bigint[], integer[], jsonb, jsonb, double precision);
+drop function if exists public.jobs_list(text[], text, integer, bigint);
 
 -- The store clock. Tests replace this function in their template database to drive time.
 create or replace function public._jobs_now() returns timestamptz
@@ -179,7 +181,7 @@ begin
   new.status := 'pending';
   new.created_at := v_now;
   new.updated_at := v_now;
-  new.run_after := coalesce(new.run_after, v_now);
+  new.run_after := greatest(coalesce(new.run_after, v_now), v_now);
   new.attempt := 0;
   new.attempt_offset := 0;
   new.version := 1;
@@ -187,6 +189,7 @@ begin
   new.cancel_requested := null; new.pid := null; new.exit_code := null; new.signal := null;
   new.error_kind := null; new.error := null; new.result := null; new.output_tail := null;
   new.progress := null; new.stats := null; new.started_at := null; new.finished_at := null; new.finished_by := null;
+  new.last_activity_at := null;
   return new;
 end $$;
 
@@ -202,6 +205,32 @@ create or replace trigger jobs_before_insert before insert on public.jobs
   for each row execute function public._jobs_before_insert();
 create or replace trigger jobs_after_insert after insert on public.jobs
   for each row execute function public._jobs_after_insert();
+
+-- job_counts (schema.sql): whoever moves a job into or out of a finished status (the functions,
+-- a hand-written UPDATE or DELETE), the counters follow in the same transaction.
+create or replace function public._jobs_count() returns trigger
+language plpgsql volatile set search_path = '' as $$
+begin
+  if tg_op <> 'INSERT' and old.status in ('completed', 'failed', 'cancelled') then
+    insert into public.job_counts as c (owner_key, status, slot, n)
+      values (coalesce(old.owner_id::text, ''), old.status, old.id % 16, -1)
+      on conflict (owner_key, status, slot) do update set n = c.n - 1;
+  end if;
+  if tg_op <> 'DELETE' and new.status in ('completed', 'failed', 'cancelled') then
+    insert into public.job_counts as c (owner_key, status, slot, n)
+      values (coalesce(new.owner_id::text, ''), new.status, new.id % 16, 1)
+      on conflict (owner_key, status, slot) do update set n = c.n + 1;
+  end if;
+  return null;
+end $$;
+
+create or replace trigger jobs_count_update after update of status on public.jobs for each row
+  when (old.status is distinct from new.status
+        and (old.status in ('completed', 'failed', 'cancelled') or new.status in ('completed', 'failed', 'cancelled')))
+  execute function public._jobs_count();
+create or replace trigger jobs_count_delete after delete on public.jobs for each row
+  when (old.status in ('completed', 'failed', 'cancelled'))
+  execute function public._jobs_count();
 
 -- lifecycle.settle for a locked, live job: the outcome and the retry policy. p_worker null is
 -- the reaper (the caller has fenced everyone else).
@@ -309,8 +338,9 @@ begin
   end if;
   -- Serialise submits of the same dedup keys (in a fixed order: no deadlock between batches).
   perform pg_catalog.pg_advisory_xact_lock(1246973, pg_catalog.hashtext(k))
-    from (select distinct s ->> 'dedup_key' as k from pg_catalog.jsonb_array_elements(p_specs) s
-          where s ->> 'dedup_key' is not null order by 1) keys;
+    from (select distinct k from pg_catalog.jsonb_array_elements(p_specs) s,
+            lateral (values ('d:' || (s ->> 'dedup_key')), ('u:' || (s ->> 'unique_key'))) v(k)
+          where k is not null order by 1) keys;
   begin
     for v_spec in select s from pg_catalog.jsonb_array_elements(p_specs) with ordinality as a(s, n) order by n
     loop
@@ -318,7 +348,11 @@ begin
       v_key := v_spec ->> 'dedup_key';
       v_id := null;
       v_created := false;
-      if v_key is not null then  -- also finds a job inserted earlier in this batch
+      if v_spec ->> 'unique_key' is not null then  -- any status; also one earlier in this batch
+        select j.id into v_id from public.jobs j
+          where j.unique_key = v_spec ->> 'unique_key' and j.owner_id is not distinct from v_owner;
+      end if;
+      if v_id is null and v_key is not null then  -- also finds a job inserted earlier in this batch
         select j.id into v_id from public.jobs j
           where j.dedup_key = v_key and j.status in ('pending', 'waiting_retry')
             and j.owner_id is not distinct from v_owner
@@ -326,7 +360,8 @@ begin
       end if;
       if v_id is null then
         insert into public.jobs (kind, command, payload, priority, concurrency_key, dedup_key,
-            max_attempts, backoff_s, timeout_s, idle_timeout_s, stuck_after_s, queue_timeout_s, run_after)
+            max_attempts, backoff_s, timeout_s, idle_timeout_s, stuck_after_s, queue_timeout_s, run_after,
+            repo, ref, unique_key)
         values (v_spec ->> 'kind',
             case when pg_catalog.jsonb_typeof(v_spec -> 'command') = 'array' then
               array(select pg_catalog.jsonb_array_elements_text(v_spec -> 'command')) end,
@@ -336,7 +371,8 @@ begin
             coalesce((v_spec ->> 'backoff_s')::double precision, 10),
             (v_spec ->> 'timeout_s')::double precision, (v_spec ->> 'idle_timeout_s')::double precision,
             (v_spec ->> 'stuck_after_s')::double precision, (v_spec ->> 'queue_timeout_s')::double precision,
-            v_now)
+            greatest(v_now, pg_catalog.to_timestamp((v_spec ->> 'run_after')::double precision)),
+            v_spec ->> 'repo', v_spec ->> 'ref', v_spec ->> 'unique_key')
         returning id into v_id;
         v_created := true;
       end if;
@@ -421,7 +457,7 @@ begin
       lease_owner = p_worker, lease_expires_at = v_now + pg_catalog.make_interval(secs => p_lease_s),
       claim_id = p_claim_id, cancel_requested = null, pid = null, exit_code = null, signal = null,
       error_kind = null, error = null, result = null, output_tail = null, progress = null,
-      stats = null, started_at = null, finished_at = null
+      stats = null, started_at = null, finished_at = null, last_activity_at = null
     where j.id = r.id returning j.* into v_job;
     perform public._jobs_event(v_job, 'pending', 'claimed', 'scheduler', p_worker, '{}', v_now);
     return next v_job;
@@ -460,7 +496,7 @@ end $$;
 -- arrays aligned with p_ids; null keeps the last value). Renews each lease still held; no
 -- event, and version stays, so a heartbeat never invalidates anyone's optimistic update.
 create or replace function public.jobs_heartbeat(p_worker text, p_ids bigint[], p_attempts integer[],
-    p_progress jsonb, p_stats jsonb, p_lease_s double precision)
+    p_progress jsonb, p_stats jsonb, p_lease_s double precision, p_active boolean[] default null)
 returns table (job_id bigint, cancel_requested text, lease_lost boolean)
 language plpgsql volatile set search_path = '' as $$
 declare
@@ -470,13 +506,17 @@ begin
   with beats as (
     select b.id, b.attempt, b.n,
            nullif(p_progress -> (b.n::integer - 1), 'null'::jsonb) as progress,
-           nullif(p_stats -> (b.n::integer - 1), 'null'::jsonb) as stats
+           nullif(p_stats -> (b.n::integer - 1), 'null'::jsonb) as stats,
+           coalesce(p_active[b.n], false) as active
     from unnest(p_ids, p_attempts) with ordinality as b(id, attempt, n)
   ), renewed as (
     update public.jobs j set
       lease_expires_at = v_now + pg_catalog.make_interval(secs => p_lease_s),
       progress = coalesce(beats.progress, j.progress),
-      stats = coalesce(beats.stats, j.stats)
+      stats = coalesce(beats.stats, j.stats),
+      -- lifecycle.heartbeat: output since the last beat, or new progress, is activity.
+      last_activity_at = case when beats.active or beats.progress is not null then v_now
+                              else j.last_activity_at end
     from beats
     where j.id = beats.id and j.attempt = beats.attempt and j.lease_owner = p_worker
       and j.status in ('preparing', 'running')
@@ -605,6 +645,25 @@ begin
     v_done := v_done || pg_catalog.jsonb_build_array(pg_catalog.to_jsonb(v_new));
     v_count := v_count + 1;
   end loop;
+  -- Retries whose backoff ended (lifecycle.promote), also those reaped just above with no delay.
+  for v_job in
+    select * from public.jobs j where j.status = 'waiting_retry' and j.run_after <= v_now
+    order by j.id limit v_limit - v_count + 1 for update skip locked
+  loop
+    if v_count >= v_limit then
+      v_more := true;
+      exit;
+    end if;
+    update public.jobs set status = 'pending', updated_at = v_now, version = version + 1
+    where id = v_job.id returning * into v_new;
+    perform public._jobs_event(v_new, 'waiting_retry', 'backoff over', 'retry_policy', null, '{}', v_now);
+    perform public._jobs_notify(null, v_new.owner_id);
+    -- a job reaped then promoted in this call is returned once, as it is now
+    v_done := (select coalesce(pg_catalog.jsonb_agg(e), '[]'::jsonb) from pg_catalog.jsonb_array_elements(v_done) e
+               where (e ->> 'id')::bigint <> v_new.id)
+              || pg_catalog.jsonb_build_array(pg_catalog.to_jsonb(v_new));
+    v_count := v_count + 1;
+  end loop;
   return query select v_done, v_more;
 end $$;
 
@@ -670,10 +729,15 @@ language sql stable set search_path = '' as $$
   select * from public.jobs where id = p_id
 $$;
 
--- JobStore.list, one page: jobs newest first, before p_before_id (keyset paging); ONE row, the
--- page as a JSON array of at most p_limit jobs and `more` when older ones match too.
+-- JobStore.list, one page: jobs newest first, before p_before_id (keyset paging), filtered
+-- (every filter has its index: jobs_status_id, jobs_lease_owner, jobs_kind_id, jobs_key_id,
+-- jobs_created, jobs_finished); ONE row, the page as a JSON array of at most p_limit jobs and
+-- `more` when older ones match too. p_offset skips that many first (the first page only).
 create or replace function public.jobs_list(p_statuses text[] default null, p_lease_owner text default null,
-    p_limit integer default 500, p_before_id bigint default null)
+    p_limit integer default 500, p_before_id bigint default null, p_kinds text[] default null,
+    p_concurrency_key text default null, p_created_after timestamptz default null,
+    p_created_before timestamptz default null, p_finished_after timestamptz default null,
+    p_offset integer default 0)
 returns table (jobs jsonb, more boolean)
 language sql stable set search_path = '' as $$
   with page as (
@@ -681,7 +745,13 @@ language sql stable set search_path = '' as $$
     where (p_statuses is null or j.status = any (p_statuses))
       and (p_lease_owner is null or j.lease_owner = p_lease_owner)
       and (p_before_id is null or j.id < p_before_id)
+      and (p_kinds is null or j.kind = any (p_kinds))
+      and (p_concurrency_key is null or j.concurrency_key = p_concurrency_key)
+      and (p_created_after is null or j.created_at >= p_created_after)
+      and (p_created_before is null or j.created_at < p_created_before)
+      and (p_finished_after is null or j.finished_at >= p_finished_after)
     order by j.id desc
+    offset greatest(coalesce(p_offset, 0), 0)
     limit greatest(coalesce(p_limit, 500), 0) + 1)
   select coalesce((select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) order by p.id desc)
                    from (select * from page order by id desc limit greatest(coalesce(p_limit, 500), 0)) p),
@@ -689,19 +759,56 @@ language sql stable set search_path = '' as $$
          (select count(*) from page) > greatest(coalesce(p_limit, 500), 0)
 $$;
 
+-- JobStore.next_due: the earliest future run_after of a waiting job (index jobs_due).
+create or replace function public.jobs_next_due() returns table (due_at timestamptz, now timestamptz)
+language sql stable set search_path = '' as $$
+  select (select min(j.run_after) from public.jobs j
+          where j.status in ('pending', 'waiting_retry') and j.run_after > public._jobs_now()),
+         public._jobs_now()
+$$;
+
+-- JobStore.queue_position: 1-based place of a pending job in claim order (a range of the
+-- jobs_claim_order index); null when the job is not pending. ASN01 for a missing job.
+create or replace function public.jobs_queue_position(p_id bigint)
+returns table (job_id bigint, "position" bigint) language plpgsql stable set search_path = '' as $$
+declare
+  v_job public.jobs;
+begin
+  select * into v_job from public.jobs where id = p_id;
+  if not found then
+    perform public._jobs_raise('ASN01', pg_catalog.format('no job with id %s', p_id));
+  end if;
+  if v_job.status <> 'pending' then
+    return query select p_id, null::bigint;
+    return;
+  end if;
+  return query select p_id, (select count(*) from public.jobs j where j.status = 'pending'
+    and (j.priority > v_job.priority or (j.priority = v_job.priority and (j.created_at < v_job.created_at
+         or (j.created_at = v_job.created_at and j.id <= v_job.id)))));
+end $$;
+
+-- JobStore.identity: the random id made with the schema (job_store_meta).
+create or replace function public.jobs_identity() returns table (identity text, schema_version integer)
+language sql stable set search_path = '' as $$
+  select m.store_id, m.schema_version from public.job_store_meta m where m.id = 1
+$$;
+
 -- JobStore.counts: one row per status (so the server time comes back even when empty).
 create or replace function public.jobs_counts()
 returns table (status text, jobs bigint, oldest_started_at timestamptz, oldest_created_at timestamptz,
     now timestamptz)
 language sql stable set search_path = '' as $$
-  with c as (
+  with live as (  -- what is queued or running: an index range, never the history
     select j.status, count(*) as n, min(coalesce(j.started_at, j.updated_at)) as started,
            min(j.created_at) as created
-    from public.jobs j group by j.status)
-  select s.status, coalesce(c.n, 0), c.started, c.created, public._jobs_now()
+    from public.jobs j where j.status in ('pending', 'preparing', 'running', 'waiting_retry')
+    group by j.status),
+  done as (select c.status, sum(c.n)::bigint as n from public.job_counts c group by c.status)
+  select s.status, coalesce(live.n, done.n, 0), live.started, live.created, public._jobs_now()
   from pg_catalog.unnest(array['pending', 'preparing', 'running', 'waiting_retry', 'completed',
                                'failed', 'cancelled']) as s(status)
-  left join c on c.status = s.status
+  left join live on live.status = s.status
+  left join done on done.status = s.status
 $$;
 
 -- JobStore.purge, one chunk: delete terminal jobs (and their events); a pending or waiting_retry

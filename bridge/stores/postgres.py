@@ -64,6 +64,7 @@ SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("p_progress", "jsonb"),
         ("p_stats", "jsonb"),
         ("p_lease_s", "double precision"),
+        ("p_active", "boolean[]"),
     ),
     "jobs_finish": (
         ("p_id", "bigint"),
@@ -86,7 +87,16 @@ SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("p_lease_owner", "text"),
         ("p_limit", "integer"),
         ("p_before_id", "bigint"),
+        ("p_kinds", "text[]"),
+        ("p_concurrency_key", "text"),
+        ("p_created_after", "timestamptz"),
+        ("p_created_before", "timestamptz"),
+        ("p_finished_after", "timestamptz"),
+        ("p_offset", "integer"),
     ),
+    "jobs_next_due": (),
+    "jobs_queue_position": (("p_id", "bigint"),),
+    "jobs_identity": (),
     "jobs_counts": (),
     "jobs_purge": (
         ("p_ids", "bigint[]"),
@@ -269,7 +279,9 @@ class PostgresStore(RemoteStore):
         insert: the insert trigger notifies). ``live`` is False while it reconnects."""
         if self._closed:
             raise StoreError(f"{self._name} is closed")
-        return ListenWatch(self._connect_kwargs(), wake, name=self._name)
+        watch = ListenWatch(self._connect_kwargs(), wake, name=self._name)
+        watch.wait_live(self._connect_timeout_s + 1.0)
+        return watch
 
     def _connect_kwargs(self) -> dict[str, Any]:
         return {
@@ -297,7 +309,8 @@ class ListenWatch:
     ``close`` ends it at once, without polling), reads the notifications psycopg received, and
     calls ``wake`` with each payload's ``due_at``. A lost connection is re-made with backoff
     (0.5 s doubling to 30 s); on every (re)connect ``wake(None)`` is called once, since what
-    happened while not listening is unknown.
+    happened while not listening is unknown (not on the first connect: the caller has just
+    started watching and looks anyway).
     """
 
     def __init__(self, connect: dict[str, Any], wake: Callable[[float | None], None], *, name: str) -> None:
@@ -305,6 +318,7 @@ class ListenWatch:
         self._wake = wake
         self._name = name
         self._live = False
+        self._up = threading.Event()
         self._stop = threading.Event()
         self._read_fd, self._write_fd = os.pipe()
         self._thread = threading.Thread(target=self._run, name="agent-supervisor-listen", daemon=True)
@@ -314,6 +328,10 @@ class ListenWatch:
     def live(self) -> bool:
         """The LISTEN connection is up right now."""
         return self._live
+
+    def wait_live(self, timeout_s: float) -> bool:
+        """Wait until the first LISTEN is in place (or ``timeout_s``); whether it is."""
+        return self._up.wait(timeout_s) and self._live
 
     def close(self) -> None:
         """Stop listening and join the thread. Idempotent."""
@@ -331,13 +349,17 @@ class ListenWatch:
         import psycopg
 
         delay = 0.5
+        first = True
         while not self._stop.is_set():
             try:
                 with psycopg.connect(**self._connect) as conn:
                     conn.execute(f"listen {NOTIFY_CHANNEL}")
                     self._live = True
+                    self._up.set()
                     delay = 0.5
-                    self._call(None)
+                    if not first:
+                        self._call(None)
+                    first = False
                     self._listen(conn)
             except (psycopg.Error, OSError) as exc:
                 if not self._stop.is_set():

@@ -22,6 +22,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import tenacity
@@ -71,6 +72,13 @@ def _take(pending: list[_Line], limit: int) -> list[_Line]:
             break
         chunk.append(item)
     return chunk
+
+
+def _iso(at: float | None) -> str | None:
+    """An epoch time as the timestamptz text the SQL functions take (exact microseconds)."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat()
 
 
 def _queued(ids: list[int]) -> str:
@@ -295,6 +303,7 @@ class RemoteStore(abc.ABC):
                 "p_progress": [clean(b.progress) for b in chunk],
                 "p_stats": [clean(b.stats) for b in chunk],
                 "p_lease_s": lease_s,
+                "p_active": [bool(b.active) for b in chunk],
             }
             rows = self._call("jobs_heartbeat", params, quick=True, write=False)
             if [int(r["job_id"]) for r in rows] != params["p_ids"]:
@@ -394,17 +403,27 @@ class RemoteStore(abc.ABC):
         limit: int | None = None,
         offset: int = 0,
     ) -> builtins.list[Job]:
-        """Jobs, newest first, read ``PAGE`` per call (keyset paging on the id)."""
+        """Jobs, newest first, read ``PAGE`` per call (keyset paging on the id; ``offset``
+        skips on the server, in the first call)."""
         wanted = None if limit is None else max(0, limit)
         jobs: builtins.list[Job] = []
         before: int | None = None
+        filters = {
+            "p_statuses": None if statuses is None else sorted(s.value for s in statuses),
+            "p_lease_owner": lease_owner,
+            "p_kinds": None if kinds is None else sorted(kinds),
+            "p_concurrency_key": concurrency_key,
+            "p_created_after": _iso(created_after),
+            "p_created_before": _iso(created_before),
+            "p_finished_after": _iso(finished_after),
+        }
         while wanted is None or len(jobs) < wanted:
             page_size = PAGE if wanted is None else min(PAGE, wanted - len(jobs))
             params = {
-                "p_statuses": None if statuses is None else sorted(s.value for s in statuses),
-                "p_lease_owner": lease_owner,
+                **filters,
                 "p_limit": page_size,
                 "p_before_id": before,
+                "p_offset": max(0, offset) if before is None else 0,
             }
             page, more = self._page("jobs_list", params, "jobs", write=False)
             jobs.extend(self._decode(job_from_row, page, "jobs_list"))
@@ -431,8 +450,10 @@ class RemoteStore(abc.ABC):
             raise StoreError(f"{self._name}: {fn} returned a row this version cannot read: {exc}") from exc
 
     def next_due(self) -> float | None:
-        """Not in the SQL yet (issue 10): without push the supervisor polls anyway."""
-        return None
+        """The earliest future ``run_after`` of a waiting job (``jobs_next_due``), or None."""
+        rows = self._call("jobs_next_due", {}, write=False, quick=True)
+        due = rows[0].get("due_at") if rows else None
+        return None if due is None else epoch(due)
 
     def queue_position(self, job_id: int) -> int | None:
         """The job's place among pending jobs in claim order (``jobs_queue_position``)."""
@@ -510,8 +531,8 @@ class RemoteStore(abc.ABC):
             after = int(page[-1]["seq"])
         return events
 
-    def watch(self, wake: Callable[[float | None], None]) -> None:
-        """No push channel yet: the supervisor polls every ``poll_s`` (issue 10 adds one)."""
+    def watch(self, wake: Callable[[float | None], None]) -> Any:
+        """A transport without push: None, and the supervisor polls every ``poll_s``."""
         return None
 
     def changed(self) -> bool:

@@ -50,6 +50,8 @@ CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 15.0
 KEEPALIVE_EXPIRY_S: Final = 20.0
 _MAX_RETRY_AFTER_S: Final = 60.0
+_JOIN_WAIT_S: Final = 10.0
+"""How long ``watch`` waits for the first join before it returns a watch that is not live."""
 
 
 def default_http_client(read_timeout_s: float = READ_TIMEOUT_S) -> httpx.Client:
@@ -196,9 +198,11 @@ class SupabaseStore(RemoteStore):
         token = None if self._access_token is None else self._access_token.get_secret_value()
         sub = _claim(token, "sub") if token else None
         topic = "agent_supervisor" if sub is None else f"agent_supervisor:{sub}"
-        return RealtimeWatch(
+        watch = RealtimeWatch(
             f"{self._url}/realtime/v1", self._key, self._access_token, topic, wake, name=self._name
         )
+        watch.wait_live(_JOIN_WAIT_S)
+        return watch
 
     def close(self) -> None:
         """Close the HTTP connections (unless the client was injected). Idempotent."""
@@ -225,7 +229,7 @@ class RealtimeWatch:
     supabase-py's sync client has no realtime (``realtime/_sync/client.py`` raises
     NotImplementedError), so the thread runs an asyncio loop with realtime-py's
     ``AsyncRealtimeClient``: it joins the private topic, calls ``wake(due_at)`` for every
-    ``wake`` broadcast, and ``wake(None)`` once per (re)join (what happened while away is
+    ``wake`` broadcast, and ``wake(None)`` once per rejoin (what happened while away is
     unknown). The client's own reconnects are off: when the socket or the channel fails, this
     loop makes a new client after a backoff (0.5 s doubling to 30 s), and ``live`` says False
     meanwhile, so that the supervisor polls. The key and token never appear in a log line:
@@ -253,6 +257,7 @@ class RealtimeWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
+        self._tried = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agent-supervisor-realtime", daemon=True)
         self._thread.start()
         self._started.wait(10)
@@ -261,6 +266,10 @@ class RealtimeWatch:
     def live(self) -> bool:
         """The channel is joined right now."""
         return self._live
+
+    def wait_live(self, timeout_s: float) -> bool:
+        """Wait until the first join succeeded or failed (or ``timeout_s``); whether it is live."""
+        return self._tried.wait(timeout_s) and self._live
 
     def close(self) -> None:
         """Leave the channel, close the socket, stop the loop and join the thread. Idempotent."""
@@ -281,14 +290,16 @@ class RealtimeWatch:
         if self._closing.is_set():
             return
         delay = 0.5
+        first = True
         while not self._stop.is_set():
-            if await self._session():
+            if await self._session(first):
                 delay = 0.5
+            first = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 30.0)
 
-    async def _session(self) -> bool:
+    async def _session(self, first: bool) -> bool:
         """One client, one join, until the channel fails or close(); True if it was joined."""
         from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
@@ -327,7 +338,9 @@ class RealtimeWatch:
             if states and states[-1] is RealtimeSubscribeStates.SUBSCRIBED:
                 joined = True
                 self._live = True
-                self._call(None)
+                self._tried.set()
+                if not first:  # the first join: the caller has just started and looks anyway
+                    self._call(None)
                 # The client's reader task ending is a lost socket too, even when realtime-py
                 # fails to say so (it can die of an exception of its own: realtime-py 2.34
                 # reads ConnectionClosed.code, which websockets >= 13.1 deprecates).
@@ -352,6 +365,7 @@ class RealtimeWatch:
                 log.warning("%s: Realtime wake-up channel down (%s); polling", self._name, type(exc).__name__)
         finally:
             self._live = False
+            self._tried.set()
             with contextlib.suppress(Exception):
                 await client.close()
         return joined

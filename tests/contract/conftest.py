@@ -77,7 +77,7 @@ def _supabase(clock: ManualClock, tmp_path: Path) -> JobStore:
 
     server = pg.server(pytest.skip, pytest.fail)
     name = server.create_database()
-    standin = PostgrestStandin(server.dsn(name), clock=clock)
+    standin = PostgrestStandin(server.dsn(name), clock=clock, realtime=True)
 
     class TestSupabaseStore(SupabaseStore):
         def close(self) -> None:
@@ -92,8 +92,8 @@ def _supabase(clock: ManualClock, tmp_path: Path) -> JobStore:
 STORES: dict[str, StoreFactory] = {
     "memory": StoreFactory(_memory),
     "sqlite": StoreFactory(_sqlite, other_writer=_sqlite_other),
-    "postgres": StoreFactory(_postgres, lifecycle_in_python=False, protocol_v2=False),
-    "supabase": StoreFactory(_supabase, lifecycle_in_python=False, protocol_v2=False),
+    "postgres": StoreFactory(_postgres, lifecycle_in_python=False),
+    "supabase": StoreFactory(_supabase, lifecycle_in_python=False),
 }
 
 
