@@ -15,6 +15,7 @@ update public.job_store_meta set per_user = true where id = 1;
 grant select, insert, update, delete on table public.jobs, public.job_events, public.job_requests
   to authenticated;
 grant select on table public.job_store_meta to authenticated;
+grant select, insert, update on table public.job_counts to authenticated;
 grant usage, select on sequence public.jobs_id_seq, public.job_events_seq_seq to authenticated;
 
 -- `(select auth.uid())` is evaluated once per statement, not per row (Supabase's RLS
@@ -28,6 +29,9 @@ create policy agent_supervisor_own_events on public.job_events for all to authen
 drop policy if exists agent_supervisor_own_requests on public.job_requests;
 create policy agent_supervisor_own_requests on public.job_requests for all to authenticated
   using (owner_id = (select auth.uid())) with check (owner_id = (select auth.uid()));
+drop policy if exists agent_supervisor_own_counts on public.job_counts;
+create policy agent_supervisor_own_counts on public.job_counts for all to authenticated
+  using (owner_key = (select auth.uid())::text) with check (owner_key = (select auth.uid())::text);
 drop policy if exists agent_supervisor_meta on public.job_store_meta;
 create policy agent_supervisor_meta on public.job_store_meta for select to authenticated using (true);
 

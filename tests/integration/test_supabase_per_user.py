@@ -80,6 +80,7 @@ def test_each_user_sees_and_runs_only_their_own_jobs(
     bob.mark_running(job.id, "bob-laptop", job.attempt, 4242)
     assert bob.finish(job.id, "bob-laptop", job.attempt, Outcome(exit_code=0)).status is Status.COMPLETED
     assert [e.to_status for e in bob.events(b_id)][-1] is Status.COMPLETED
+    assert (bob.counts().by_status[Status.COMPLETED], alice.counts().by_status[Status.COMPLETED]) == (1, 0)
     assert sorted(j.id for j in alice.claim("alice-laptop", 5, lease_s=30)) == a_ids
     assert bob.reap_stale(0) == []
     with pytest.raises(JobNotFoundError):
