@@ -145,6 +145,7 @@ class PostgresStore(RemoteStore):
         retry: RetryPolicy | None = None,
         connect_timeout_s: int = 5,
         statement_timeout_s: float = 15.0,
+        prepare: bool | None = None,
     ) -> None:
         try:
             import psycopg  # noqa: F401 - fail here, with the hint, not on the first call
@@ -162,6 +163,7 @@ class PostgresStore(RemoteStore):
         self._dsn = dsn
         self._password = str(conninfo_to_dict(dsn).get("password") or os.environ.get("PGPASSWORD") or "")
         self._connect_timeout_s = connect_timeout_s
+        self._prepare_threshold = _prepare_threshold(dsn, prepare)
         self._statement_timeout_ms = int(statement_timeout_s * 1000)
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -185,9 +187,10 @@ class PostgresStore(RemoteStore):
             autocommit=True,
             connect_timeout=self._connect_timeout_s,
             application_name="agent-supervisor",
-            # Transaction poolers (pgbouncer, Supavisor port 6543) cannot keep prepared
-            # statements across transactions: never prepare.
-            prepare_threshold=None,
+            # Each call's statement is prepared on first use and then only executed: the
+            # server skips parsing and planning it (issue 10: server CPU per job). Not behind a
+            # transaction pooler, which cannot keep prepared statements (``_prepare_threshold``).
+            prepare_threshold=self._prepare_threshold,
             # A half-open connection (NAT, suspend) is detected in ~1 min, not at TCP's 2 h.
             keepalives=1,
             keepalives_idle=30,
@@ -385,6 +388,21 @@ class ListenWatch:
             self._wake(due_at)
         except Exception:  # the caller's bug must not end the watch
             log.exception("%s: wake-up callback failed", self._name)
+
+
+def _prepare_threshold(dsn: str, prepare: bool | None) -> int | None:
+    """psycopg's ``prepare_threshold``: 0 (prepare at once) unless ``prepare`` is False, or
+    None (auto) and the DSN names Supabase's transaction pooler (port 6543) or asks pgbouncer
+    mode (``?pgbouncer=true`` is how Prisma and others spell it): then never."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if prepare is None:
+        try:
+            parts = conninfo_to_dict(dsn)
+        except Exception:  # noqa: BLE001 - a bad DSN fails on connect, with its own message
+            parts = {}
+        prepare = str(parts.get("port")) != "6543" and "pgbouncer=true" not in dsn.lower()
+    return 0 if prepare else None
 
 
 def _due_at(payload: str) -> float | None:
