@@ -38,7 +38,7 @@ __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "ListenWatch", "Pos
 log = logging.getLogger("agent_supervisor.store")
 
 NOTIFY_CHANNEL: Final = "agent_supervisor_jobs"
-"""The channel ``public._jobs_notify()`` of functions.sql notifies; ``changed()`` listens."""
+"""The channel ``public._jobs_notify()`` of functions.sql notifies; ``watch()`` listens."""
 
 SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "jobs_enqueue": (("p_specs", "jsonb"), ("p_request_id", "uuid"), ("p_first_line", "integer")),
@@ -167,7 +167,6 @@ class PostgresStore(RemoteStore):
         self._statement_timeout_ms = int(statement_timeout_s * 1000)
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
-        self._listening = False
         self._closed = False
 
     def _secrets(self) -> Iterable[str]:
@@ -219,7 +218,6 @@ class PostgresStore(RemoteStore):
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        self._listening = False
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -253,29 +251,7 @@ class PostgresStore(RemoteStore):
             raise StoreError(f"{self._name}: {fn} answered {type(rows).__name__}, not rows")
         return rows
 
-    # -- hints and closing ---------------------------------------------------------------
-    def changed(self) -> bool:
-        """Own writes, or a NOTIFY from any writer (insert, cancel, retry, settle) since the
-        last call. Never blocks and never connects: while disconnected it reports own writes
-        only, and the supervisor falls back to polling every ``poll_s``."""
-        own = super().changed()
-        import psycopg
-
-        with self._lock:
-            conn = self._conn
-            if conn is None or conn.closed or conn.broken:
-                return own
-            try:
-                if not self._listening:
-                    conn.execute(f"listen {NOTIFY_CHANNEL}")
-                    self._listening = True
-                    return True  # what happened before we listened is unknown
-                heard = sum(1 for _ in conn.notifies(timeout=0))
-            except psycopg.Error:
-                self._drop()
-                return own
-        return own or heard > 0
-
+    # -- push and closing ---------------------------------------------------------------
     def watch(self, wake: Callable[[float | None], None]) -> ListenWatch:
         """Push wake-ups (protocol v2): a dedicated LISTEN connection, waited on in a thread,
         calls ``wake(due_at)`` for every NOTIFY of functions.sql (any writer, even a plain SQL

@@ -106,9 +106,7 @@ class RemoteStore(abc.ABC):
         self._backoff_cap_s = backoff_cap_s
         self._retry = retry or RetryPolicy()
         self._quick = self._retry.quick()
-        self._writes_lock = threading.Lock()
-        self._writes = 0
-        self._seen_writes = 0
+        self._claims_lock = threading.Lock()
         self._unanswered_claims: dict[str, str] = {}  # worker -> claim id to replay
 
     # -- the transport (subclasses) ------------------------------------------------------
@@ -133,7 +131,6 @@ class RemoteStore(abc.ABC):
         params: dict[str, Any],
         *,
         quick: bool = False,
-        write: bool = True,
         tries: _Tries | None = None,
     ) -> list[dict[str, Any]]:
         tries = tries or _Tries()
@@ -166,13 +163,7 @@ class RemoteStore(abc.ABC):
             if error is exc:
                 raise  # already one of ours (e.g. "store is closed"): never its own cause
             raise error from safe_cause(exc, secrets)
-        if write:
-            self._wrote()
         return rows
-
-    def _wrote(self) -> None:
-        with self._writes_lock:
-            self._writes += 1
 
     def _jobs(self, fn: str, params: dict[str, Any], **kw: Any) -> list[Job]:
         rows = self._call(fn, params, **kw)
@@ -190,7 +181,7 @@ class RemoteStore(abc.ABC):
     # -- JobStore ------------------------------------------------------------------------
     def now(self) -> float:
         """The server's clock (``public._jobs_now()``), seconds since the epoch."""
-        return epoch(self._call("jobs_now", {}, write=False, quick=True)[0]["now"])
+        return epoch(self._call("jobs_now", {}, quick=True)[0]["now"])
 
     def enqueue(self, specs: Sequence[JobSpec]) -> list[int]:
         """Insert in calls of at most ``PAGE`` specs (and ~1 MiB), each one transaction with a
@@ -252,7 +243,7 @@ class RemoteStore(abc.ABC):
         call fails unavailable, the worker's next claim too: a claim that committed but whose
         answers were all lost is then handed back, instead of leaving its jobs leased to a
         worker that never heard of them until the lease expires."""
-        with self._writes_lock:
+        with self._claims_lock:
             claim_id = self._unanswered_claims.pop(worker, None) or str(uuid.uuid4())
         asked = max(0, min(limit, PAGE))
         params = {
@@ -264,17 +255,13 @@ class RemoteStore(abc.ABC):
             "p_exclude_kinds": sorted(exclude_kinds),
         }
         try:
-            # Not an "own write" unless it took something: an empty claim changed nothing
-            # (issue 10: counting it woke the idle loop again at once, 20 claims a second).
-            jobs = self._jobs("jobs_claim", params, quick=True, write=False)
+            jobs = self._jobs("jobs_claim", params, quick=True)
         except StoreUnavailableError:
-            with self._writes_lock:
+            with self._claims_lock:
                 self._unanswered_claims[worker] = claim_id
             raise
         if len(jobs) > asked:
             raise StoreError(f"{self._name}: jobs_claim answered {len(jobs)} jobs for a limit of {asked}")
-        if jobs:
-            self._wrote()
         return jobs
 
     def mark_running(
@@ -305,7 +292,7 @@ class RemoteStore(abc.ABC):
                 "p_lease_s": lease_s,
                 "p_active": [bool(b.active) for b in chunk],
             }
-            rows = self._call("jobs_heartbeat", params, quick=True, write=False)
+            rows = self._call("jobs_heartbeat", params, quick=True)
             if [int(r["job_id"]) for r in rows] != params["p_ids"]:
                 raise StoreError(
                     f"{self._name}: jobs_heartbeat answered {len(rows)} jobs for {len(chunk)} beats"
@@ -353,12 +340,10 @@ class RemoteStore(abc.ABC):
         params = {"p_grace_s": grace_s, "p_backoff_cap_s": self._backoff_cap_s, "p_limit": PAGE}
         reaped: list[Job] = []
         for _ in range(_MAX_PAGES):
-            page, more = self._page("jobs_reap_stale", params, "jobs", quick=True, write=False)
+            page, more = self._page("jobs_reap_stale", params, "jobs", quick=True)
             reaped.extend(self._decode(job_from_row, page, "jobs_reap_stale"))
             if not more:
                 break
-        if reaped:
-            self._wrote()
         return reaped
 
     def _replayable(self, fn: str, params: dict[str, Any], job_id: int, done: Callable[[Job], bool]) -> Job:
@@ -388,7 +373,7 @@ class RemoteStore(abc.ABC):
 
     def get(self, job_id: int) -> Job:
         """The job, or ``JobNotFoundError``."""
-        return self._one("jobs_get", {"p_id": job_id}, job_id, write=False)
+        return self._one("jobs_get", {"p_id": job_id}, job_id)
 
     def list(
         self,
@@ -425,7 +410,7 @@ class RemoteStore(abc.ABC):
                 "p_before_id": before,
                 "p_offset": max(0, offset) if before is None else 0,
             }
-            page, more = self._page("jobs_list", params, "jobs", write=False)
+            page, more = self._page("jobs_list", params, "jobs")
             jobs.extend(self._decode(job_from_row, page, "jobs_list"))
             if not more or not page:
                 break
@@ -451,25 +436,25 @@ class RemoteStore(abc.ABC):
 
     def next_due(self) -> float | None:
         """The earliest future ``run_after`` of a waiting job (``jobs_next_due``), or None."""
-        rows = self._call("jobs_next_due", {}, write=False, quick=True)
+        rows = self._call("jobs_next_due", {}, quick=True)
         due = rows[0].get("due_at") if rows else None
         return None if due is None else epoch(due)
 
     def queue_position(self, job_id: int) -> int | None:
         """The job's place among pending jobs in claim order (``jobs_queue_position``)."""
-        rows = self._call("jobs_queue_position", {"p_id": job_id}, write=False)
+        rows = self._call("jobs_queue_position", {"p_id": job_id})
         return None if not rows or rows[0].get("position") is None else int(rows[0]["position"])
 
     def identity(self) -> str:
         """The store's random id (``jobs_identity``)."""
-        rows = self._call("jobs_identity", {}, write=False, quick=True)
+        rows = self._call("jobs_identity", {}, quick=True)
         if not rows or not rows[0].get("identity"):
             raise StoreError(f"{self._name} has no identity")
         return str(rows[0]["identity"])
 
     def counts(self) -> QueueCounts:
         """Counts by status and the oldest live start / pending creation, one call."""
-        rows = self._call("jobs_counts", {}, write=False, quick=True)
+        rows = self._call("jobs_counts", {}, quick=True)
         by_status = dict.fromkeys(Status, 0)
         running: builtins.list[float] = []
         pending: float | None = None
@@ -524,7 +509,7 @@ class RemoteStore(abc.ABC):
         after: int | None = None
         for _ in range(_MAX_PAGES):
             params = {"p_id": job_id, "p_after_seq": after, "p_limit": PAGE}
-            page, more = self._page("jobs_events", params, "events", write=False)
+            page, more = self._page("jobs_events", params, "events")
             events.extend(self._decode(event_from_row, page, "jobs_events"))
             if not more or not page:
                 break
@@ -534,13 +519,6 @@ class RemoteStore(abc.ABC):
     def watch(self, wake: Callable[[float | None], None]) -> Any:
         """A transport without push: None, and the supervisor polls every ``poll_s``."""
         return None
-
-    def changed(self) -> bool:
-        """Own writes since the last call (a host thread's submit wakes the supervisor).
-        Subclasses add what other writers did, when their transport can tell."""
-        with self._writes_lock:
-            seen, self._seen_writes = self._seen_writes, self._writes
-            return seen != self._writes
 
     def close(self) -> None:  # noqa: B027 - a transport without resources needs no close
         """Release the transport. Idempotent."""

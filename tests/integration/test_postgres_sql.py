@@ -23,9 +23,8 @@ from bridge.stores.policy import RetryPolicy
 from bridge.stores.postgres import PostgresStore
 from supervisor.errors import ConfigError, InvalidJobError, StoreError, StoreUnavailableError
 from supervisor.lifecycle import ErrorKind, Job, JobSpec, Outcome, Status
-from supervisor.store import Beat
 from tests import pg
-from tests.support import ROOT, wait_until
+from tests.support import ROOT
 
 pytestmark = pytest.mark.postgres
 
@@ -252,28 +251,6 @@ def test_concurrent_claimers_never_share_a_job_and_keep_the_key_rule(pg_dsn: str
     setup.close()
 
 
-def test_changed_hears_other_writers_but_not_heartbeats(pg_dsn: str) -> None:
-    """changed() reports another store's insert, cancel and settle (LISTEN/NOTIFY) without a
-    round trip, once each; a heartbeat wakes nobody."""
-    a, b = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
-    try:
-        a.counts()  # connect
-        assert a.changed() is True  # starts listening; what came before is unknown
-        assert a.changed() is False
-        [job_id] = b.enqueue([JobSpec(kind="k")])
-        assert wait_until(a.changed, 5)
-        assert a.changed() is False
-        job = b.claim("w", 1, lease_s=30)[0]
-        b.mark_running(job.id, "w", 1, 1)
-        a.changed()
-        b.heartbeat("w", [Beat(job_id, 1)], lease_s=30)
-        b.request_cancel(job_id)
-        assert wait_until(a.changed, 5)
-    finally:
-        a.close()
-        b.close()
-
-
 def test_a_killed_connection_is_replaced(
     pg_dsn: str, store: PostgresStore, conn: psycopg.Connection[Any]
 ) -> None:
@@ -298,7 +275,6 @@ def test_an_unreachable_server_is_store_unavailable_without_the_password() -> No
         cause = cause.__cause__
     assert "hunter2" not in repr(store)
     assert len(sleeps) == 2  # claim: the quick policy, 3 attempts
-    assert store.changed() is False  # never connects, never raises
     store.close()
 
 

@@ -139,22 +139,6 @@ def test_exhausted_retries_are_store_unavailable_without_secrets() -> None:
     assert "hunter2" not in str(info.value)
     assert info.value.__cause__ is None
     assert len(store.calls) == 6
-
-
-def test_changed_counts_own_writes_but_not_reads_or_heartbeats() -> None:
-    """changed() is True after a write through this store, not after reads or heartbeats."""
-    store = Scripted(
-        jobs_get=[[row()]],
-        jobs_heartbeat=[[{"job_id": 1, "cancel_requested": None, "lease_lost": True}]],
-        jobs_request_cancel=[[row(status="cancelled")]],
-    )
-    store.changed()
-    store.get(1)
-    store.heartbeat("w", [Beat(1, 1)], lease_s=30)
-    assert store.changed() is False
-    store.request_cancel(1)
-    assert store.changed() is True
-    assert store.changed() is False
     assert "hunter2" not in repr(store)
 
 
