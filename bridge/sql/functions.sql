@@ -731,7 +731,7 @@ $$;
 
 -- JobStore.list, one page: jobs newest first, before p_before_id (keyset paging), filtered
 -- (every filter has its index: jobs_status_id, jobs_lease_owner, jobs_kind_id, jobs_key_id,
--- jobs_created, jobs_finished); ONE row, the page as a JSON array of at most p_limit jobs and
+-- jobs_created_brin, jobs_finished_brin); ONE row, the page as a JSON array of at most p_limit jobs and
 -- `more` when older ones match too. p_offset skips that many first (the first page only).
 create or replace function public.jobs_list(p_statuses text[] default null, p_lease_owner text default null,
     p_limit integer default 500, p_before_id bigint default null, p_kinds text[] default null,

@@ -102,7 +102,7 @@ create index if not exists jobs_lease_expiry
 drop index if exists public.jobs_one_live_per_key;
 create unique index if not exists jobs_one_live_per_owner_key
     on public.jobs (coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), concurrency_key)
-    where status in ('preparing', 'running');
+    where status in ('preparing', 'running') and concurrency_key is not null;
 create index if not exists jobs_lease_owner on public.jobs (lease_owner) where lease_owner is not null;
 -- A claim's replay looks for the live jobs it took (claim_id stays after the attempt ends).
 drop index if exists public.jobs_claim_id;
@@ -117,8 +117,10 @@ create unique index if not exists jobs_unique_key
 -- list's filters, newest first, at any history size.
 create index if not exists jobs_kind_id on public.jobs (kind, id desc);
 create index if not exists jobs_key_id on public.jobs (concurrency_key, id desc) where concurrency_key is not null;
-create index if not exists jobs_created on public.jobs (created_at);
-create index if not exists jobs_finished on public.jobs (finished_at) where finished_at is not null;
+-- Times grow with the id: BRIN indexes find a time range for a fraction of a B-tree's upkeep
+-- on every insert and update (issue 10: server work per job).
+create index if not exists jobs_created_brin on public.jobs using brin (created_at);
+create index if not exists jobs_finished_brin on public.jobs using brin (finished_at);
 
 create table if not exists public.job_events (
     seq bigint generated always as identity primary key,
