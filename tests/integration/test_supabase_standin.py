@@ -28,7 +28,7 @@ create function public.probe_rows(p_n integer) returns table (n integer, square 
 create function public.probe_scalar(p_x integer) returns integer language sql immutable
   as $$ select p_x + 1 $$;
 create function public.probe_one(p_x integer) returns public.job_events language sql stable
-  as $$ select null::bigint, null::bigint, now(), null, 'pending', 'r', 'user', null, p_x, '{}'::jsonb $$;
+  as $$ select * from jsonb_populate_record(null::public.job_events, jsonb_build_object('attempt', p_x)) $$;
 create function public.probe_void() returns void language sql volatile as $$ select $$;
 create function public.probe_sleep(p_s double precision) returns integer language sql volatile
   as $$ select 1 from pg_sleep(p_s) $$;
