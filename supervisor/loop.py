@@ -134,6 +134,7 @@ class Loop:
             retain_jobs_s=first.retain_jobs_s,
             live=self._live,
             on_report=self._retained,
+            also=self.pool.prune_workspaces,
         )
 
     @classmethod
@@ -203,6 +204,7 @@ class Loop:
         """Settings changed: take the environment and the intervals anew."""
         settings = self._settings()
         self.pool.env = base_env()  # a host that changed os.environ reloads to pass it on
+        self.pool.reset_workspaces()
         self.sync.down_for_s = settings.heartbeat_s
         self.retention.retention_s = settings.retention_s
         self.retention.files_max_bytes = settings.files_max_bytes
@@ -213,13 +215,8 @@ class Loop:
         self.wake()
 
     def _live(self) -> set[tuple[int, int]]:
-        """The attempts that run now (the retention thread asks; any thread)."""
-        for _ in range(3):
-            try:
-                return {(a.job.id, a.job.attempt) for a in list(self.pool)}
-            except RuntimeError:  # the pool changed size while copied: copy again
-                continue
-        return {(a.job.id, a.job.attempt) for a in list(self.pool)}
+        """The attempts that run or prepare now (the retention thread asks; any thread)."""
+        return self.pool.live()
 
     def _retained(self, report: RetentionReport) -> None:
         self.retention_report = report  # one assignment: read by the loop thread at its leisure
@@ -291,6 +288,7 @@ class Loop:
             self._state_changed()
             self._record(attempt.job, outcome)
             self.timers.claim_at = min(self.timers.claim_at, now)  # a slot is free
+        self._started(pool.collect_prepared())
         pool.watch_output(now)
         pool.act_on_stops(now)
         due = plan(
@@ -312,7 +310,8 @@ class Loop:
                 return True
             if now >= control.drain_at and not self._shutdown_sent:
                 self._shutdown_sent = True
-                pool.shutdown(now)
+                for job, outcome in pool.shutdown(now):
+                    self._record(job, outcome)
         else:
             if due.reap:
                 self._reap(now)
@@ -406,18 +405,28 @@ class Loop:
                 due = self._store.next_due()
                 if due is not None:
                     self._claim_by(now, due)
-        launched: list[Attempt] = []
+        started: list[Attempt | tuple[Job, Outcome]] = []
         for job in jobs:
             self._emit(job, Status.PENDING, "claimed")
-            started = self.pool.launch(job)
-            if isinstance(started, Outcome):
-                self._record(job, started)
-            else:
-                launched.append(started)
-        if launched:
+            result = self.pool.launch(job)
+            if isinstance(result, Outcome):
+                started.append((job, result))
+            elif result is not None:  # None: its workspace is being prepared
+                started.append(result)
+        self._started(started)
+
+    def _started(self, results: list[Attempt | tuple[Job, Outcome]]) -> None:
+        """Record what a launch gave: agents running, or outcomes of starts that failed."""
+        attempts = [r for r in results if isinstance(r, Attempt)]
+        if attempts:
             self._state_changed()
-        for attempt in launched:
-            self._mark_running(attempt)
+        for result in results:
+            if isinstance(result, Attempt):
+                self._mark_running(result)
+            else:
+                job, outcome = result
+                self._record(job, outcome)
+                self.timers.claim_at = min(self.timers.claim_at, self._clock.monotonic())
 
     def _admit(self, now: float) -> Gate:
         """Ask the admission gate, measuring the machine only when a slot is free."""
@@ -440,7 +449,9 @@ class Loop:
 
     def _mark_running(self, attempt: Attempt) -> None:
         job, proc, entry = attempt.job, attempt.proc, attempt.entry
-        facts = {"pgid": proc.pgid, "command": entry.command, "log_path": entry.log_path}
+        facts: dict[str, Any] = {"pgid": proc.pgid, "command": entry.command, "log_path": entry.log_path}
+        if attempt.workspace is not None:
+            facts["workspace"] = attempt.workspace.facts()
         try:
             attempt.job = self._store.mark_running(job.id, self.worker_id, job.attempt, proc.pid, facts)
             self._emit(attempt.job, Status.PREPARING, f"agent started (pid {proc.pid})")

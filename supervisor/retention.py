@@ -165,6 +165,7 @@ class Retention:
         retain_jobs_s: float | None,
         live: Callable[[], set[tuple[int, int]]],
         on_report: Callable[[RetentionReport], None],
+        also: Callable[[], None] | None = None,
     ) -> None:
         self._datadir = datadir
         self._store = store
@@ -175,6 +176,8 @@ class Retention:
         self.retain_jobs_s = retain_jobs_s
         self._live = live
         self._on_report = on_report
+        self._also = also
+        """More housekeeping on the same thread and cadence (the workspaces' prune)."""
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._thread: threading.Thread | None = None
@@ -197,6 +200,8 @@ class Retention:
         while not self._stop.is_set():
             try:
                 self._on_report(self.sweep())
+                if self._also is not None:
+                    self._also()
             except Exception:  # a sweep must never take the supervisor down
                 log.exception("retention sweep failed")
             self._poke.wait(self.every_s)

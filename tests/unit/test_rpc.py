@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import fields
@@ -35,7 +36,7 @@ from supervisor.health import HealthReport, check_health
 from supervisor.lifecycle import CancelMode, ErrorKind, Job, JobSpec, Outcome, Status
 from supervisor.runner import JobChange
 from supervisor.settings import Settings
-from supervisor.testing import MemoryStore
+from supervisor.testing import ManualClock, MemoryStore
 
 
 class FailingStore(MemoryStore):
@@ -54,7 +55,7 @@ class FakeBackend:
     ``JobService`` on a MemoryStore (``service``; ``fail`` makes its store's enqueue raise)."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.store = FailingStore()
+        self.store = FailingStore(clock=ManualClock(time.time()))  # still: two health calls agree
         self.settings = Settings(data_dir=tmp_path)
         self.service = JobService(self.settings, self.store)
         self.mode: Any = "no_run"
