@@ -185,7 +185,7 @@ def test_bad_urls_and_empty_keys_are_refused(url: str) -> None:
     ("answer", "says"),
     [
         ([{"version": 1, "product": "agent-supervisor"}], "version 1, older than this agent-supervisor"),
-        ([{"version": 99, "product": "agent-supervisor", "store_id": "x"}], "newer than this agent-supervisor"),
+        ([{"version": 99, "product": "agent-supervisor"}], "newer than this agent-supervisor"),
     ],
 )
 def test_the_schema_version_is_checked_once(
