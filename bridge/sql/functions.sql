@@ -473,9 +473,26 @@ create or replace function public.jobs_mark_running(p_id bigint, p_worker text, 
 returns setof public.jobs language plpgsql volatile set search_path = '' as $$
 declare
   v_now timestamptz := public._jobs_now();
-  v_job public.jobs := public._jobs_lock(p_id);
+  v_job public.jobs;
   v_new public.jobs;
 begin
+  -- The common case in one statement (issue 10: server work per job): the fenced move.
+  update public.jobs j set status = 'running', updated_at = v_now, version = j.version + 1,
+    pid = p_pid, started_at = v_now
+  where j.id = p_id and j.status = 'preparing' and j.lease_owner = p_worker and j.attempt = p_attempt
+  returning j.* into v_new;
+  if found then
+    insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker,
+        attempt, facts, owner_id)
+    values (v_new.id, v_now, 'preparing', 'running', pg_catalog.format('agent started (pid %s)', p_pid),
+        'spawn', p_worker, v_new.attempt,
+        pg_catalog.jsonb_build_object('pid', p_pid) || coalesce(nullif(p_facts, 'null'::jsonb), '{}'::jsonb),
+        v_new.owner_id);
+    return next v_new;
+    return;
+  end if;
+  -- Otherwise: a replay of this very call, or the reason it is refused.
+  v_job := public._jobs_lock(p_id);
   if v_job.status = 'running' and v_job.lease_owner = p_worker and v_job.attempt = p_attempt
      and v_job.pid = p_pid then
     return next v_job;
@@ -533,8 +550,42 @@ create or replace function public.jobs_finish(p_id bigint, p_worker text, p_atte
     p_outcome jsonb, p_backoff_cap_s double precision default 3600)
 returns setof public.jobs language plpgsql volatile set search_path = '' as $$
 declare
-  v_job public.jobs := public._jobs_lock(p_id);
+  v_job public.jobs;
+  v_new public.jobs;
+  v_now timestamptz;
+  v_exit integer := (p_outcome ->> 'exit_code')::integer;
+  v_signal integer := (p_outcome ->> 'signal')::integer;
 begin
+  if p_outcome ->> 'error_kind' is null then
+    -- Success, the common case, in one statement (issue 10: server work per job): exactly
+    -- what _jobs_settle writes for a completed attempt, fenced in the WHERE clause.
+    v_now := public._jobs_now();
+    update public.jobs j set status = 'completed', updated_at = v_now, version = j.version + 1,
+      attempt_offset = j.attempt_offset
+        + case when coalesce((p_outcome ->> 'forgive')::boolean, false) then 1 else 0 end,
+      lease_owner = null, lease_expires_at = null, cancel_requested = null,
+      exit_code = v_exit, signal = v_signal, error_kind = null, error = p_outcome ->> 'error',
+      result = nullif(p_outcome -> 'result', 'null'::jsonb), output_tail = p_outcome ->> 'output_tail',
+      finished_at = v_now, finished_by = p_worker
+    where j.id = p_id and j.status in ('preparing', 'running') and j.lease_owner = p_worker
+      and j.attempt = p_attempt
+    returning j.* into v_new;
+    if found then
+      insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker,
+          attempt, facts, owner_id)
+      values (v_new.id, v_now,
+          case when v_new.started_at is null then 'preparing' else 'running' end,  -- claim clears it
+          'completed', coalesce(nullif(p_outcome ->> 'error', ''), 'exit code 0'),
+          coalesce(p_outcome ->> 'decided_by', 'exit'), p_worker, v_new.attempt,
+          pg_catalog.jsonb_build_object('exit_code', v_exit, 'signal', v_signal)
+            || coalesce(nullif(p_outcome -> 'facts', 'null'::jsonb), '{}'::jsonb),
+          v_new.owner_id);
+      perform public._jobs_notify(v_new.run_after, v_new.owner_id);
+      return next v_new;
+      return;
+    end if;
+  end if;
+  v_job := public._jobs_lock(p_id);
   if v_job.attempt = p_attempt and v_job.finished_by = p_worker
      and v_job.status in ('completed', 'failed', 'cancelled', 'waiting_retry') then
     return next v_job;
