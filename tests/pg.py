@@ -15,6 +15,9 @@ are really exercised), the ``auth`` helpers (``auth.uid()``) and Realtime's
 ``realtime.send()``. Last, it replaces ``public._jobs_now()`` with a version that honours
 the setting ``agent_supervisor.now`` (epoch seconds): the contract suite's ``ManualClock``
 drives the server's clock through it. Production databases never get this.
+
+When Debian's ``postgresql-NN-cron`` is installed (``.ci/run`` installs it), the server preloads
+pg_cron for database ``CRON_DATABASE`` (tests/integration/test_postgres_cron.py).
 """
 
 from __future__ import annotations

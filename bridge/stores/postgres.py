@@ -10,7 +10,12 @@ Threads share the connection under a lock. A broken connection is dropped and th
 attempt reconnects (bridge/stores/policy.py decides what to retry). Arguments travel exactly as
 PostgREST sends them: one JSON object decoded by ``json_to_record`` into the function's named
 parameters, and the rows come back as one JSON array, so both remote stores share one
-conversion and the contract suite tests the same decoding twice.
+conversion and the contract suite tests the same decoding twice. Each statement is prepared
+once per connection (not behind a transaction pooler: ``_prepare_threshold``).
+
+``watch()`` pushes change hints through a second, dedicated connection that LISTENs on
+``NOTIFY_CHANNEL`` (``ListenWatch``): the triggers of functions.sql notify for every change a
+claimer cares about, a plain SQL insert included, with the job's due time.
 """
 
 from __future__ import annotations

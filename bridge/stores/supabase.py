@@ -13,7 +13,12 @@ One supabase client per store, built once, on an httpx client of our own:
   with hidden sleeps; tenacity in bridge/stores/policy.py is the one retry layer, for every call.
 
 The key is a ``SecretStr``: it is unwrapped only to build the client, and never appears in a
-repr, a log line or an error message.
+repr, a log line or an error message. In per-user mode (bridge/sql/per_user.sql) the key is the
+publishable one and ``access_token`` a signed-in user's token. Before its first call the store
+checks the database's schema version once (``bridge.sqlcli.schema_mismatch``).
+
+``watch()`` pushes change hints through Supabase Realtime (``RealtimeWatch``): Broadcast from
+Database on the private topic ``agent_supervisor`` (or ``agent_supervisor:<user id>``).
 """
 
 from __future__ import annotations
