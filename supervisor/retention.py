@@ -72,6 +72,8 @@ class RetentionReport:
 
 @dataclass(slots=True)
 class _Attempt:
+    store: str
+    """The store's subdir the files are in ("" for the flat layout of older versions)."""
     key: tuple[int, int] | None
     paths: list[Path]
     mtime: float
@@ -119,7 +121,7 @@ def _attempts(datadir: DataDir) -> list[_Attempt]:
                     key = _attempt_key(name)
                     size, count, mtime = _size(path)
                     ident = (store, key, name.removesuffix(".log")) if key else (store, None, label)
-                    item = found.setdefault(ident, _Attempt(key, [], 0.0, 0, 0))
+                    item = found.setdefault(ident, _Attempt(store, key, [], 0.0, 0, 0))
                     item.paths.append(path)
                     item.mtime = max(item.mtime, mtime)
                     item.bytes += size
@@ -136,10 +138,14 @@ def _delete(paths: Iterable[Path]) -> None:
 
 
 def remove_job_files(datadir: DataDir, job_ids: Collection[int]) -> int:
-    """Delete the run dirs and logs of every attempt of ``job_ids`` (a purge); how many went."""
+    """Delete the run dirs and logs of every attempt of ``job_ids`` (a purge) in this store's
+    subdirs (``datadir.store_key``; the flat layout of older versions too, where job ids could
+    collide across stores: only without a key); how many attempts went."""
     wanted = set(job_ids)
     gone = 0
     for item in _attempts(datadir):
+        if item.store not in ("", datadir.store_key):
+            continue  # another store's job with the same id
         if item.key is not None and item.key[0] in wanted:
             _delete(item.paths)
             gone += 1

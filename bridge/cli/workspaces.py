@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from bridge.service import JobService
 from bridge.views import iso
-from supervisor.datadir import DataDir
-from supervisor.workspaces import MirrorInfo, PruneReport, Workspaces, WorkspaceSettings, live_attempts
+
+if TYPE_CHECKING:  # the parser imports this module for every command: the engine loads in run()
+    from bridge.service import JobService
+    from supervisor.workspaces import MirrorInfo, PruneReport
 
 __all__ = ["add_parser", "run"]
 
@@ -39,6 +40,9 @@ def add_parser(sub: Any) -> None:  # argparse's _SubParsersAction is private: An
 
 def run(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
     """The ``workspaces`` handler (``(args, service, out) -> exit code``, as ``commands``)."""
+    from supervisor.datadir import DataDir
+    from supervisor.workspaces import Workspaces, WorkspaceSettings, live_attempts
+
     settings = service.settings
     spaces = Workspaces(
         DataDir.at(settings.data_dir).workspaces, settings=WorkspaceSettings.from_settings(settings)

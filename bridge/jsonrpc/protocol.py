@@ -193,6 +193,9 @@ class JobModel(_Result):
     priority: int
     concurrency_key: str | None
     dedup_key: str | None
+    unique_key: str | None
+    repo: str | None
+    ref: str | None
     attempt: int
     attempts_used: int
     max_attempts: int
@@ -200,6 +203,7 @@ class JobModel(_Result):
     timeout_s: float | None
     idle_timeout_s: float | None
     stuck_after_s: float | None
+    queue_timeout_s: float | None
     pid: int | None
     exit_code: int | None
     signal: int | None
@@ -208,6 +212,8 @@ class JobModel(_Result):
     result: Any
     output_tail: str | None
     progress: Any
+    progress_final: bool = Field(description="the job has ended; progress is its last report")
+    stats: Any = Field(description="the running attempt's tree: rss_bytes, cpu_percent, processes")
     payload: Any
     cancel_requested: CancelMode | None
     lease_owner: str | None
@@ -215,7 +221,9 @@ class JobModel(_Result):
     run_after: str | None
     created_at: str | None
     started_at: str | None
+    timeout_at: str | None = Field(description="started_at + timeout_s")
     finished_at: str | None
+    last_activity_at: str | None = Field(description="when the running attempt last wrote output or progress")
     updated_at: str | None
     version: int
 
