@@ -253,11 +253,9 @@ class PostgrestStandin:
         with psycopg.connect(self._authenticator_dsn(), autocommit=True) as conn:
             self._routines = _load_routines(conn)
             self._role_settings = _role_settings(conn)
-        self.realtime: RealtimeStandin | None = None
-        if realtime:
-            self.realtime = RealtimeStandin(
-                dsn, (self.anon_key, self.service_key), lambda token: jwt.verify(token, self._secret)
-            )
+        self._realtime_wanted = realtime
+        self._realtime: RealtimeStandin | None = None
+        self._realtime_lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -270,6 +268,19 @@ class PostgrestStandin:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def realtime(self) -> RealtimeStandin | None:
+        """The Realtime server (``realtime=True``), started on first use: most tests never
+        open a socket, and its threads and LISTEN connection cost a little each."""
+        if not self._realtime_wanted or self._stopping.is_set():
+            return self._realtime
+        with self._realtime_lock:
+            if self._realtime is None:
+                self._realtime = RealtimeStandin(
+                    self.dsn, (self.anon_key, self.service_key), lambda token: jwt.verify(token, self._secret)
+                )
+            return self._realtime
 
     @property
     def calls(self) -> list[Call]:
@@ -303,8 +314,8 @@ class PostgrestStandin:
             return
         self._stopping.set()
         self.faults.release_all()
-        if self.realtime is not None:
-            self.realtime.close()
+        if self._realtime is not None:
+            self._realtime.close()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
@@ -569,8 +580,9 @@ def _handler(standin: PostgrestStandin) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()
 
         def do_GET(self) -> None:
-            if self.path.startswith("/realtime/v1/") and standin.realtime is not None:
-                self._proxy(standin.realtime.port)
+            realtime = standin.realtime if self.path.startswith("/realtime/v1/") else None
+            if realtime is not None:
+                self._proxy(realtime.port)
                 return
             self._read_and_refuse()
 
