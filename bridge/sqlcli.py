@@ -42,7 +42,7 @@ SQL_FILES: Final = ("schema.sql", "functions.sql")
 """Applied in this order; both are idempotent."""
 PER_USER_FILE: Final = "per_user.sql"
 """Optional, after SQL_FILES: the per-user mode of a shared Supabase project."""
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The version functions.sql implements (``public.jobs_schema_version()``)."""
 
 _INSTALL_HINT: Final = "psycopg is not installed: pip install 'agent-supervisor[postgres]'"

@@ -48,9 +48,9 @@ language sql stable set search_path = '' as $$ select pg_catalog.now() $$;
 create or replace function public.jobs_schema_version()
 returns table (version integer, product text, store_id text)
 language sql stable set search_path = '' as $$
-  select 2, 'agent-supervisor', (select m.store_id from public.job_store_meta m where m.id = 1)
+  select 3, 'agent-supervisor', (select m.store_id from public.job_store_meta m where m.id = 1)
 $$;
-update public.job_store_meta set schema_version = 2 where id = 1;
+update public.job_store_meta set schema_version = 3 where id = 1;
 
 create or replace function public._jobs_legal(p_from text, p_to text) returns boolean
 language sql immutable set search_path = '' as $$
@@ -111,6 +111,12 @@ end $do$;
 -- agent_supervisor_jobs (PostgresStore listens) and a Realtime broadcast (SupabaseStore). The
 -- payload {"due_at": epoch | null} says when the changed job becomes claimable, null for now.
 -- Identical notifications within one transaction are delivered once (NOTIFY docs).
+--
+-- Sent for what may give a claimer work: an insert, a promotion, a manual retry, a purge, a
+-- cancel or kill request (the holder must hear it), and a settled attempt that frees a
+-- concurrency key or waits for a retry. Not for a claim, a start, a heartbeat, or an attempt
+-- of a keyless job that ends for good: those give nobody anything to claim, and a busy
+-- supervisor would otherwise wake itself (and every other one) once per job (issue 10).
 create or replace function public._jobs_notify(p_due_at timestamptz default null, p_owner uuid default null)
 returns void language plpgsql volatile set search_path = '' as $$
 declare
@@ -193,11 +199,17 @@ begin
   return new;
 end $$;
 
+-- The "submitted" event, and the wake-up; jobs_enqueue sends one wake-up per owner for its
+-- whole batch instead (agent_supervisor.batch is on while it inserts).
 create or replace function public._jobs_after_insert() returns trigger
 language plpgsql volatile set search_path = '' as $$
 begin
-  perform public._jobs_event(new, null, 'submitted', 'user', null, '{}', new.created_at);
-  perform public._jobs_notify(new.run_after, new.owner_id);
+  insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker, attempt,
+      facts, owner_id)
+  values (new.id, new.created_at, null, 'pending', 'submitted', 'user', null, 0, '{}', new.owner_id);
+  if pg_catalog.current_setting('agent_supervisor.batch', true) is distinct from 'on' then
+    perform public._jobs_notify(new.run_after, new.owner_id);
+  end if;
   return null;
 end $$;
 
@@ -293,7 +305,9 @@ begin
   perform public._jobs_event(v_job, p_job.status, v_reason,
     coalesce(p_outcome ->> 'decided_by', 'exit'), p_worker, v_facts, p_now);
   -- A settled job may free its concurrency key; a retry becomes due at its run_after.
-  perform public._jobs_notify(v_job.run_after, v_job.owner_id);
+  if v_job.concurrency_key is not null or v_to = 'waiting_retry' then
+    perform public._jobs_notify(v_job.run_after, v_job.owner_id);
+  end if;
   return v_job;
 end $$;
 
@@ -315,6 +329,8 @@ declare
   v_n bigint := 0;
   v_key text;
   v_id bigint;
+  v_run_after timestamptz;
+  v_due timestamptz;  -- the earliest run_after of the jobs this call created
   v_answer jsonb;
   v_state text;
   v_message text;
@@ -341,6 +357,8 @@ begin
     from (select distinct k from pg_catalog.jsonb_array_elements(p_specs) s,
             lateral (values ('d:' || (s ->> 'dedup_key')), ('u:' || (s ->> 'unique_key'))) v(k)
           where k is not null order by 1) keys;
+  -- One wake-up for the whole batch (below), not one per row from the insert trigger.
+  perform pg_catalog.set_config('agent_supervisor.batch', 'on', true);
   begin
     for v_spec in select s from pg_catalog.jsonb_array_elements(p_specs) with ordinality as a(s, n) order by n
     loop
@@ -373,8 +391,9 @@ begin
             (v_spec ->> 'stuck_after_s')::double precision, (v_spec ->> 'queue_timeout_s')::double precision,
             greatest(v_now, pg_catalog.to_timestamp((v_spec ->> 'run_after')::double precision)),
             v_spec ->> 'repo', v_spec ->> 'ref', v_spec ->> 'unique_key')
-        returning id into v_id;
+        returning id, run_after into v_id, v_run_after;
         v_created := true;
+        v_due := least(v_due, v_run_after);
       end if;
       v_ids := v_ids || v_id;  -- in place: PL/pgSQL appends to an expanded array without a copy
       v_new := v_new || v_created;
@@ -385,6 +404,10 @@ begin
     raise exception using errcode = v_state, detail = v_detail, hint = v_hint,
       message = pg_catalog.format('line %s of the batch: %s', p_first_line + v_n - 1, v_message);
   end;
+  perform pg_catalog.set_config('agent_supervisor.batch', '', true);
+  if v_due is not null then
+    perform public._jobs_notify(v_due, v_owner);
+  end if;
   if p_request_id is not null then
     delete from public.job_requests where created_at < v_now - interval '1 day';
     insert into public.job_requests (id, response, created_at)
@@ -404,39 +427,45 @@ declare
   v_seen text[] := '{}';
   v_taken integer := 0;
   v_job public.jobs;
-  r record;
-begin
-  if p_claim_id is not null then  -- a replay of a claim whose answer was lost
-    -- A retry that arrives while the first call still runs waits here for its commit, and
-    -- then returns the jobs the first call took instead of taking more.
-    perform pg_catalog.pg_advisory_xact_lock(1246976, pg_catalog.hashtext(p_claim_id::text));
-    return query select * from public.jobs j where j.claim_id = p_claim_id
-      and j.lease_owner = p_worker and j.status in ('preparing', 'running')
-      order by j.priority desc, j.created_at, j.id;
-    if found then
-      return;
-    end if;
-  end if;
-  for v_job in
-    update public.jobs j set status = 'pending', updated_at = v_now, version = j.version + 1
-    where j.id in (select w.id from public.jobs w where w.status = 'waiting_retry'
-                   and w.run_after <= v_now order by w.id for update skip locked)
-    returning j.*
-  loop
-    perform public._jobs_event(v_job, 'waiting_retry', 'backoff over', 'retry_policy', null, '{}', v_now);
-  end loop;
-  if p_limit <= 0 or (p_kinds is not null and cardinality(p_kinds) = 0) then
-    return;
-  end if;
-  for r in
+  -- Candidates in claim order. A bound cursor is planned for its first rows (PL/pgSQL gives
+  -- it cursor_tuple_fraction; a FOR loop over a query is planned for all of them): a walk
+  -- along jobs_claim_order that reads a few rows, not a sort of the whole queue.
+  v_candidates cursor for
     select c.id, c.concurrency_key, c.owner_id,
            coalesce(c.owner_id::text, '') || ':' || c.concurrency_key as owner_key
     from public.jobs c
     where c.status = 'pending' and c.run_after <= v_now
       and (p_kinds is null or c.kind = any (p_kinds))
       and (c.kind is null or not (c.kind = any (coalesce(p_exclude_kinds, '{}'))))
-    order by c.priority desc, c.created_at, c.id
-  loop
+    order by c.priority desc, c.created_at, c.id;
+begin
+  if p_claim_id is not null then  -- a replay of a claim whose answer was lost
+    -- A retry that arrives while the first call still runs waits here for its commit, and
+    -- then returns the jobs the first call took instead of taking more. (The lock and the
+    -- look-up cost a few microseconds: measured, not worth a second path for first calls.)
+    perform pg_catalog.pg_advisory_xact_lock(1246976, pg_catalog.hashtext(p_claim_id::text));
+    return query select * from public.jobs j where j.lease_owner = p_worker and j.claim_id = p_claim_id
+      and j.status in ('preparing', 'running')
+      order by j.priority desc, j.created_at, j.id;
+    if found then
+      return;
+    end if;
+  end if;
+  -- Retries whose backoff ended (lifecycle.promote), with their events, in one statement.
+  with promoted as (
+    update public.jobs j set status = 'pending', updated_at = v_now, version = j.version + 1
+    where j.id in (select w.id from public.jobs w where w.status = 'waiting_retry'
+                   and w.run_after <= v_now order by w.id for update skip locked)
+    returning j.id, j.attempt, j.owner_id)
+  insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker, attempt,
+      facts, owner_id)
+  select p.id, v_now, 'waiting_retry', 'pending', 'backoff over', 'retry_policy', null, p.attempt, '{}',
+         p.owner_id
+  from promoted p order by p.id;
+  if p_limit <= 0 or (p_kinds is not null and cardinality(p_kinds) = 0) then
+    return;
+  end if;
+  for r in v_candidates loop
     if r.concurrency_key is not null then
       -- Only the first pending job of a key (in claim order) is a candidate, and only when
       -- no live job holds the key. The advisory lock serialises claimers per key; the check
@@ -449,17 +478,21 @@ begin
                             and l.owner_id is not distinct from r.owner_id
                             and l.status in ('preparing', 'running'));
     end if;
-    select * into v_job from public.jobs j where j.id = r.id and j.status = 'pending'
-      for update skip locked;
-    continue when not found;
+    -- Lock it unless another claimer has (SKIP LOCKED), re-checked on the latest version.
     update public.jobs j set
       status = 'preparing', updated_at = v_now, version = j.version + 1, attempt = j.attempt + 1,
       lease_owner = p_worker, lease_expires_at = v_now + pg_catalog.make_interval(secs => p_lease_s),
       claim_id = p_claim_id, cancel_requested = null, pid = null, exit_code = null, signal = null,
       error_kind = null, error = null, result = null, output_tail = null, progress = null,
       stats = null, started_at = null, finished_at = null, last_activity_at = null
-    where j.id = r.id returning j.* into v_job;
-    perform public._jobs_event(v_job, 'pending', 'claimed', 'scheduler', p_worker, '{}', v_now);
+    where j.id = (select l.id from public.jobs l where l.id = r.id and l.status = 'pending'
+                  for update skip locked)
+    returning j.* into v_job;
+    continue when not found;
+    insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker, attempt,
+        facts, owner_id)
+    values (v_job.id, v_now, 'pending', 'preparing', 'claimed', 'scheduler', p_worker, v_job.attempt, '{}',
+            v_job.owner_id);
     return next v_job;
     v_taken := v_taken + 1;
     exit when v_taken >= p_limit;
@@ -580,7 +613,9 @@ begin
           pg_catalog.jsonb_build_object('exit_code', v_exit, 'signal', v_signal)
             || coalesce(nullif(p_outcome -> 'facts', 'null'::jsonb), '{}'::jsonb),
           v_new.owner_id);
-      perform public._jobs_notify(v_new.run_after, v_new.owner_id);
+      if v_new.concurrency_key is not null then  -- frees its key (see _jobs_notify)
+        perform public._jobs_notify(null, v_new.owner_id);
+      end if;
       return next v_new;
       return;
     end if;
@@ -780,41 +815,74 @@ language sql stable set search_path = '' as $$
   select * from public.jobs where id = p_id
 $$;
 
--- JobStore.list, one page: jobs newest first, before p_before_id (keyset paging), filtered
--- (every filter has its index: jobs_status_id, jobs_lease_owner, jobs_kind_id, jobs_key_id,
--- jobs_created_brin, jobs_finished_brin); ONE row, the page as a JSON array of at most p_limit jobs and
--- `more` when older ones match too. p_offset skips that many first (the first page only).
+-- JobStore.list, one page: jobs newest first, before p_before_id (keyset paging), filtered;
+-- ONE row, the page as a JSON array of at most p_limit jobs and `more` when older ones match
+-- too. p_offset skips that many first (the first page only). The statement names only the
+-- filters given and is planned with their values, so each filter reaches its index
+-- (jobs_done_id, jobs_claim_order, jobs_waiting_due, jobs_live, jobs_kind_id, jobs_key_id,
+-- jobs_created_brin, jobs_finished_brin, or the primary key backwards): schema version 2 wrote
+-- every filter as "p is null or ...", whose one generic plan read the whole table.
 create or replace function public.jobs_list(p_statuses text[] default null, p_lease_owner text default null,
     p_limit integer default 500, p_before_id bigint default null, p_kinds text[] default null,
     p_concurrency_key text default null, p_created_after timestamptz default null,
     p_created_before timestamptz default null, p_finished_after timestamptz default null,
     p_offset integer default 0)
 returns table (jobs jsonb, more boolean)
-language sql stable set search_path = '' as $$
-  with page as (
-    select j.* from public.jobs j
-    where (p_statuses is null or j.status = any (p_statuses))
-      and (p_lease_owner is null or j.lease_owner = p_lease_owner)
-      and (p_before_id is null or j.id < p_before_id)
-      and (p_kinds is null or j.kind = any (p_kinds))
-      and (p_concurrency_key is null or j.concurrency_key = p_concurrency_key)
-      and (p_created_after is null or j.created_at >= p_created_after)
-      and (p_created_before is null or j.created_at < p_created_before)
-      and (p_finished_after is null or j.finished_at >= p_finished_after)
-    order by j.id desc
-    offset greatest(coalesce(p_offset, 0), 0)
-    limit greatest(coalesce(p_limit, 500), 0) + 1)
-  select coalesce((select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) order by p.id desc)
-                   from (select * from page order by id desc limit greatest(coalesce(p_limit, 500), 0)) p),
-                  '[]'::jsonb),
-         (select count(*) from page) > greatest(coalesce(p_limit, 500), 0)
-$$;
+language plpgsql stable set search_path = '' as $$
+declare
+  v_limit integer := greatest(coalesce(p_limit, 500), 0);
+  v_where text := '';
+begin
+  -- One status or kind as an equality: an ordered walk of its (x, id desc) index then reads
+  -- just the page; "= any" of several is a bitmap of all their rows, then sorted.
+  if cardinality(p_statuses) = 1 then
+    v_where := v_where || ' and j.status = ($1)[1]';
+  elsif p_statuses is not null then
+    v_where := v_where || ' and j.status = any ($1)';
+  end if;
+  if p_lease_owner is not null then  -- a lease is held only while live (jobs_lease_only_live)
+    v_where := v_where || ' and j.lease_owner = $2 and j.status in (''preparing'', ''running'')';
+  end if;
+  if p_before_id is not null then
+    v_where := v_where || ' and j.id < $3';
+  end if;
+  if cardinality(p_kinds) = 1 then
+    v_where := v_where || ' and j.kind = ($4)[1]';
+  elsif p_kinds is not null then
+    v_where := v_where || ' and j.kind = any ($4)';
+  end if;
+  if p_concurrency_key is not null then
+    v_where := v_where || ' and j.concurrency_key = $5';
+  end if;
+  if p_created_after is not null then
+    v_where := v_where || ' and j.created_at >= $6';
+  end if;
+  if p_created_before is not null then
+    v_where := v_where || ' and j.created_at < $7';
+  end if;
+  if p_finished_after is not null then
+    v_where := v_where || ' and j.finished_at >= $8';
+  end if;
+  return query execute
+    'with page as (select j.* from public.jobs j where true' || v_where
+    || ' order by j.id desc offset $9 limit $10)'
+    || ' select coalesce((select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) order by p.id desc)'
+    || '   from (select * from page order by id desc limit $11) p), ''[]''::jsonb),'
+    || ' (select count(*) from page) > $11'
+  using p_statuses, p_lease_owner, p_before_id, p_kinds, p_concurrency_key, p_created_after,
+    p_created_before, p_finished_after, greatest(coalesce(p_offset, 0), 0), v_limit + 1, v_limit;
+end $$;
 
--- JobStore.next_due: the earliest future run_after of a waiting job (index jobs_due).
+-- JobStore.next_due: the earliest future run_after of a waiting job: a retry in backoff
+-- (jobs_waiting_due) or a delayed job (jobs_delayed_due: a pending job due later than its
+-- creation, which every pending job due in the future is on a clock that never steps back).
 create or replace function public.jobs_next_due() returns table (due_at timestamptz, now timestamptz)
 language sql stable set search_path = '' as $$
-  select (select min(j.run_after) from public.jobs j
-          where j.status in ('pending', 'waiting_retry') and j.run_after > public._jobs_now()),
+  select least(
+           (select min(j.run_after) from public.jobs j
+            where j.status = 'waiting_retry' and j.run_after > public._jobs_now()),
+           (select min(j.run_after) from public.jobs j
+            where j.status = 'pending' and j.run_after > j.created_at and j.run_after > public._jobs_now())),
          public._jobs_now()
 $$;
 
@@ -849,11 +917,16 @@ create or replace function public.jobs_counts()
 returns table (status text, jobs bigint, oldest_started_at timestamptz, oldest_created_at timestamptz,
     now timestamptz)
 language sql stable set search_path = '' as $$
-  with live as (  -- what is queued or running: an index range, never the history
-    select j.status, count(*) as n, min(coalesce(j.started_at, j.updated_at)) as started,
-           min(j.created_at) as created
-    from public.jobs j where j.status in ('pending', 'preparing', 'running', 'waiting_retry')
-    group by j.status),
+  with live as (  -- what is queued or running: ranges of partial indexes, never the history
+    -- pending: what jobs_claim_order holds (an index-only count); no start time to report
+    select 'pending'::text as status, count(*) as n, null::timestamptz as started, min(j.created_at) as created
+    from public.jobs j where j.status = 'pending'
+    union all
+    select j.status, count(*), min(coalesce(j.started_at, j.updated_at)), min(j.created_at)
+    from public.jobs j where j.status in ('preparing', 'running') group by j.status
+    union all
+    select j.status, count(*), min(coalesce(j.started_at, j.updated_at)), min(j.created_at)
+    from public.jobs j where j.status = 'waiting_retry' group by j.status),
   done as (select c.status, sum(c.n)::bigint as n from public.job_counts c group by c.status)
   select s.status, coalesce(live.n, done.n, 0), live.started, live.created, public._jobs_now()
   from pg_catalog.unnest(array['pending', 'preparing', 'running', 'waiting_retry', 'completed',
@@ -958,7 +1031,7 @@ begin
 end $$;
 
 create or replace function public.jobs_now() returns table (now timestamptz, schema_version integer)
-language sql stable set search_path = '' as $$ select public._jobs_now(), 2 $$;
+language sql stable set search_path = '' as $$ select public._jobs_now(), 3 $$;
 
 -- Privileges: EXECUTE for service_role only (and authenticated in per-user mode,
 -- per_user.sql). Functions are granted to PUBLIC on creation, and on Supabase to anon and

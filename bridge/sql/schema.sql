@@ -87,15 +87,32 @@ alter table public.jobs add column if not exists ref text;
 alter table public.jobs add column if not exists unique_key text;
 alter table public.jobs add column if not exists last_activity_at timestamptz;
 
+-- Indexes (issue 10: server work per job). Every transition of a job is an UPDATE that
+-- changes `status`, so none can be a HOT update, and each one adds an entry to every index whose
+-- predicate the new row version matches. So the indexes are partial wherever they can be: a
+-- job passing through preparing and running touches the primary key, jobs_kind_id and
+-- jobs_live only; the per-status indexes of finished jobs are written once, at the end.
+
 -- The claim path: pending jobs in claim order (priority desc, oldest first, then id).
 create index if not exists jobs_claim_order
     on public.jobs (priority desc, created_at, id) where status = 'pending';
--- When waiting jobs become claimable (delayed jobs, retries in backoff): promotion, next_due.
+-- When waiting jobs become claimable: retries in backoff (promotion, next_due) and delayed
+-- jobs (run_after later than their creation; next_due). Schema version 2 had one index over
+-- every pending job instead, which the claim's planner could prefer to the claim order and
+-- then read the whole queue on every claim.
 drop index if exists public.jobs_retry_due;
-create index if not exists jobs_due on public.jobs (run_after) where status in ('pending', 'waiting_retry');
--- Expired leases are found by reap_stale.
-create index if not exists jobs_lease_expiry
-    on public.jobs (lease_expires_at) where status in ('preparing', 'running');
+drop index if exists public.jobs_due;
+create index if not exists jobs_waiting_due on public.jobs (run_after) where status = 'waiting_retry';
+create index if not exists jobs_delayed_due
+    on public.jobs (run_after) where status = 'pending' and run_after > created_at;
+-- The live jobs (few: at most the supervisors' slots) by lease holder: a worker's jobs
+-- (reconcile, list), a claim's replay (claim_id), expired leases (reap_stale reads them all).
+-- A lease is held exactly while a job is live (constraint jobs_lease_only_live below).
+drop index if exists public.jobs_lease_expiry;
+drop index if exists public.jobs_lease_owner;
+drop index if exists public.jobs_claim_id;
+drop index if exists public.jobs_claim_id_live;
+create index if not exists jobs_live on public.jobs (lease_owner, claim_id) where status in ('preparing', 'running');
 -- The per-key rule: at most one live job per concurrency key (of one owner), enforced by the
 -- database itself (claim never tries to break it; this index makes a bug fail loudly instead of
 -- running twice). Schema version 1 had it without the owner.
@@ -103,24 +120,36 @@ drop index if exists public.jobs_one_live_per_key;
 create unique index if not exists jobs_one_live_per_owner_key
     on public.jobs (coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), concurrency_key)
     where status in ('preparing', 'running') and concurrency_key is not null;
-create index if not exists jobs_lease_owner on public.jobs (lease_owner) where lease_owner is not null;
--- A claim's replay looks for the live jobs it took (claim_id stays after the attempt ends).
-drop index if exists public.jobs_claim_id;
-create index if not exists jobs_claim_id_live on public.jobs (claim_id) where status in ('preparing', 'running');
 create index if not exists jobs_dedup on public.jobs (dedup_key)
     where dedup_key is not null and status in ('pending', 'waiting_retry');
-create index if not exists jobs_status_id on public.jobs (status, id desc);
 -- unique_key: at most one job per key (of one owner), whatever its status, until purged.
 create unique index if not exists jobs_unique_key
     on public.jobs (coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), unique_key)
     where unique_key is not null;
--- list's filters, newest first, at any history size.
+-- list's filters, newest first, at any history size (jobs_list builds a statement for the
+-- filters given, so the planner sees them). By status: finished jobs here; pending, waiting and
+-- live jobs through the partial indexes above. Schema version 2 had (status, id) over every
+-- row, written on each of a job's three transitions.
+drop index if exists public.jobs_status_id;
+create index if not exists jobs_done_id on public.jobs (status, id desc)
+    where status in ('completed', 'failed', 'cancelled');
 create index if not exists jobs_kind_id on public.jobs (kind, id desc);
 create index if not exists jobs_key_id on public.jobs (concurrency_key, id desc) where concurrency_key is not null;
 -- Times grow with the id: BRIN indexes find a time range for a fraction of a B-tree's upkeep
 -- on every insert and update (issue 10: server work per job).
 create index if not exists jobs_created_brin on public.jobs using brin (created_at);
 create index if not exists jobs_finished_brin on public.jobs using brin (finished_at);
+
+-- Schema version 3: the lease rule as a constraint (jobs_list and the claim replay rely on
+-- it). NOT VALID: rows already there are not re-checked on upgrade; every write from now on is.
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_constraint
+                 where conrelid = 'public.jobs'::regclass and conname = 'jobs_lease_only_live') then
+    alter table public.jobs add constraint jobs_lease_only_live
+      check (lease_owner is null or status in ('preparing', 'running')) not valid;
+  end if;
+end $$;
 
 create table if not exists public.job_events (
     seq bigint generated always as identity primary key,

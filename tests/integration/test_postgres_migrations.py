@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +18,7 @@ from bridge.sqlcli import SCHEMA_VERSION, apply_sql
 from bridge.stores.postgres import PostgresStore
 from bridge.stores.supabase import SupabaseStore
 from supervisor.errors import StoreError
-from supervisor.lifecycle import JobSpec, Status
+from supervisor.lifecycle import JobSpec, Outcome, Status
 from tests import pg
 from tests.standin.postgrest import PostgrestStandin
 from tests.support import ROOT
@@ -24,6 +26,7 @@ from tests.support import ROOT
 pytestmark = pytest.mark.postgres
 
 V1 = Path(__file__).parent / "sql_v1"
+V2 = Path(__file__).parent / "sql_v2"
 
 
 def fresh_database(name: str) -> str:
@@ -94,6 +97,79 @@ def test_the_new_sql_upgrades_a_version_1_database_in_place() -> None:
         [job] = store.claim("w", 1, lease_s=30)
         assert (job.kind, job.status) == ("old", Status.PREPARING)
         assert store.enqueue([JobSpec(kind="new")]) == [3]
+    finally:
+        store.close()
+
+
+def _layout(dsn: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The indexes and constraints of the store's tables, as the catalog defines them."""
+    with psycopg.connect(dsn) as conn:
+        indexes = conn.execute(
+            "select indexname, indexdef from pg_indexes where schemaname = 'public'"
+            " and tablename in ('jobs', 'job_events', 'job_requests', 'job_counts') order by 1"
+        ).fetchall()
+        constraints = conn.execute(
+            "select conname, pg_get_constraintdef(oid) from pg_constraint"
+            " where conrelid in ('public.jobs'::regclass, 'public.job_events'::regclass) order by 1"
+        ).fetchall()
+    return indexes, constraints
+
+
+def test_the_new_sql_upgrades_a_version_2_database_in_place() -> None:
+    """A version-2 database with jobs in every state is upgraded by `db apply` ("was version
+    2"): its jobs, events and finished counts stay, it ends with exactly the indexes and
+    constraints of a fresh database, and the upgraded functions find the old jobs (a live
+    lease, a retry in backoff, a delayed job, the claim order)."""
+    dsn = fresh_database("upgrade_v2_db")
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        for name in ("schema.sql", "functions.sql"):
+            conn.execute((V2 / name).read_text().encode())
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the v2 functions, as the v2 store called them
+
+        def call(sql: str) -> list[Any]:
+            return conn.execute(sql.encode()).fetchall()
+
+        specs = [
+            {"kind": "done"},
+            {"kind": "live", "concurrency_key": "k"},
+            {"kind": "retry", "backoff_s": 600},
+            {"kind": "queued"},
+            {"kind": "later", "run_after": 4102444800},
+        ]
+        call(f"select * from public.jobs_enqueue('{json.dumps(specs)}')")
+        failed = json.dumps({"error_kind": "exit_code", "exit_code": 1})
+        for kind, outcome in (("done", "{}"), ("live", None), ("retry", failed)):
+            [(job_id, attempt)] = call(
+                f"select id, attempt from public.jobs_claim('w', gen_random_uuid(), 1, 60, array['{kind}'])"
+            )
+            if outcome is not None:
+                call(f"select id from public.jobs_finish({job_id}, 'w', {attempt}, '{outcome}')")
+    applied = db("apply", "--dsn", dsn)
+    assert applied.returncode == 0, applied.stderr
+    assert f"schema version {SCHEMA_VERSION} (was version 2)" in applied.stdout
+    fresh = fresh_database("fresh_v3_db")
+    with psycopg.connect(fresh) as conn:
+        apply_sql(conn)
+    assert _layout(dsn) == _layout(fresh)
+    store = PostgresStore(dsn)
+    try:
+        by_kind = {j.kind: j for j in store.list()}
+        assert {k: j.status for k, j in by_kind.items()} == {
+            "done": Status.COMPLETED,
+            "live": Status.PREPARING,
+            "retry": Status.WAITING_RETRY,
+            "queued": Status.PENDING,
+            "later": Status.PENDING,
+        }
+        assert [j.kind for j in store.list(lease_owner="w")] == ["live"]
+        assert [j.kind for j in store.list(statuses=[Status.COMPLETED])] == ["done"]
+        assert store.counts().by_status[Status.COMPLETED] == 1
+        assert store.next_due() == pytest.approx(min(by_kind["retry"].run_after, 4102444800.0))
+        assert [e.reason for e in store.events(by_kind["done"].id)][:2] == ["submitted", "claimed"]
+        [job] = store.claim("w2", 5, lease_s=30)
+        assert job.kind == "queued"  # "live" holds its key; "later" and "retry" are not due
+        store.finish(by_kind["live"].id, "w", by_kind["live"].attempt, Outcome(exit_code=0))
+        assert store.counts().by_status[Status.COMPLETED] == 2
     finally:
         store.close()
 
