@@ -152,6 +152,40 @@ def test_total_time_is_bounded() -> None:
     assert 1 < len(calls) < 1000
 
 
+def test_a_failure_then_a_success_returns_the_answer_after_one_wait() -> None:
+    """The first try is a plain call; a retryable failure goes on under the policy: one wait
+    (logged through on_retry as retry 1), then the second try's answer."""
+    sleeps: list[float] = []
+    retries: list[int] = []
+    answers = iter([httpx.ConnectError("refused", request=REQ), "rows"])
+
+    def flaky() -> str:
+        answer = next(answers)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    policy = RetryPolicy(attempts=3, sleep=sleeps.append)
+    assert policy.run(flaky, lambda state: retries.append(state.attempt_number)) == "rows"
+    assert len(sleeps) == 1 and retries == [1]
+
+
+def test_the_first_try_counts_against_the_time_budget() -> None:
+    """A first try that failed after using up ``total_s`` (a connect timeout) is not retried."""
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def slow_failure() -> None:
+        calls.append(1)
+        time.sleep(0.15)
+        raise httpx.ConnectTimeout("timed out", request=REQ)
+
+    policy = RetryPolicy(attempts=5, total_s=0.1, sleep=sleeps.append)
+    with pytest.raises(httpx.ConnectTimeout):
+        policy.run(slow_failure, lambda state: None)
+    assert len(calls) == 1 and sleeps == []
+
+
 def test_quick_policy_is_shorter() -> None:
     """Calls that are repeated anyway (heartbeat, claim) get at most 3 tries and 5 s."""
     quick = RetryPolicy(attempts=6, total_s=30.0).quick()
