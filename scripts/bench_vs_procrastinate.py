@@ -11,13 +11,18 @@ in interleaved runs (the order alternates), and the script prints medians:
   a task that runs ``/bin/true`` in a subprocess); jobs/s from the first job's start to the
   last job's end (the server's own timestamps), and the ratio ours / Procrastinate's;
 - server CPU per job: the CPU time of every PostgreSQL process over the run / jobs;
+- worker CPU per job: the CPU time of the worker process and of what it started (agents,
+  task subprocesses) / jobs: with the server's, what one job costs the machine;
 - idle: with the worker running and nothing to do, the server's transactions per second and
   the worker's CPU % over ``--idle-s``;
 - submit → start: with an idle worker, ``--samples`` jobs submitted one at a time; the time
   from the submitting commit to the agent's (task's) start, by the server's clock; p50.
 
+``--where`` instead runs agent-supervisor once in this process with timers on the loop's
+steps and store calls, and prints where its wall time per job goes (no Procrastinate).
+
     python scripts/bench_vs_procrastinate.py [--jobs 1000] [--concurrency 2] [--runs 3]
-                                             [--idle-s 20] [--samples 30]
+                                             [--idle-s 20] [--samples 30] [--where]
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,17 +267,28 @@ class Theirs:
 def throughput(system: Any, server: pg.PgServer, jobs: int, tag: str) -> dict[str, float]:
     dsn = system.fresh(tag)
     system.submit(dsn, jobs)
-    cpu0 = server_cpu(server)
+    cpu0, own0 = server_cpu(server), _children_cpu()
     proc = system.worker(dsn, tag, until_idle=True)
     try:
         proc.wait(timeout=900)
     finally:
         bc.stop_process(proc)
-    cpu = server_cpu(server) - cpu0
+    cpu, own = server_cpu(server) - cpu0, _children_cpu() - own0
     done, seconds = system.span(dsn)
     if done != jobs:
         raise SystemExit(f"{system.name}: {done} of {jobs} jobs completed")
-    return {"jobs_per_s": jobs / seconds, "server_cpu_ms_per_job": cpu * 1000 / jobs}
+    return {
+        "jobs_per_s": jobs / seconds,
+        "server_cpu_ms_per_job": cpu * 1000 / jobs,
+        "worker_cpu_ms_per_job": own * 1000 / jobs,
+    }
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children that ended (a worker, with the agents or
+    subprocesses it reaped in turn)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def idle_and_latency(
@@ -294,6 +313,75 @@ def idle_and_latency(
     }
 
 
+# ---------------------------------------------------------------- where the time goes
+
+
+def _timed(owner: Any, attr: str, label: str, totals: dict[str, list[float]]) -> Callable[[], None]:
+    """Time every call of ``owner.attr`` into ``totals[label]`` ([calls, seconds]); the undo."""
+    original = owner.__dict__[attr]
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[label][0] += 1
+            totals[label][1] += time.perf_counter() - t0
+
+    setattr(owner, attr, timed)
+    return lambda: setattr(owner, attr, original)
+
+
+def where(server: pg.PgServer, tmp: Path, jobs: int, concurrency: int) -> None:
+    """One in-process run of ``run --until-idle`` with timers on the loop's steps."""
+    from bridge.compose import build_supervisor
+    from bridge.stores.remote import RemoteStore
+    from supervisor.loop import Loop
+    from supervisor.pool import AgentPool
+    from supervisor.procs import OsProcesses
+    from supervisor.settings import load_settings
+    from supervisor.waiting import Waiter
+
+    ours = Ours(server, tmp, concurrency)
+    dsn = ours.fresh("where")
+    ours.submit(dsn, jobs)
+    os.environ.update(
+        AGENT_SUPERVISOR_DATA_DIR=str(tmp / "data-where"),
+        AGENT_SUPERVISOR_KINDS=ours.kinds,
+        AGENT_SUPERVISOR_STORE=dsn,
+        AGENT_SUPERVISOR_CONCURRENCY=str(concurrency),
+    )
+    probes = [
+        (Loop, "run", "loop (total)"),
+        (Waiter, "wait", "  waiting (nothing to do)"),
+        (AgentPool, "collect_exits", "  collect exits"),
+        (RemoteStore, "finish", "  store.finish"),
+        (RemoteStore, "claim", "  store.claim"),
+        (RemoteStore, "next_due", "  store.next_due"),
+        (AgentPool, "_spawn", "  start an agent (attempt files, spawn)"),
+        (OsProcesses, "spawn", "    OsProcesses.spawn"),
+        (RemoteStore, "mark_running", "  store.mark_running"),
+        (RemoteStore, "heartbeat", "  store.heartbeat"),
+        (RemoteStore, "counts", "  store.counts"),
+        (Loop, "_save_state", "  state file"),
+    ]
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    undo = [_timed(owner, attr, label, totals) for owner, attr, label in probes]
+    try:
+        supervisor = build_supervisor(load_settings(), install_signal_handlers=False)
+        supervisor.run(until_idle=True)
+    finally:
+        for u in undo:
+            u()
+    done, seconds = ours.span(dsn)
+    print(f"in-process run: {done} jobs, {done / seconds:.1f} jobs/s (first start to last end)")
+    rows = [
+        [label, int(totals[label][0]), bc.rnd(1000 * totals[label][1] / max(done, 1), 3)]
+        for _, _, label in probes
+    ]
+    print(bc.table(["loop step", "calls", "ms per job"], rows))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -301,8 +389,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--where", action="store_true", help="where our time goes (one run)")
     args = parser.parse_args()
     server = pg.server(lambda m: sys.exit(f"skip: {m}"), lambda m: sys.exit(m))
+    if args.where:
+        try:
+            with (
+                tempfile.TemporaryDirectory(prefix="bench-vs-procrastinate-") as tmp,
+                bc.isolated_settings_env(Path(tmp)),
+            ):
+                where(server, Path(tmp), args.jobs, args.concurrency)
+        finally:
+            pg.stop_server()
+        return 0
     results: dict[str, dict[str, list[float]]] = {"agent-supervisor": {}, "procrastinate": {}}
     try:
         with (
@@ -332,6 +431,7 @@ def main() -> int:
     keys = [
         "jobs_per_s",
         "server_cpu_ms_per_job",
+        "worker_cpu_ms_per_job",
         "idle_server_xact_per_s",
         "idle_worker_cpu_pct",
         "submit_to_start_p50_ms",
