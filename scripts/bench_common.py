@@ -177,6 +177,42 @@ def isolated_settings_env(data_dir: Path) -> Iterator[None]:
         os.environ.update(saved)
 
 
+# ---------------------------------------------------------------- processes
+
+
+def task_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """(voluntary, involuntary) context switches of every thread of ``pid``, by thread id.
+    ``/proc/<pid>/status`` (what psutil reads) counts the main thread alone."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        vol = invol = None
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol = int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol = int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+        if vol is not None and invol is not None:
+            out[int(tid)] = (vol, invol)
+    return out
+
+
+def switch_delta(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> dict[int, tuple[int, int]]:
+    """Per thread: switches in the window (a thread born meanwhile counts from zero)."""
+    return {
+        tid: (v - before.get(tid, (0, 0))[0], i - before.get(tid, (0, 0))[1]) for tid, (v, i) in after.items()
+    }
+
+
 def stop_process(proc: subprocess.Popen[Any], *, grace_s: float = 15.0) -> int | None:
     """Stop a child we started (by its pid only): SIGTERM (the supervisor drains), then SIGKILL."""
     if proc.poll() is not None:

@@ -67,39 +67,6 @@ def _status_kib(pid: int, field: str) -> int | None:
     return None
 
 
-def _task_switches(pid: int) -> dict[int, tuple[int, int]]:
-    """(voluntary, involuntary) context switches of every thread of ``pid``, by thread id.
-    ``/proc/<pid>/status`` (what psutil reads) counts the main thread alone."""
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        vol = invol = None
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        vol = int(line.split()[1])
-                    elif line.startswith("nonvoluntary_ctxt_switches:"):
-                        invol = int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-        if vol is not None and invol is not None:
-            out[int(tid)] = (vol, invol)
-    return out
-
-
-def _switch_delta(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
-) -> dict[int, tuple[int, int]]:
-    """Per thread: switches in the window (a thread born meanwhile counts from zero)."""
-    return {
-        tid: (v - before.get(tid, (0, 0))[0], i - before.get(tid, (0, 0))[1]) for tid, (v, i) in after.items()
-    }
-
-
 def idle_window(tmp: Path, warmup_s: float, window_s: float) -> dict[str, Any]:
     data = tmp / "data"
     err = (tmp / "run.stderr").open("wb")
@@ -118,13 +85,13 @@ def idle_window(tmp: Path, warmup_s: float, window_s: float) -> dict[str, Any]:
                 f"`bridge run` exited with {proc.returncode}: {(tmp / 'run.stderr').read_text()}"
             )
         p = psutil.Process(proc.pid)
-        c0, x0, w0 = p.cpu_times(), _task_switches(proc.pid), time.perf_counter()
+        c0, x0, w0 = p.cpu_times(), bc.task_switches(proc.pid), time.perf_counter()
         time.sleep(window_s)
-        c1, x1, w1 = p.cpu_times(), _task_switches(proc.pid), time.perf_counter()
+        c1, x1, w1 = p.cpu_times(), bc.task_switches(proc.pid), time.perf_counter()
         mem = p.memory_full_info()
         wall = w1 - w0
         cpu = (c1.user - c0.user) + (c1.system - c0.system)
-        delta = _switch_delta(x0, x1)
+        delta = bc.switch_delta(x0, x1)
         voluntary = sum(v for v, _ in delta.values())
         main_thread = delta.get(proc.pid, (0, 0))[0]
         return {
@@ -228,11 +195,11 @@ def idle_breakdown(tmp: Path, seconds: float) -> dict[str, Any]:
             ours = {
                 t.native_id: t.name for t in threading.enumerate() if t.name.startswith("agent-supervisor")
             }
-            before, snap0, cpu1 = _task_switches(os.getpid()), probes.snapshot(), time.process_time()
+            before, snap0, cpu1 = bc.task_switches(os.getpid()), probes.snapshot(), time.process_time()
             t0 = time.perf_counter()
             time.sleep(seconds)
             wall = time.perf_counter() - t0
-            after, snap1, cpu2 = _task_switches(os.getpid()), probes.snapshot(), time.process_time()
+            after, snap1, cpu2 = bc.task_switches(os.getpid()), probes.snapshot(), time.process_time()
             sup.stop(timeout=10)
             thread.join(10)
         finally:
@@ -240,7 +207,7 @@ def idle_breakdown(tmp: Path, seconds: float) -> dict[str, Any]:
         del cpu0
     finally:
         probes.restore()
-    delta = _switch_delta(before, after)
+    delta = bc.switch_delta(before, after)
     for tid, name in ours.items():
         if tid in delta:
             threads[name] = delta[tid]
