@@ -136,7 +136,13 @@ def code_version() -> dict[str, Any]:
             return ""
 
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "supervisor", "bridge").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted": dirty}
+    engine = sys.modules.get("supervisor")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "uncommitted": dirty,
+        # The engine measured in this process (an editable install elsewhere must not win).
+        "engine": str(Path(engine.__file__).parent) if engine and engine.__file__ else None,
+    }
 
 
 def emit_json(figures: Mapping[str, Any]) -> None:
