@@ -17,6 +17,8 @@
                                 characters of the store's identity, so job ids of a
                                 replaced store never meet an old job's files
         quarantine/             state files that failed to load
+        workspaces/             repository mirrors and one worktree per attempt; its layout
+                                belongs to ``supervisor.workspaces``
 
 This module is the one owner of these names: everyone else asks a ``DataDir``. ``DataDir.at``
 only names the paths (for readers in other processes, such as ``health``);
@@ -216,6 +218,10 @@ class DataDir:
     @property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.root / "workspaces"
 
     @property
     def state_file(self) -> Path:

@@ -13,6 +13,7 @@
      ├── InvalidJobError                 a job spec or payload is malformed (also a ValueError)
      ├── StateFileError                  running-agents.json cannot be read or written
      ├── SpawnError                      an agent process could not be started (also an OSError)
+     ├── PrepareError                    a job's workspace could not be prepared (git's line; retryable)
      ├── DataDirLockedError              another supervisor holds the data dir
      └── ConfigError                     settings are invalid (also a ValueError)
 
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidJobError",
     "JobNotFoundError",
     "LeaseLostError",
+    "PrepareError",
     "SpawnError",
     "StateFileError",
     "StoreError",
@@ -82,6 +84,12 @@ class StateFileError(SupervisorError):
 
 class SpawnError(SupervisorError, OSError):
     """An agent process could not be started."""
+
+
+class PrepareError(SupervisorError):
+    """A job's workspace could not be prepared (a clone, fetch or checkout failed); the
+    message is one line, git's own when git said why, and never holds a credential. The
+    job is retried (``prepare_failed``): a network or server problem passes."""
 
 
 class DataDirLockedError(SupervisorError):

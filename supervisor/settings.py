@@ -39,6 +39,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -130,6 +131,23 @@ class KindConfig(BaseModel):
     """CPU seconds an agent process may use (RLIMIT_CPU)."""
     address_space_bytes: int | None = Field(default=None, gt=0)
     """Virtual memory limit of each agent process (RLIMIT_AS; mind that runtimes reserve a lot)."""
+    # -- repository workspaces (supervisor.workspaces, issue 12) --
+    repo: str | None = None
+    """Repository of this kind's jobs when a job names none (a URL, owner/repo, or a bare
+    name completed by ``default_owner``); the agent then starts in a worktree of it."""
+    ref: str | None = None
+    """Branch, tag or commit of this kind's jobs when a job names none (default: the
+    repository's default branch)."""
+    pass_token: bool = False
+    """Give agents of this kind the git token variable (``git_token_env``); otherwise it is
+    removed from their environment."""
+
+    @field_validator("ref")
+    @classmethod
+    def _check_ref(cls, ref: str | None) -> str | None:
+        from supervisor.keys import parse_ref  # stdlib-only module; lazy like the rest of keys
+
+        return None if ref is None else parse_ref(ref)
 
     @field_validator("argv")
     @classmethod
@@ -218,7 +236,8 @@ def _find_secret(data: Any, prefix: str = "") -> str | None:
     for key, value in data.items():
         name = f"{prefix}{key}"
         lowered = str(key).lower()
-        if lowered == "key" or lowered.endswith(_SECRET_SUFFIXES):
+        # A flag (a kind's ``pass_token = true``) names a secret but cannot be one.
+        if (lowered == "key" or lowered.endswith(_SECRET_SUFFIXES)) and not isinstance(value, bool):
             return name
         if key == "store" and isinstance(value, str) and _url_password(value):
             return name
@@ -340,6 +359,70 @@ class Settings(BaseSettings):
     )
     """The secret (service-role) key. SecretStr: it never shows in a repr or a log line, and
     _find_secret refuses a config file holding it that others can read."""
+    # -- repository workspaces (supervisor.workspaces, issue 12) --
+    default_owner: str | None = None
+    """Completes a bare repository name: ``--repo notes`` is ``<default_owner>/notes`` on GitHub."""
+    workspace_fresh_s: Grace = 60.0
+    """A mirror fetched this recently is not fetched again before a job (0: fetch every time)."""
+    workspace_max_age_s: Seconds = 14 * 86400.0
+    """A mirror that no job has used for this long is deleted (``workspaces prune``)."""
+    workspace_max_bytes: int = Field(default=20 << 30, gt=0)
+    """Mirrors beyond this total size are deleted, least recently used first (never one in use)."""
+    workspace_keep_failed_s: Grace = 86400.0
+    """A failed attempt's worktree is kept this long for inspection (0: removed at once)."""
+    workspace_branch_prefix: str = "agent/"
+    """Each attempt's worktree is on a new branch ``<prefix><job id>-<attempt>``."""
+    workspace_git_timeout_s: Seconds = 900.0
+    """Longest one git command (a clone, a fetch, a checkout) may run before it is killed."""
+    git_token_env: str = "GITHUB_TOKEN"  # noqa: S105 - the variable's name, not its value
+    """Environment variable holding the token for private https repositories: git gets it
+    through an askpass helper, never in a URL, a command line or a file."""
+    git_token_hosts: list[str] = Field(default_factory=lambda: ["github.com"])
+    """The hosts (``host`` or ``host:port``) the token is offered to, over https only: a job
+    naming another server never sees it."""
+
+    @field_validator("default_owner")
+    @classmethod
+    def _check_default_owner(cls, owner: str | None) -> str | None:
+        if owner is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", owner.strip()):
+            raise ValueError(f"must be a repository owner name, got {owner!r:.60}")
+        return None if owner is None else owner.strip()
+
+    @field_validator("workspace_branch_prefix")
+    @classmethod
+    def _check_branch_prefix(cls, prefix: str) -> str:
+        # A ref name git accepts once "<job>-<attempt>" is appended (git check-ref-format).
+        if not re.fullmatch(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,40}/?){1,4}", prefix) or ".." in prefix:
+            raise ValueError(f"must be a branch name prefix such as 'agent/', got {prefix!r:.60}")
+        return prefix
+
+    @field_validator("git_token_env")
+    @classmethod
+    def _check_token_env(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+            raise ValueError(f"must be an environment variable name, got {name!r:.60}")
+        return name
+
+    @field_validator("git_token_hosts")
+    @classmethod
+    def _check_token_hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?", host):
+                raise ValueError(f"must be host names (host or host:port), got {host!r:.60}")
+        return [host.lower() for host in hosts]
+
+    @model_validator(mode="after")
+    def _check_kind_repos(self) -> Settings:
+        """A kind's default repository must parse now, not at its first job."""
+        from supervisor.keys import parse_repo
+
+        for name, kind in self.kinds.items():
+            if kind.repo is not None:
+                try:
+                    parse_repo(kind.repo, default_owner=self.default_owner)
+                except ValueError as exc:
+                    raise ValueError(f"kinds.{name}.repo: {exc}") from None
+        return self
 
     @property
     def store_url(self) -> str:

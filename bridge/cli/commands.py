@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, TextIO
 
+from bridge.cli import workspaces
 from bridge.cli.render import health_text, job_table, show_text
 from bridge.service import JobService, LogNotFoundError, UsageError
 from bridge.views import detail_json, health_json, job_json
@@ -201,5 +202,6 @@ COMMANDS: Final[dict[str, Handler]] = {
     "purge": _purge,
     "health": _health,
     "reconcile": _reconcile,
+    "workspaces": workspaces.run,
 }
 """The verbs that work on the job store through the service, by command name."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NoReturn, TypeVar
 
+from bridge.cli.workspaces import add_parser as add_workspaces_parser
 from supervisor.lifecycle import Status
 
 __all__ = ["build_parser", "duration"]
@@ -135,4 +136,5 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.add_argument("--schema", action="store_true", help="print the JSON Schema and exit")
     demo = sub.add_parser("demo", help="run sample agents on a fresh data dir (< 30 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data dir")
+    add_workspaces_parser(sub)
     return p
