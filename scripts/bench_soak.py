@@ -6,7 +6,8 @@ with retention shortened (``--retention-s``, a ``--files-max-mb`` cap, a sweep e
 ``--retention-every-s``); a feeder — another process, this script with ``--feeder`` — keeps
 the queue topped up in batches through its own ``SQLiteStore`` on the same file (each batch
 reaches the idle supervisor as a FIFO change hint). The agents are ``/bin/true`` (or
-``--agent echo``: ``sh -c 'echo x'``, one line of log each). Job rows are kept (row retention is
+``--agent echo``: ``sh -c 'echo x'``, one line of log each); ``--rate`` caps the feed (jobs/s),
+so that the retention window holds a steady number of jobs' files. Job rows are kept (row retention is
 off by default), so the history grows to ``--jobs`` while health must stay flat.
 
 Every ``--sample-s`` (default 30 s) this process samples:
@@ -25,17 +26,23 @@ Then a table of the samples, a verdict and the JSON line. The verdict leaves out
 (the first 10 % of the jobs) and compares the median of the last third of the remaining
 samples with the median of the first third ("growth"), and also fits a least-squares slope:
 
-- RSS flat: growth <= max(2 MB, 5 %); fds and threads flat: growth <= 1;
-- disk bounded: once the retention horizon is past (``max(retention_s, 120 s)`` — retention
-  never deletes files younger than 120 s, ``supervisor.retention._MIN_AGE_S`` — plus two
-  sweeps), the growth of allocated bytes and of inodes <= 10 % of their median; "not shown"
-  when fewer than 4 samples fall after the horizon;
+- RSS and USS flat after the retention horizon (before it, the window of kept files is still
+  filling up): growth <= max(2 MB, 5 %); fds and threads flat: growth <= 1;
+- disk bounded: time-based retention keeps the files of the jobs that finished in the last
+  ``max(retention_s, 120 s) + retention_every_s`` (retention never deletes files younger than
+  120 s, ``supervisor.retention._MIN_AGE_S``), so the bytes and inodes on disk move with the
+  rate. Once the horizon is past (that period plus a sweep), the files kept *per job finished in
+  that period* must not grow (<= 15 %): files never deleted would make it climb. "not shown"
+  when fewer than 4 samples fall after the horizon. Also printed: how RSS follows the files
+  kept (correlation, MB per 10,000 inodes);
 - health flat: growth <= max(1 ms, 25 %) in-process, <= max(50 ms, 25 %) for the CLI (its wall is
-  mostly Python's start and imports and moves with the machine's load).
+  mostly Python's start and imports and moves with the machine's load, so each third counts by
+  its fastest run).
 
     python scripts/bench_soak.py [--jobs 100000] [--sample-s 30] [--concurrency 2]
         [--retention-s 180] [--files-max-mb 16] [--retention-every-s 15] [--batch 500]
-        [--low-water 1000] [--agent true|echo] [--health-runs 1] [--max-minutes M] [--keep DIR]
+        [--low-water 1000] [--agent true|echo] [--rate JOBS_PER_S] [--health-runs 1]
+        [--max-minutes M] [--keep DIR]
 
 A quick check that it works: ``--jobs 5000 --sample-s 5`` (the disk verdict then says "not
 shown": the run is shorter than the retention horizon). Ctrl-C (or SIGTERM) stops the feeder
@@ -54,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,8 +77,9 @@ FINISHED: Final = ("completed", "failed", "cancelled")
 # ---------------------------------------------------------------- the feeder (another process)
 
 
-def feeder(data: Path, jobs: int, batch: int, low_water: int, argv: list[str]) -> int:
-    """Keep at least ``low_water`` jobs pending, ``batch`` at a time, until ``jobs`` were fed."""
+def feeder(data: Path, jobs: int, batch: int, low_water: int, argv: list[str], rate: float | None) -> int:
+    """Keep at least ``low_water`` jobs pending, ``batch`` at a time, until ``jobs`` were fed;
+    with ``rate``, never more than ``rate`` jobs per second since the start."""
     from bridge.compose import build_store
     from supervisor.lifecycle import JobSpec, Status
     from supervisor.runner import resolve_spec
@@ -81,10 +90,11 @@ def feeder(data: Path, jobs: int, batch: int, low_water: int, argv: list[str]) -
     store = build_store(settings)
     try:
         spec = resolve_spec(JobSpec(command=tuple(argv)), settings)
-        fed = 0
+        fed, t0 = 0, time.monotonic()
         while fed < jobs:
-            if store.counts().by_status.get(Status.PENDING, 0) < low_water:
-                n = min(batch, jobs - fed)
+            allowed = jobs if rate is None else int(rate * (time.monotonic() - t0))
+            n = min(batch, jobs - fed, allowed - fed)
+            if n > 0 and store.counts().by_status.get(Status.PENDING, 0) < low_water:
                 store.enqueue([spec] * n)
                 fed += n
             else:
@@ -229,19 +239,24 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
     return None if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
 
 
-def growth(values: list[float]) -> float | None:
-    """Median of the last third minus median of the first third (None with fewer than 3)."""
+def growth(values: list[float], stat: Callable[[list[float]], float] = bc.median) -> float | None:
+    """``stat`` (median) of the last third minus that of the first third (None with fewer than 3)."""
     if len(values) < 3:
         return None
     k = max(1, len(values) // 3)
-    return bc.median(values[-k:]) - bc.median(values[:k])
+    return stat(values[-k:]) - stat(values[:k])
 
 
 def judge(
-    name: str, samples: list[dict[str, Any]], key: str, abs_tol: float, rel_tol: float
+    name: str,
+    samples: list[dict[str, Any]],
+    key: str,
+    abs_tol: float,
+    rel_tol: float,
+    stat: Callable[[list[float]], float] = bc.median,
 ) -> dict[str, Any]:
     values = [float(s[key]) for s in samples]
-    g = growth(values)
+    g = growth(values, stat)
     per_100k = slope([s["done"] for s in samples], values)
     if g is None:
         return {"what": name, "verdict": "not shown (fewer than 3 samples)", "growth": None}
@@ -258,21 +273,37 @@ def judge(
     }
 
 
-def verdicts(samples: list[dict[str, Any]], jobs: int, horizon_s: float) -> list[dict[str, Any]]:
+def verdicts(
+    samples: list[dict[str, Any]], jobs: int, horizon_s: float, retention_every_s: float
+) -> list[dict[str, Any]]:
     warm = [s for s in samples if s["done"] >= 0.1 * jobs]
+    # Memory: also after the retention horizon, while the window of kept files still fills up
+    # the retention sweep's listing of them grows with it (RSS follows the files kept).
+    settled = [s for s in warm if s["t_s"] >= horizon_s]
     out = [
-        judge("supervisor RSS (MB)", warm, "rss_mb", 2.0, 0.05),
-        judge("supervisor USS (MB)", warm, "uss_mb", 2.0, 0.05),
+        judge("supervisor RSS (MB), after the horizon", settled, "rss_mb", 2.0, 0.05),
+        judge("supervisor USS (MB), after the horizon", settled, "uss_mb", 2.0, 0.05),
         judge("supervisor open fds", warm, "fds", 1.0, 0.0),
         judge("supervisor threads", warm, "threads", 1.0, 0.0),
         judge("check_health in-process (ms)", warm, "check_health_ms", 1.0, 0.25),
         judge("JobService.health() in-process (ms)", warm, "service_health_ms", 1.0, 0.25),
-        judge("health --json CLI wall (ms)", warm, "health_cli_ms", 50.0, 0.25),
+        # The CLI's wall is mostly Python's start and imports; other load only slows it down,
+        # so its thirds are compared by their fastest run.
+        judge("health --json CLI wall (ms), fastest of each third", warm, "health_cli_ms", 50.0, 0.25, min),
     ]
-    steady = [s for s in samples if s["t_s"] >= horizon_s]
+    # Time-based retention keeps the files of the jobs of the last `keep_s` (their age at the
+    # sweep that deletes them): the bound moves with the rate. Per job finished in that window,
+    # the files kept must stay flat; files that are never deleted would make it climb.
+    keep_s = horizon_s - retention_every_s
+    steady = [dict(s) for s in samples if s["t_s"] >= horizon_s]
+    for s in steady:
+        window = s["done"] - _done_at(samples, s["t_s"] - keep_s)
+        s["inodes_per_window_job"] = s["inodes"] / window if window > 0 else None
+        s["kb_per_window_job"] = 1e3 * s["files_allocated_mb"] / window if window > 0 else None
+    steady = [s for s in steady if s["inodes_per_window_job"] is not None]
     for name, key in (
-        ("runs/ + logs/ allocated (MB)", "files_allocated_mb"),
-        ("runs/ + logs/ inodes", "inodes"),
+        ("files kept per job of the last retention period (kB)", "kb_per_window_job"),
+        ("inodes kept per job of the last retention period", "inodes_per_window_job"),
     ):
         if len(steady) < 4:
             out.append(
@@ -283,10 +314,36 @@ def verdicts(samples: list[dict[str, Any]], jobs: int, horizon_s: float) -> list
                 }
             )
             continue
-        result = judge(name, steady, key, 0.0, 0.10)
+        result = judge(name, steady, key, 0.0, 0.15)
         result["verdict"] = "bounded" if result["verdict"] in ("flat", "shrinks") else "GROWS"
         out.append(result)
     return out
+
+
+def _done_at(samples: list[dict[str, Any]], t: float) -> float:
+    """Jobs done at time ``t``, interpolated between samples."""
+    prev = samples[0]
+    for s in samples:
+        if s["t_s"] >= t:
+            if s["t_s"] == prev["t_s"]:
+                return float(s["done"])
+            share = (t - prev["t_s"]) / (s["t_s"] - prev["t_s"])
+            return prev["done"] + share * (s["done"] - prev["done"])
+        prev = s
+    return float(prev["done"])
+
+
+def correlation(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sx = sum((x - mx) ** 2 for x in xs) ** 0.5
+    sy = sum((y - my) ** 2 for y in ys) ** 0.5
+    return (
+        None
+        if sx == 0 or sy == 0
+        else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / (sx * sy)
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -313,13 +370,19 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--low-water", type=int, default=1000, help="the feeder tops up below this many pending")
     ap.add_argument("--agent", choices=sorted(AGENTS), default="true")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="feed at most this many jobs/s (a steady rate keeps the retention window's files steady)",
+    )
     ap.add_argument("--health-runs", type=int, default=1, help="health --json subprocesses per sample")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop sampling after this long")
     ap.add_argument("--keep", type=Path, default=None, help="run in DIR and keep it (else a temp dir)")
     ap.add_argument("--feeder", type=Path, default=None, help=argparse.SUPPRESS)  # the child's mode
     args = ap.parse_args()
     if args.feeder is not None:
-        return feeder(args.feeder, args.jobs, args.batch, args.low_water, AGENTS[args.agent])
+        return feeder(args.feeder, args.jobs, args.batch, args.low_water, AGENTS[args.agent], args.rate)
 
     # SIGTERM ends a soak like Ctrl-C: the finally blocks below stop the children, remove the dir.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -355,7 +418,8 @@ def main() -> int:
         feed_out = (root / "feeder.out").open("wb")
         feed = subprocess.Popen(
             [sys.executable, __file__, "--feeder", str(data), "--jobs", str(args.jobs), "--batch",
-             str(args.batch), "--low-water", str(args.low_water), "--agent", args.agent],
+             str(args.batch), "--low-water", str(args.low_water), "--agent", args.agent,
+             *(["--rate", str(args.rate)] if args.rate else [])],
             cwd=bc.ROOT, env=bc.child_env(data), stdin=subprocess.DEVNULL, stdout=feed_out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -407,7 +471,7 @@ def main() -> int:
     if not samples:
         return 130 if interrupted else 1
     elapsed = samples[-1]["t_s"]
-    results = verdicts(samples, args.jobs, horizon_s)
+    results = verdicts(samples, args.jobs, horizon_s, args.retention_every_s)
     last = samples[-1]
     print()
     print(f"machine: {bc.machine_line()}")
@@ -444,6 +508,16 @@ def main() -> int:
             ],
         )
     )
+    warm = [s for s in samples if s["done"] >= 0.1 * args.jobs]
+    rss_files_r = correlation([s["inodes"] for s in warm], [s["rss_mb"] for s in warm])
+    rss_per_10k = slope([s["inodes"] for s in warm], [s["rss_mb"] for s in warm])
+    rss_per_job = slope([s["done"] for s in warm], [s["rss_mb"] for s in warm])
+    if rss_files_r is not None and rss_per_10k is not None and rss_per_job is not None:
+        print(
+            f"RSS against the files kept (after the warm-up): correlation {rss_files_r:.2f}, "
+            f"{1e4 * rss_per_10k:.1f} MB per 10,000 inodes kept; against jobs done: "
+            f"{1e5 * rss_per_job:.1f} MB per 100,000 jobs done"
+        )
     if stderr_tail.strip() and sup_rc not in (0, None):
         print("supervisor stderr (tail):\n" + stderr_tail)
     print()
@@ -457,12 +531,15 @@ def main() -> int:
             "elapsed_s": elapsed,
             "agent": AGENTS[args.agent],
             "concurrency": args.concurrency,
+            "feed_rate_per_s": args.rate,
             "retention_s": args.retention_s,
             "files_max_bytes": int(args.files_max_mb * MB),
             "retention_every_s": args.retention_every_s,
             "retention_horizon_s": horizon_s,
             "sample_s": args.sample_s,
             "supervisor_exit_code": sup_rc,
+            "rss_vs_inodes_correlation": _r(rss_files_r, 3),
+            "rss_mb_per_10k_inodes": None if rss_per_10k is None else round(1e4 * rss_per_10k, 2),
             "verdicts": [
                 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in results
             ],
