@@ -1,9 +1,14 @@
 """The one service layer: every rule the front ends share (CLI, JSON-RPC, the web dashboard).
 
 A front end parses its input, calls ``JobService`` and renders what comes back; it drives no
-store and holds no rule of its own. The service answers with domain objects (``Job``,
-``Event``, ``HealthReport``, ``PurgeResult`` and the small dataclasses below); the stable JSON
-shapes are bridge/views.py's. It prints nothing and knows no JSON-RPC.
+store and holds no rule of its own. The rules here: a submission's defaults, bulk selection
+(``select``: ids plus filters, the statuses a change may take, ``MAX_BULK``), purge (what may
+go, and a running job stopped first with ``wait``), waiting for agents to stop and saying how
+they ended (``wait_stopped``, ``how_ended``), logs by whole characters, health.
+
+The service answers with domain objects (``Job``, ``Event``, ``HealthReport``, ``PurgeResult``
+and the small dataclasses below); the stable JSON shapes are bridge/views.py's. It prints
+nothing and knows no JSON-RPC.
 
 Errors: only the project's tree (supervisor/errors.py), plus two of its own, both subclasses
 of ``SupervisorError``::
@@ -32,37 +37,60 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from supervisor.datadir import DataDir
 from supervisor.errors import (
     IllegalTransitionError,
     JobNotFoundError,
     LeaseLostError,
+    StoreError,
     SupervisorError,
     UpdateConflictError,
 )
-from supervisor.health import HealthReport
 from supervisor.lifecycle import LIVE, TERMINAL, CancelMode, Event, Job, JobSpec, Status
-from supervisor.reconcile import Decision
-from supervisor.settings import Settings
 from supervisor.store import JobStore, PurgeResult
 
+if TYPE_CHECKING:  # the engine's heavier modules load only in the methods that use them
+    from supervisor.health import HealthReport
+    from supervisor.reconcile import Decision
+    from supervisor.settings import Settings
+    from supervisor.workspaces import MirrorInfo, PruneReport, Workspaces
+
 __all__ = [
+    "CANCELLABLE",
+    "MAX_BULK",
+    "RETRYABLE",
     "ChangeResult",
     "JobDetail",
     "JobService",
     "LogChunk",
     "LogNotFoundError",
+    "Queued",
     "Reconciliation",
     "RunningSupervisor",
+    "Stopped",
     "UsageError",
+    "how_ended",
     "utf8_bounds",
 ]
 
 _PER_JOB_ERRORS: Final = (JobNotFoundError, IllegalTransitionError, UpdateConflictError, LeaseLostError)
 """Errors about one job of a bulk cancel or retry: reported for that id, the others go on.
 Anything else (the store is down) ends the whole call: it would fail every id alike."""
+
+CANCELLABLE: Final = frozenset({Status.PENDING, Status.WAITING_RETRY, Status.PREPARING, Status.RUNNING})
+"""The statuses a bulk cancel or kill chooses from (and the only ones its filter may name)."""
+RETRYABLE: Final = frozenset({Status.FAILED, Status.CANCELLED})
+"""The statuses a bulk retry chooses from."""
+MAX_BULK: Final = 10_000
+"""Most jobs one bulk selection may hold (JSON-RPC purge takes as many ids): a filter that
+matches more is refused, so a typo never cancels a whole store by accident."""
+STOP_MARGIN_S: Final = 2.0
+"""Time allowed past a stop's own duration (heartbeat + grace) for its outcome to be recorded."""
+_POLL_LOCAL_S: Final = 0.1
+_POLL_SHARED_S: Final = 1.0
+"""Waiting without a push channel: how often to look. A shared (remote) store costs a round
+trip per look, so it is asked less often; a local SQLite file costs microseconds."""
 
 
 class UsageError(SupervisorError, ValueError):
@@ -169,6 +197,33 @@ class Reconciliation:
     outbox_depth: int
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A submitted job as it stands just after ``submit``: its status and place in the queue."""
+
+    job_id: int
+    status: Status
+    queue_position: int | None
+    """1-based place among pending jobs in claim order; None when it is not pending (a
+    dedup or unique key returned an older job that already runs or ended)."""
+    run_after: float | None
+    """When a delayed job becomes claimable (store clock); None for one that is claimable now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """How waiting for one job's agent to be gone ended (``cancel --wait``, ``kill --wait``)."""
+
+    job_id: int
+    stopped: bool
+    """The job holds no agent any more (False: the wait timed out while it still ran)."""
+    how: str
+    """In words: ``stopped by SIGTERM``, ``killed by SIGKILL``, ``already finished
+    (completed)``, ``cancelled before it ran``, ``still running after 17 s``…"""
+    job: Job | None = None
+    """The job as last read; None when it no longer exists (purged meanwhile)."""
+
+
 class JobService:
     """The jobs of one store under one settings: submit, read, change, purge, logs, health.
 
@@ -207,7 +262,7 @@ class JobService:
         then all go in one ``enqueue``: one bad spec queues none. A spec whose ``dedup_key``
         matches a waiting job returns that job's id (the store's rule).
         """
-        from supervisor.runner import resolve_spec  # the engine's loop module: not for every command
+        from supervisor.attempt import resolve_spec  # not the loop: submit must start fast
 
         resolved = [resolve_spec(spec, self.settings) for spec in specs]
         if not resolved:
@@ -221,12 +276,93 @@ class JobService:
         return JobDetail(self.store.get(job_id), self.store.events(job_id))
 
     def list(
-        self, statuses: Collection[Status] | None = None, *, limit: int = 100, offset: int = 0
+        self,
+        statuses: Collection[Status] | None = None,
+        *,
+        kinds: Collection[str] | None = None,
+        repo: str | None = None,
+        owner: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> builtins.list[Job]:
-        """Jobs newest first, only of ``statuses`` if given: ``limit`` of them after skipping
-        ``offset``. The store pages through its id index, so an offset costs offset + limit rows."""
-        jobs = self.store.list(statuses=set(statuses) if statuses else None, limit=offset + limit)
-        return jobs[offset:]
+        """Jobs newest first: ``limit`` of them after skipping ``offset``, only those of
+        ``statuses``, ``kinds``, the repository ``repo`` (any form ``submit --repo`` takes, with
+        ``owner`` for a bare name) and created in (``created_after``, ``created_before``) (store
+        clock) when given. Every filter is the store's, on an index."""
+        key = None
+        if repo is not None:
+            from supervisor.keys import repo_key
+
+            key = repo_key(repo, owner)
+        return self.store.list(
+            statuses=set(statuses) if statuses else None,
+            kinds=set(kinds) if kinds else None,
+            concurrency_key=key,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            offset=offset,
+        )
+
+    def select(
+        self,
+        ids: Sequence[int] = (),
+        *,
+        statuses: Collection[Status] | None = None,
+        kinds: Collection[str] | None = None,
+        repo: str | None = None,
+        owner: str | None = None,
+        allowed: frozenset[Status] = CANCELLABLE,
+    ) -> builtins.list[int]:
+        """The ids of a bulk change: ``ids`` as given, then every job of the ``allowed``
+        statuses that matches all the filters given (``statuses`` narrows ``allowed``).
+
+        The rule: give ids or at least one filter; a status filter names only allowed
+        statuses; a selection of more than ``MAX_BULK`` jobs is refused whole. ``UsageError``
+        names the parameter that breaks it (``{ids}``, ``{statuses}``, ``{kinds}``, ``{repo}``).
+        """
+        filtered = bool(statuses or kinds or repo is not None)
+        if not ids and not filtered:
+            raise UsageError(
+                "give {ids} or a filter ({statuses}, {kinds}, {repo})",
+                param="ids",
+                reason="give {ids} or a filter",
+            )
+        wrong = sorted(set(statuses or ()) - allowed)
+        if wrong:
+            may = ", ".join(sorted(allowed))
+            raise UsageError(
+                f"{{statuses}} may only name {may} here, not {', '.join(wrong)}",
+                param="statuses",
+                reason=f"only {may}",
+            )
+        chosen = list(dict.fromkeys(ids))
+        if filtered:
+            jobs = self.list(statuses or allowed, kinds=kinds, repo=repo, owner=owner, limit=MAX_BULK + 1)
+            if len(jobs) > MAX_BULK:
+                raise UsageError(
+                    f"the filters match more than {MAX_BULK} jobs; narrow them "
+                    "({statuses}, {kinds}, {repo}) and run it again",
+                    param="statuses",
+                    reason=f"more than {MAX_BULK} jobs match",
+                )
+            seen = set(chosen)
+            chosen += [j.id for j in jobs if j.id not in seen]
+        return chosen
+
+    def queued(self, ids: Sequence[int]) -> builtins.list[Queued]:
+        """Each job's status and place in the queue (``submit --json``): one ``get`` and one
+        ``queue_position`` per job."""
+        answers = []
+        for job_id in ids:
+            job = self.store.get(job_id)
+            position = self.store.queue_position(job_id) if job.status is Status.PENDING else None
+            now_or_later = job.run_after if job.status is Status.PENDING else None
+            run_after = now_or_later if now_or_later is not None and now_or_later > job.created_at else None
+            answers.append(Queued(job_id, job.status, position, run_after))
+        return answers
 
     # -- change --------------------------------------------------------------------------
     def cancel(self, ids: Sequence[int], mode: CancelMode = CancelMode.CANCEL) -> builtins.list[ChangeResult]:
@@ -248,14 +384,16 @@ class JobService:
         ids: Collection[int] | None = None,
         statuses: Collection[Status] | None = None,
         older_than_s: float | None = None,
+        wait: bool = False,
     ) -> PurgeResult:
         """Delete finished jobs and their events.
 
         The rule: give ``ids`` or ``statuses``, not both, or ``older_than_s`` alone; without
         ``ids`` and ``statuses`` only terminal jobs are chosen; ``older_than_s`` narrows the
         choice to jobs unchanged for that long (store clock). A chosen live job gets a cancel
-        request and is deleted once it stopped (``cancel_requested``). A ``UsageError`` names
-        the parameter that breaks the rule.
+        request; with ``wait`` the call waits for its agent to stop (at most ``stop_wait_s``)
+        and deletes it too, else it is deleted by a later purge. ``cancel_requested`` holds the
+        live jobs left. A ``UsageError`` names the parameter that breaks the rule.
         """
         if not ids and not statuses and older_than_s is None:
             raise UsageError(
@@ -275,7 +413,108 @@ class JobService:
             older_than_s=older_than_s,
         )
         self._changed()
-        return result
+        self._forget_files(result.deleted)
+        if not wait or not result.cancel_requested:
+            return result
+        live = list(result.cancel_requested)
+        self._await(lambda: self._all_stopped(live), self.stop_wait_s)
+        settled = [j.id for j in map(self._get_or_none, live) if j is not None and j.status not in LIVE]
+        later = self.store.purge(ids=settled) if settled else PurgeResult((), ())
+        self._changed()
+        self._forget_files(later.deleted)
+        still = tuple(i for i in live if i not in later.deleted)
+        return PurgeResult(result.deleted + later.deleted, still)
+
+    def _forget_files(self, job_ids: Sequence[int]) -> None:
+        """A purged job's run dirs and logs go with its row (those of this store only)."""
+        if not job_ids:
+            return
+        from supervisor.datadir import DataDir
+        from supervisor.retention import remove_job_files
+
+        datadir = DataDir.at(self.settings.data_dir)
+        try:
+            datadir = datadir.for_store(self.store.identity())
+        except StoreError:
+            return  # which store's files they are is unknown: retention takes them later
+        remove_job_files(datadir, job_ids)
+
+    # -- waiting ---------------------------------------------------------------------------
+    @property
+    def stop_wait_s(self) -> float:
+        """How long stopping a running agent may take: its supervisor learns of the request
+        at its next heartbeat (at once when the store pushes changes), then SIGTERM, the grace
+        period, SIGKILL; plus a margin for the outcome to reach the store."""
+        return self.settings.heartbeat_s + self.settings.stop_grace_s + STOP_MARGIN_S
+
+    def wait_stopped(
+        self, results: Sequence[ChangeResult], *, timeout_s: float | None = None
+    ) -> builtins.list[Stopped]:
+        """Wait until no job of a cancel or kill still has an agent (at most ``timeout_s``,
+        default ``stop_wait_s``), then say how each one ended, from its events and their facts.
+        A job the cancel refused because it had already ended counts as stopped."""
+        timeout = self.stop_wait_s if timeout_s is None else timeout_s
+        ids = [r.job_id for r in results if r.error is None]
+        started = self._clock()
+        self._await(lambda: self._all_stopped(ids), timeout)
+        waited = self._clock() - started
+        answers = []
+        for r in results:
+            if isinstance(r.error, IllegalTransitionError):
+                job = self._get_or_none(r.job_id)
+                status = job.status.value if job is not None else "gone"
+                answers.append(Stopped(r.job_id, True, f"already finished ({status})", job))
+                continue
+            if r.error is not None:
+                answers.append(Stopped(r.job_id, False, str(r.error)))
+                continue
+            job = self._get_or_none(r.job_id)
+            if job is None:
+                answers.append(Stopped(r.job_id, True, "stopped; the job has since been purged"))
+            elif job.status in LIVE:
+                answers.append(Stopped(r.job_id, False, f"still running after {waited:.0f} s", job))
+            else:
+                answers.append(
+                    Stopped(r.job_id, True, how_ended(r.before, job, self.store.events(job.id)), job)
+                )
+        return answers
+
+    def _get_or_none(self, job_id: int) -> Job | None:
+        try:
+            return self.store.get(job_id)
+        except JobNotFoundError:
+            return None
+
+    def _all_stopped(self, ids: Sequence[int]) -> bool:
+        """No job of ``ids`` holds an agent: one ``list`` of the live jobs (few: at most the
+        running agents of every supervisor) however many ids a bulk change waits for."""
+        if not ids:
+            return True
+        live = {j.id for j in self.store.list(statuses=LIVE)}
+        return live.isdisjoint(ids)
+
+    def _await(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``done()`` (at most ``timeout_s``): woken by the store's push channel
+        when it has one, else looking again every ``_POLL_*_S``. True when it came true."""
+        woken = threading.Event()
+        handle = self.store.watch(lambda _due: woken.set())
+        poll = _POLL_SHARED_S if self.store.shared else _POLL_LOCAL_S
+        deadline = self._clock() + timeout_s
+        try:
+            while True:
+                if done():
+                    return True
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return False
+                pushed = handle is not None and handle.live
+                # with a live push channel a look is only needed when woken; a wake-up lost
+                # to a race is caught by the slower look
+                woken.wait(min(remaining, poll * 10 if pushed else poll))
+                woken.clear()
+        finally:
+            if handle is not None:
+                handle.close()
 
     def note_change(self) -> None:
         """Something else changed the store (the supervisor's ``on_change``): the next
@@ -331,6 +570,8 @@ class JobService:
             path = event.facts.get("log_path")
             if path and event.attempt == attempt:
                 return Path(path)
+        from supervisor.datadir import DataDir
+
         return DataDir.at(self.settings.data_dir).log_path(job_id, attempt)
 
     # -- health and reconcile ------------------------------------------------------------
@@ -353,9 +594,10 @@ class JobService:
             return report
 
     def _health_report(self) -> HealthReport:
+        from supervisor.datadir import DataDir
         from supervisor.health import check_health, read_status
         from supervisor.outbox import outbox_depth
-        from supervisor.runner import read_worker_id
+        from supervisor.recovery import read_worker_id
 
         data = DataDir.at(self.settings.data_dir)
         return check_health(
@@ -386,17 +628,42 @@ class JobService:
         self._changed()
         return Reconciliation(ran=True, decisions=decisions, outbox_depth=sup.outbox_depth)
 
+    # -- workspaces ----------------------------------------------------------------------
+    def workspaces(self) -> builtins.list[MirrorInfo]:
+        """The repository mirrors held in the data dir, each with the jobs holding a
+        worktree of it. Reads a few small files and sizes the mirrors: no git, no store."""
+        return self._workspaces().mirrors()
+
+    def prune_workspaces(self) -> PruneReport:
+        """Apply the workspace retention policy now (what the supervisor's retention pass
+        does): finished worktrees, mirrors unused past ``workspace_max_age_s`` or beyond
+        ``workspace_max_bytes``. Keeps the worktree of every job the store has preparing or
+        running, whoever runs it, so it needs the store: a ``StoreError`` rather than a guess."""
+        from supervisor.workspaces import live_attempts
+
+        return self._workspaces().prune(live=live_attempts(self.store))
+
+    def _workspaces(self) -> Workspaces:
+        from supervisor.datadir import DataDir
+        from supervisor.workspaces import Workspaces, WorkspaceSettings
+
+        return Workspaces(
+            DataDir.at(self.settings.data_dir).workspaces,
+            settings=WorkspaceSettings.from_settings(self.settings),
+        )
+
     # -- internals -----------------------------------------------------------------------
     def _each(
         self, ids: Sequence[int], reason: str, change: Callable[[int], Job]
     ) -> builtins.list[ChangeResult]:
         results = []
         for job_id in ids:
+            before: Status | None = None
             try:
                 before = self.store.get(job_id).status
                 job = change(job_id)
             except _PER_JOB_ERRORS as exc:
-                results.append(ChangeResult(job_id, reason, error=exc))
+                results.append(ChangeResult(job_id, reason, before=before, error=exc))
             else:
                 results.append(ChangeResult(job_id, reason, job=job, before=before))
         if any(r.error is None for r in results):
@@ -409,6 +676,38 @@ class JobService:
         supervisor = self.supervisor
         if supervisor is not None:
             supervisor.wake()
+
+
+def how_ended(before: Status | None, job: Job, events: Sequence[Event]) -> str:
+    """How a job that was asked to stop ended, in words, from its status before the request,
+    its status now and the facts of the event that settled it (``exit_code``, ``signal``: the
+    signal that ended the agent, ``signals``: the ones the supervisor sent)."""
+    import signal
+
+    if before is not None and before not in LIVE:
+        if before in TERMINAL:
+            return f"already finished ({before.value})"
+        return "cancelled before it ran"
+    settle = next((e for e in reversed(events) if e.from_status in LIVE and e.to_status not in LIVE), None)
+    facts = settle.facts if settle is not None else {}
+    number = facts.get("signal")
+    sent = [s.get("signal") for s in facts.get("signals") or () if isinstance(s, dict)]
+    if isinstance(number, int):
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        if name == "SIGKILL":
+            return "killed by SIGKILL"
+        return f"stopped by {name}" if name in sent or name == "SIGTERM" else f"killed by {name}"
+    code = facts.get("exit_code")
+    if isinstance(code, int):
+        if sent:
+            return f"exited with code {code} after {sent[-1]}"
+        return f"finished on its own before the request reached it ({job.status.value}, exit code {code})"
+    if settle is not None:
+        return f"{job.status.value}: {settle.reason}"
+    return job.status.value
 
 
 def utf8_bounds(data: bytes, *, skip_head: bool, hold_tail: bool) -> tuple[int, int]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.datadir import AttemptFiles, DataDir, write_private
 from supervisor.errors import InvalidJobError
@@ -22,6 +22,9 @@ from supervisor.processes import TAG_ATTEMPT, TAG_JOB, TAG_WORKER, Agent, ExitSt
 from supervisor.scheduler import AgentView, StopState, outcome_for
 from supervisor.settings import KindConfig, Settings
 from supervisor.statefile import AgentEntry
+
+if TYPE_CHECKING:
+    from supervisor.workspaces import Workspace
 
 __all__ = [
     "UNREAD_IDENTITY",
@@ -58,12 +61,30 @@ def kind_config(settings: Settings, kind: str | None) -> KindConfig | None:
 
 def resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
     """Check a local submission against the kinds registry and fill in its defaults, so a
-    mistake is reported at submit time and ``show`` displays the limits that will apply."""
+    mistake is reported at submit time and ``show`` displays the limits that will apply.
+    The repository, if any, becomes the canonical source git will fetch (a bare name is
+    completed by ``default_owner``), and its key the concurrency key unless one was given."""
     kind = kind_config(settings, spec.kind)
     timeout = spec.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
     idle = spec.idle_timeout_s or (kind.idle_timeout_s if kind else None)
     stuck = spec.stuck_after_s or (kind.stuck_after_s if kind else None)
-    return replace(spec, timeout_s=timeout, idle_timeout_s=idle, stuck_after_s=stuck)
+    spec = replace(spec, timeout_s=timeout, idle_timeout_s=idle, stuck_after_s=stuck)
+    if spec.repo is None:
+        return spec
+    from supervisor.keys import parse_ref, parse_repo, repo_key
+
+    source = parse_repo(spec.repo, default_owner=settings.default_owner)
+    derived = _try_key(spec.repo, repo_key)
+    key = source.key if spec.concurrency_key in (None, derived) else spec.concurrency_key
+    ref = parse_ref(spec.ref) if spec.ref is not None else None
+    return replace(spec, repo=source.url, ref=ref, concurrency_key=key)
+
+
+def _try_key(repo: str, repo_key: Callable[[str], str]) -> str | None:
+    try:
+        return repo_key(repo)
+    except InvalidJobError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +126,12 @@ def prepare(
     datadir: DataDir,
     worker: str,
     env: Mapping[str, str] | None = None,
+    workspace: Workspace | None = None,
 ) -> Launch:
     """Write the payload file, clear stale result/exit files, and build argv and env
-    (``env``: the inherited environment, default ``base_env()``).
+    (``env``: the inherited environment, default ``base_env()``). With a ``workspace`` the
+    agent starts in it (a kind's relative ``cwd`` is taken inside it) and learns of it from
+    its environment. The git token variable reaches only agents whose kind asks for it.
 
     The payload reaches the agent as a file and argv comes from a registered template (or a
     local raw command): nothing from a job row ever passes through a shell.
@@ -126,7 +150,14 @@ def prepare(
         argv = kind.render(job.id, job.attempt, str(payload_file), str(result_file))
     else:
         argv = list(job.command or ())
-    agent_env = dict(base_env() if env is None else env)
+    from supervisor.workspaces import agent_environment  # git machinery: only when spawning
+
+    agent_env = agent_environment(
+        base_env() if env is None else env,
+        workspace,
+        token_env=settings.git_token_env,
+        pass_token=bool(kind and kind.pass_token),
+    )
     if kind:
         agent_env.update(kind.env)
     agent_env.update(
@@ -142,9 +173,10 @@ def prepare(
     timeout = job.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
     idle = job.idle_timeout_s or (kind.idle_timeout_s if kind else None)
     log_path = datadir.log_path(job.id, job.attempt)
-    return Launch(
-        argv, agent_env, kind.cwd if kind else None, run_dir, log_path, timeout, idle, limits_of(kind)
-    )
+    cwd = kind.cwd if kind else None
+    if workspace is not None:
+        cwd = str(workspace.path / cwd) if cwd else str(workspace.path)  # an absolute cwd wins
+    return Launch(argv, agent_env, cwd, run_dir, log_path, timeout, idle, limits_of(kind))
 
 
 @dataclass(eq=False)
@@ -171,6 +203,16 @@ class Attempt:
     samples: int = 0
     breach: str | None = None
     """A limit the sampled tree broke (set by ``sample``; the planner then kills the tree)."""
+    workspace: Workspace | None = None
+    """The worktree the agent runs in (its job names a repository)."""
+    output_seen: float = 0.0
+    """``last_output`` as the previous heartbeat saw it (``active``)."""
+
+    def active(self) -> bool:
+        """Whether the agent wrote output since the previous call (one per heartbeat)."""
+        fresh = self.last_output > self.output_seen
+        self.output_seen = self.last_output
+        return fresh
 
     def sample(self) -> None:
         """Take one resource sample of the tree; note a broken memory or process limit (with a

@@ -31,6 +31,8 @@ class JobChange:
     reason: str
     attempt: int
     progress: Any = None
+    kind: str | None = None
+    """The job's kind (None for a raw command)."""
 
 
 class Subscription:

@@ -29,6 +29,7 @@ from supervisor.retention import disk_use
 from supervisor.settings import Settings
 from supervisor.status import FRESH_S
 from supervisor.store import JobStore
+from supervisor.workspaces import workspaces_summary
 
 __all__ = ["ALERT_KINDS", "Alert", "HealthReport", "check_health", "read_status"]
 
@@ -108,6 +109,9 @@ class HealthReport:
     disk: dict[str, Any] = field(default_factory=dict)
     """``files_bytes`` and ``files`` (every attempt's files), ``swept_at``, ``free_bytes``,
     ``total_bytes`` of the data dir's file system, ``write_error``."""
+    workspaces: dict[str, Any] = field(default_factory=dict)
+    """``repositories`` held in the data dir, ``worktrees``, ``bytes``, and ``held`` (which
+    jobs hold a worktree of which repository)."""
 
 
 def read_status(data_dir: Path) -> dict[str, Any] | None:
@@ -204,6 +208,7 @@ def check_health(
         can_increase_concurrency={"answer": advice.can_increase, "reason": advice.reason},
         store=store_view,
         disk=disk,
+        workspaces=workspaces_summary(Path(settings.data_dir)),
     )
 
 

@@ -138,7 +138,13 @@ class JobSpec:
         if self.repo is not None and self.concurrency_key is None:
             from supervisor.keys import repo_key
 
-            object.__setattr__(self, "concurrency_key", repo_key(self.repo))
+            bare = "/" not in self.repo and ":" not in self.repo
+            try:
+                object.__setattr__(self, "concurrency_key", repo_key(self.repo))
+            except InvalidJobError:
+                if not bare:
+                    raise
+                # A bare name: the default_owner setting completes it (attempt.resolve_spec).
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -164,7 +170,8 @@ class JobSpec:
                 raise InvalidJobError("'repo' (and 'owner') must be strings; 'owner' needs 'repo'")
             if values.get("concurrency_key") is not None:
                 raise InvalidJobError("give either a repo or a concurrency key, not both")
-            values["concurrency_key"] = repo_key(repo, owner)
+            if owner is not None:
+                repo_key(repo, owner)  # a typo is caught here, with the owner's name in the message
             values["repo"] = repo.strip() if owner is None else f"{owner.strip()}/{repo.strip()}"
         if "command" in values and values["command"] is not None:
             cmd = values["command"]

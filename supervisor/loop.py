@@ -24,12 +24,18 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.admission import Gate, GateState, Machine, admit
-from supervisor.attempt import Attempt, base_env
+from supervisor.attempt import Attempt, base_env, resolve_spec
 from supervisor.clock import Clock
-from supervisor.errors import LeaseLostError, StateFileError, StoreError, StoreUnavailableError
+from supervisor.errors import (
+    InvalidJobError,
+    LeaseLostError,
+    StateFileError,
+    StoreError,
+    StoreUnavailableError,
+)
 from supervisor.job import LIVE, Job, Outcome, Status
 from supervisor.pool import AgentPool
 from supervisor.processes import Processes
@@ -43,10 +49,14 @@ from supervisor.store import JobStore, Watch
 from supervisor.sync import OutcomeSync
 from supervisor.timers import Timers, next_wake, plan
 
+if TYPE_CHECKING:
+    from supervisor.schedules import Schedules
+
 __all__ = ["Control", "Emit", "Loop"]
 
 log = logging.getLogger("agent_supervisor")
 
+_DUE_MARGIN_S: Final = 0.005
 _SAVE_RETRY_S: Final = 1.0  # a state file that cannot be saved (a full disk): not every tick
 
 Emit = Callable[[Job, Status | None, str], None]
@@ -124,6 +134,12 @@ class Loop:
         """Why the last state-file save failed (a full disk), while that lasts."""
         self.retention_report: RetentionReport | None = None
         first = settings()
+        self._schedules: Schedules | None = None
+        self._sched_since = _previous_status_time(session) or clock.time()
+        """Slots after this (wall clock) are still to enqueue: the last time the previous run
+        reported in, so that slots missed while no supervisor ran follow the missed policy."""
+        self._sched_at = math.inf
+        self._load_schedules(first)
         self.retention = Retention(
             session.datadir,
             store,
@@ -134,6 +150,7 @@ class Loop:
             retain_jobs_s=first.retain_jobs_s,
             live=self._live,
             on_report=self._retained,
+            also=self.pool.prune_workspaces,
         )
 
     @classmethod
@@ -203,23 +220,52 @@ class Loop:
         """Settings changed: take the environment and the intervals anew."""
         settings = self._settings()
         self.pool.env = base_env()  # a host that changed os.environ reloads to pass it on
+        self.pool.reset_workspaces()
         self.sync.down_for_s = settings.heartbeat_s
         self.retention.retention_s = settings.retention_s
         self.retention.files_max_bytes = settings.files_max_bytes
         self.retention.every_s = settings.retention_every_s
         self.retention.retain_jobs_s = settings.retain_jobs_s
         self.retention.wake()
+        self._load_schedules(settings)
         self.timers.beat_at = 0.0
         self.wake()
 
-    def _live(self) -> set[tuple[int, int]]:
-        """The attempts that run now (the retention thread asks; any thread)."""
-        for _ in range(3):
+    def _load_schedules(self, settings: Settings) -> None:
+        """Recurring jobs (``supervisor.schedules``: cronsim is imported only when some are
+        configured)."""
+        if not settings.schedules:
+            self._schedules, self._sched_at = None, math.inf
+            return
+        from supervisor.schedules import Schedules
+
+        self._schedules = Schedules(settings.schedules)
+        self._sched_at = self._schedules.next_at(self._sched_since)
+
+    def _enqueue_schedules(self, wall: float) -> None:
+        """Enqueue the slots that came due. Each carries a unique key per slot, so another
+        supervisor on the store enqueuing the same slot changes nothing."""
+        assert self._schedules is not None
+        specs = [
+            resolve_spec(spec, self._settings()) for spec in self._schedules.due(self._sched_since, wall)
+        ]
+        if specs:
             try:
-                return {(a.job.id, a.job.attempt) for a in list(self.pool)}
-            except RuntimeError:  # the pool changed size while copied: copy again
-                continue
-        return {(a.job.id, a.job.attempt) for a in list(self.pool)}
+                self._store.enqueue(specs)
+            except StoreUnavailableError as exc:
+                self.sync.store_down(exc)  # since stays: the next look enqueues them
+                return
+            except (StoreError, InvalidJobError) as exc:
+                log.error("schedules: slots not enqueued: %s", exc)
+            else:
+                log.info("schedules: %s enqueued", ", ".join(s.unique_key or "?" for s in specs))
+                self.timers.claim_at = min(self.timers.claim_at, self._clock.monotonic())
+        self._sched_since = wall
+        self._sched_at = self._schedules.next_at(wall)
+
+    def _live(self) -> set[tuple[int, int]]:
+        """The attempts that run or prepare now (the retention thread asks; any thread)."""
+        return self.pool.live()
 
     def _retained(self, report: RetentionReport) -> None:
         self.retention_report = report  # one assignment: read by the loop thread at its leisure
@@ -243,8 +289,10 @@ class Loop:
         return look
 
     def _claim_by(self, now: float, due_at: float) -> None:
-        """Claim when the store-clock time ``due_at`` comes (a job's ``run_after``)."""
-        wait = max(0.0, due_at - self._clock.time())
+        """Claim when the store-clock time ``due_at`` comes (a job's ``run_after``). A few
+        milliseconds late rather than early: a claim a moment before ``run_after`` finds
+        nothing (it would then ask ``next_due`` and come back, one round trip wasted)."""
+        wait = max(0.0, due_at - self._clock.time()) + _DUE_MARGIN_S
         self.timers.claim_at = min(self.timers.claim_at, now + wait)
 
     @property
@@ -278,7 +326,7 @@ class Loop:
                     stopping=self._control.stopping,
                     drain_at=None if self._shutdown_sent else self._control.drain_at,
                     poll_s=None if self.pushed else self._settings().poll_s,
-                    status_at=self.session.status.next_due(),
+                    status_at=min(self.session.status.next_due(), now + self._sched_at - self._clock.time()),
                 )
             )
 
@@ -291,6 +339,7 @@ class Loop:
             self._state_changed()
             self._record(attempt.job, outcome)
             self.timers.claim_at = min(self.timers.claim_at, now)  # a slot is free
+        self._started(pool.collect_prepared())
         pool.watch_output(now)
         pool.act_on_stops(now)
         due = plan(
@@ -312,10 +361,13 @@ class Loop:
                 return True
             if now >= control.drain_at and not self._shutdown_sent:
                 self._shutdown_sent = True
-                pool.shutdown(now)
+                for job, outcome in pool.shutdown(now):
+                    self._record(job, outcome)
         else:
             if due.reap:
                 self._reap(now)
+            if self._clock.time() >= self._sched_at and now >= self.timers.store_down_until:
+                self._enqueue_schedules(self._clock.time())
             if due.claim:
                 self._claim(now)
             if until_idle and self._idle(now):
@@ -352,7 +404,8 @@ class Loop:
         except StoreError as exc:
             # Agents stay under their local deadlines; the lease may lapse and another
             # supervisor may take the job, which the next successful beat reports as lost.
-            log.warning("heartbeat failed: %s", exc)
+            if self.sync.down_since is None or not isinstance(exc, StoreUnavailableError):
+                log.warning("heartbeat failed: %s", exc)
             if isinstance(exc, StoreUnavailableError):
                 self.sync.store_down(exc)
             return
@@ -367,6 +420,7 @@ class Loop:
         except StoreUnavailableError as exc:
             self.sync.store_down(exc)
             return
+        self.sync.store_answered()
         for job in changed:
             if job.status is Status.PENDING:  # a retry whose backoff ended: claimable now
                 self.timers.claim_at = min(self.timers.claim_at, now)
@@ -397,6 +451,7 @@ class Loop:
             self.sync.store_down(exc)
             self.timers.claim_at = now  # claim again as soon as the store may be asked
             return
+        self.sync.store_answered()
         if jobs:
             self._last_start = now
         if len(jobs) == gate.limit:  # there may be more: look again as soon as the gate allows
@@ -406,18 +461,28 @@ class Loop:
                 due = self._store.next_due()
                 if due is not None:
                     self._claim_by(now, due)
-        launched: list[Attempt] = []
+        started: list[Attempt | tuple[Job, Outcome]] = []
         for job in jobs:
             self._emit(job, Status.PENDING, "claimed")
-            started = self.pool.launch(job)
-            if isinstance(started, Outcome):
-                self._record(job, started)
-            else:
-                launched.append(started)
-        if launched:
+            result = self.pool.launch(job)
+            if isinstance(result, Outcome):
+                started.append((job, result))
+            elif result is not None:  # None: its workspace is being prepared
+                started.append(result)
+        self._started(started)
+
+    def _started(self, results: list[Attempt | tuple[Job, Outcome]]) -> None:
+        """Record what a launch gave: agents running, or outcomes of starts that failed."""
+        attempts = [r for r in results if isinstance(r, Attempt)]
+        if attempts:
             self._state_changed()
-        for attempt in launched:
-            self._mark_running(attempt)
+        for result in results:
+            if isinstance(result, Attempt):
+                self._mark_running(result)
+            else:
+                job, outcome = result
+                self._record(job, outcome)
+                self.timers.claim_at = min(self.timers.claim_at, self._clock.monotonic())
 
     def _admit(self, now: float) -> Gate:
         """Ask the admission gate, measuring the machine only when a slot is free."""
@@ -440,7 +505,9 @@ class Loop:
 
     def _mark_running(self, attempt: Attempt) -> None:
         job, proc, entry = attempt.job, attempt.proc, attempt.entry
-        facts = {"pgid": proc.pgid, "command": entry.command, "log_path": entry.log_path}
+        facts: dict[str, Any] = {"pgid": proc.pgid, "command": entry.command, "log_path": entry.log_path}
+        if attempt.workspace is not None:
+            facts["workspace"] = attempt.workspace.facts()
         try:
             attempt.job = self._store.mark_running(job.id, self.worker_id, job.attempt, proc.pid, facts)
             self._emit(attempt.job, Status.PREPARING, f"agent started (pid {proc.pid})")
@@ -540,6 +607,15 @@ class Loop:
             report,
         )
         return key, status
+
+
+def _previous_status_time(session: Session) -> float | None:
+    """When the previous run last reported in (its ``status.json``), if it left one."""
+    try:
+        value = json.loads(session.datadir.status_file.read_bytes()).get("updated_at")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _agent_row(attempt: Attempt, clock: Clock) -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""The running agents of one supervisor: launch, watch, stop, collect.
+"""The running agents of one supervisor: prepare, launch, watch, stop, collect.
 
 ``AgentPool`` holds the attempts that have an agent and does everything that concerns them
 alone: prepare and spawn one (``launch``), check log caps (``watch_output``), carry out what
 ``scheduler.plan_stops`` decides (SIGTERM, then SIGKILL), collect exits into outcomes, kill
 escaped descendants of finished attempts, and sample each tree's resource use. It talks to the
 operating system only through ``supervisor.processes.Processes`` and never to the store: the
-loop (``supervisor.runner``) records what it returns.
+loop (``supervisor.loop``) records what it returns.
+
+A job that names a repository is *preparing* first: its worktree is made by
+``supervisor.workspaces`` in a thread of its own (a first clone can take minutes, which the
+loop must never wait for); the thread wakes the loop when it is done, and ``collect_prepared``
+then spawns the agent in the worktree, or turns the failure into ``prepare_failed``. While a
+job prepares it counts as running: it holds a slot, its lease is renewed, and a cancel or a
+lost lease is honoured when the preparation returns (git is not interrupted mid-fetch).
 """
 
 from __future__ import annotations
@@ -13,23 +20,29 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.admission import RunningAgent, estimate_for
 from supervisor.attempt import UNREAD_IDENTITY, Attempt, exit_outcome, kind_config, prepare
 from supervisor.clock import Clock
 from supervisor.datadir import DataDir
 from supervisor.errors import InvalidJobError, SpawnError
-from supervisor.job import DecidedBy, ErrorKind, Job, Outcome
+from supervisor.job import CancelMode, DecidedBy, ErrorKind, Job, Outcome
 from supervisor.logcap import LogCap
 from supervisor.processes import Processes, Waiter
 from supervisor.scheduler import Kill, StopReason, StopState, Terminate, next_due, plan_stops
 from supervisor.settings import Settings
 from supervisor.statefile import AgentEntry
 from supervisor.store import Beat, BeatReply
+
+if TYPE_CHECKING:
+    from supervisor.keys import RepoSource
+    from supervisor.workspaces import Workspace, Workspaces
 
 __all__ = ["AgentPool", "Ended"]
 
@@ -51,6 +64,22 @@ _PERMANENT_SPAWN_ERRORS: Final = frozenset({errno.ENOENT, errno.EACCES})
 
 Ended = tuple[Attempt, Outcome]
 """An attempt whose agent has ended, and the outcome to record for it."""
+
+
+@dataclass(eq=False)
+class _Preparing:
+    """A job whose worktree a thread is making."""
+
+    job: Job
+    source: RepoSource
+    ref: str | None
+    done: threading.Event = field(default_factory=threading.Event)
+    workspace: Workspace | None = None
+    error: BaseException | None = None
+    cancel_requested: CancelMode | None = None
+    lease_lost: bool = False
+    abandoned: bool = False
+    """The supervisor stopped meanwhile: the thread releases the worktree when it returns."""
 
 
 class AgentPool:
@@ -80,6 +109,8 @@ class AgentPool:
         self.env = env
         """The environment agents inherit (taken at open and on reload)."""
         self._attempts: dict[int, Attempt] = {}
+        self._preparing: dict[int, _Preparing] = {}
+        self._workspaces: Workspaces | None = None
         self.observed: deque[tuple[int, float]] = deque(maxlen=50)
         """(peak tree RSS, mean CPU %) of recent attempts, for the recommended concurrency."""
         self.logs_racing = False
@@ -88,7 +119,8 @@ class AgentPool:
         self._next_sample = 0.0
 
     def __len__(self) -> int:
-        return len(self._attempts)
+        """Attempts that hold a slot: running agents and jobs still preparing."""
+        return len(self._attempts) + len(self._preparing)
 
     def __iter__(self) -> Iterator[Attempt]:
         return iter(list(self._attempts.values()))
@@ -101,9 +133,11 @@ class AgentPool:
         return sorted(self._attempts)
 
     # -- starting ------------------------------------------------------------------------
-    def launch(self, job: Job) -> Attempt | Outcome:
-        """Prepare the attempt's files and spawn its agent; the ``Outcome`` to record instead
-        when it cannot start (an invalid job, a command that cannot run, a full disk)."""
+    def launch(self, job: Job) -> Attempt | Outcome | None:
+        """Start ``job``'s attempt: spawn its agent (the ``Attempt``), or begin preparing its
+        worktree in a thread (None: ``collect_prepared`` finishes the start), or the
+        ``Outcome`` to record when it cannot start (an invalid job, a command that cannot
+        run, a full disk)."""
         settings = self._settings()
         try:
             kind = kind_config(settings, job.kind)
@@ -112,7 +146,76 @@ class AgentPool:
                     "raw commands from a shared store are refused: register a kind for it "
                     "(or set allow_remote_commands)"
                 )
-            launch = prepare(job, kind, settings, self._datadir, self.worker_id, self.env)
+            repo = job.repo or (kind.repo if kind else None)
+            if repo is not None:
+                ref = job.ref if job.repo else (kind.ref if kind else None)
+                self._begin_prepare(job, repo, ref)
+                return None
+        except InvalidJobError as exc:
+            return _not_started(job, ErrorKind.INVALID, str(exc))
+        return self._spawn(job, None)
+
+    def _begin_prepare(self, job: Job, repo: str, ref: str | None) -> None:
+        from supervisor.keys import parse_repo
+
+        settings = self._settings()
+        source = parse_repo(repo, default_owner=settings.default_owner)
+        if source.local and self._shared and not settings.allow_remote_commands:
+            # A path on this machine named by a row anyone with access to the store can write.
+            raise InvalidJobError(
+                "a local repository from a shared store is refused (set allow_remote_commands)"
+            )
+        item = _Preparing(job, source, ref)
+        self._preparing[job.id] = item
+        workspaces = self.workspaces()
+        waiter = self._waiter
+
+        def run() -> None:
+            try:
+                item.workspace = workspaces.prepare(source, ref, job_id=job.id, attempt=job.attempt)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which records it
+                item.error = exc
+            finally:
+                item.done.set()
+                if item.abandoned and item.workspace is not None:
+                    workspaces.release(job.id, job.attempt, failed=False)
+                else:
+                    waiter.wake()
+
+        threading.Thread(target=run, name=f"agent-supervisor-prepare-{job.id}", daemon=True).start()
+
+    def collect_prepared(self) -> list[Attempt | tuple[Job, Outcome]]:
+        """Jobs whose preparation returned: their spawned attempts, or (job, outcome) to
+        record (``prepare_failed``, ``invalid``, a cancel that came meanwhile). A job whose
+        lease was lost meanwhile is dropped: someone else may run it now."""
+        out: list[Attempt | tuple[Job, Outcome]] = []
+        for job_id, item in list(self._preparing.items()):
+            if not item.done.is_set():
+                continue
+            del self._preparing[job_id]
+            job, ws = item.job, item.workspace
+            if item.lease_lost or item.cancel_requested is not None:
+                if ws is not None:
+                    self.release_workspace(job.id, job.attempt, failed=False)
+                if not item.lease_lost:
+                    out.append((job, _cancelled_while_preparing(item.cancel_requested)))
+                continue
+            if ws is None:
+                out.append((job, _prepare_failure(job, item.error)))
+                continue
+            started = self._spawn(job, ws)
+            if isinstance(started, Outcome):
+                self.release_workspace(job.id, job.attempt, failed=True)
+                out.append((job, started))
+            else:
+                out.append(started)
+        return out
+
+    def _spawn(self, job: Job, workspace: Workspace | None) -> Attempt | Outcome:
+        settings = self._settings()
+        try:
+            kind = kind_config(settings, job.kind)
+            launch = prepare(job, kind, settings, self._datadir, self.worker_id, self.env, workspace)
             proc = self._processes.spawn(
                 launch.argv,
                 env=launch.env,
@@ -153,9 +256,57 @@ class AgentPool:
             entry=entry,
             last_output=proc.started_mono,
             limits=launch.limits,
+            workspace=workspace,
         )
         self.adopt(attempt)
         return attempt
+
+    # -- workspaces ----------------------------------------------------------------------
+    def workspaces(self) -> Workspaces:
+        """The data dir's workspaces (made on first use: most supervisors never need git)."""
+        if self._workspaces is None:
+            from supervisor.workspaces import Workspaces, WorkspaceSettings
+
+            settings = self._settings()
+            self._workspaces = Workspaces(
+                self._datadir.workspaces,
+                settings=WorkspaceSettings.from_settings(settings),
+                clock=self._clock,
+                env=self.env,
+            )
+        return self._workspaces
+
+    def reset_workspaces(self) -> None:
+        """Settings or the environment changed: the next use builds them anew."""
+        self._workspaces = None
+
+    def release_workspace(self, job_id: int, attempt: int, *, failed: bool) -> None:
+        """Remove an attempt's worktree (or keep a failed one for a while), off the loop's
+        thread: a big checkout takes a while to delete."""
+        workspaces = self.workspaces()
+        threading.Thread(
+            target=workspaces.release, args=(job_id, attempt), kwargs={"failed": failed},
+            name="agent-supervisor-release", daemon=True,
+        ).start()  # fmt: skip
+
+    def prune_workspaces(self) -> None:
+        """The workspace policy (old worktrees and mirrors) with the live attempts kept; for
+        the retention thread. Nothing to do before the data dir has workspaces."""
+        if not self._datadir.workspaces.exists():
+            return
+        live = self.live()
+        self.workspaces().prune(live=live)
+
+    def live(self) -> set[tuple[int, int]]:
+        """(job, attempt) of every attempt that runs or prepares (any thread)."""
+        for _ in range(3):
+            try:
+                running = [(a.job.id, a.job.attempt) for a in list(self._attempts.values())]
+                preparing = [(p.job.id, p.job.attempt) for p in list(self._preparing.values())]
+                return {*running, *preparing}
+            except RuntimeError:  # changed size while copied (another thread's view): again
+                continue
+        return set()
 
     def adopt(self, attempt: Attempt) -> None:
         """Watch ``attempt`` (a new one, or one a previous supervisor left running)."""
@@ -167,11 +318,13 @@ class AgentPool:
         return LogCap(path, settings.log_cap_bytes, settings.output_tail_bytes)
 
     def running(self) -> list[RunningAgent]:
-        """What admission needs to know of each running agent."""
+        """What admission needs to know of each running (or preparing) agent."""
         settings = self._settings()
         return [
             RunningAgent(a.job.kind, estimate_for(settings, a.job.kind), (a.stats or {}).get("rss_bytes", 0))
             for a in self._attempts.values()
+        ] + [
+            RunningAgent(p.job.kind, estimate_for(settings, p.job.kind), 0) for p in self._preparing.values()
         ]
 
     # -- watching ------------------------------------------------------------------------
@@ -203,12 +356,21 @@ class AgentPool:
 
     # -- heartbeats ----------------------------------------------------------------------
     def beats(self) -> list[Beat]:
-        """One beat per running attempt, with new progress and the latest tree sample."""
-        return [Beat(a.job.id, a.job.attempt, a.read_progress(), a.stats) for a in self._attempts.values()]
+        """One beat per running attempt, with new progress and the latest tree sample, and
+        one per preparing job (its lease must hold while git works)."""
+        beats = [
+            Beat(a.job.id, a.job.attempt, a.read_progress(), a.stats, a.active())
+            for a in self._attempts.values()
+        ]
+        return beats + [Beat(p.job.id, p.job.attempt) for p in self._preparing.values()]
 
     def apply(self, replies: list[BeatReply]) -> None:
         """Note cancel requests and lost leases from a heartbeat's answer (the planner acts)."""
         for reply in replies:
+            preparing = self._preparing.get(reply.job_id)
+            if preparing is not None:
+                preparing.cancel_requested = reply.cancel_requested
+                preparing.lease_lost |= reply.lease_lost
             attempt = self._attempts.get(reply.job_id)
             if attempt is None:
                 continue
@@ -228,11 +390,24 @@ class AgentPool:
             elif isinstance(action, Kill):
                 self.kill(attempt, action.reason, now)
 
-    def shutdown(self, now: float) -> None:
-        """SIGTERM every agent not already being stopped (the drain time is over)."""
+    def shutdown(self, now: float) -> list[tuple[Job, Outcome]]:
+        """SIGTERM every agent not already being stopped (the drain time is over); jobs still
+        preparing are given up (their threads release the worktree when git returns) and
+        returned with the outcome to record: interrupted, retried at once, not counted."""
         for attempt in self._attempts.values():
             if attempt.stop is None:
                 self.terminate(attempt, StopReason.SHUTDOWN, now)
+        return self._abandon_preparing()
+
+    def _abandon_preparing(self) -> list[tuple[Job, Outcome]]:
+        given_up = []
+        for item in list(self._preparing.values()):
+            item.abandoned = True
+            if item.done.is_set() and item.workspace is not None:
+                self.release_workspace(item.job.id, item.job.attempt, failed=False)
+            given_up.append((item.job, _interrupted()))
+        self._preparing.clear()
+        return given_up
 
     def terminate(self, attempt: Attempt, reason: StopReason, now: float) -> None:
         sent = attempt.proc.signal_group(signal.SIGTERM)
@@ -293,14 +468,52 @@ class AgentPool:
         return [a.state_entry() for a in self._attempts.values()]
 
     def close(self) -> None:
-        """Stop watching every agent (they keep running: the state file records them)."""
+        """Stop watching every agent (they keep running: the state file records them); give
+        up jobs still preparing (their leases lapse, and they are retried)."""
         for attempt in list(self._attempts.values()):
             self._release(attempt)
+        self._abandon_preparing()
 
     def _release(self, attempt: Attempt) -> None:
         self._waiter.unregister(attempt.proc)
         attempt.proc.close()
         del self._attempts[attempt.job.id]
+
+
+def _prepare_failure(job: Job, error: BaseException | None) -> Outcome:
+    from supervisor.errors import PrepareError
+
+    if isinstance(error, InvalidJobError):
+        return _not_started(job, ErrorKind.INVALID, str(error))
+    if isinstance(error, PrepareError | OSError):
+        why = str(error) if isinstance(error, PrepareError) else f"cannot make the workspace: {error}"
+        log.warning("job %d: workspace not ready: %s", job.id, why)
+        facts = {"repo": job.repo, "ref": job.ref}
+        return Outcome(
+            error_kind=ErrorKind.PREPARE_FAILED, error=why, decided_by=DecidedBy.SPAWN, facts=facts
+        )
+    log.error("job %d: preparing its workspace failed", job.id, exc_info=error)
+    return Outcome(
+        error_kind=ErrorKind.PREPARE_FAILED, error=f"internal error: {error!r}", decided_by=DecidedBy.SPAWN
+    )
+
+
+def _cancelled_while_preparing(mode: CancelMode | None) -> Outcome:
+    what = "killed" if mode is CancelMode.KILL else "cancelled"
+    return Outcome(
+        error_kind=ErrorKind.CANCELLED,
+        error=f"{what} while its workspace was prepared",
+        decided_by=DecidedBy.CANCEL,
+    )
+
+
+def _interrupted() -> Outcome:
+    return Outcome(
+        error_kind=ErrorKind.KILLED,
+        error="stopped by supervisor shutdown while its workspace was prepared",
+        decided_by=DecidedBy.SHUTDOWN,
+        forgive=True,
+    )
 
 
 def _not_started(job: Job, kind: ErrorKind, error: str) -> Outcome:

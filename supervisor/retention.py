@@ -72,6 +72,8 @@ class RetentionReport:
 
 @dataclass(slots=True)
 class _Attempt:
+    store: str
+    """The store's subdir the files are in ("" for the flat layout of older versions)."""
     key: tuple[int, int] | None
     paths: list[Path]
     mtime: float
@@ -119,7 +121,7 @@ def _attempts(datadir: DataDir) -> list[_Attempt]:
                     key = _attempt_key(name)
                     size, count, mtime = _size(path)
                     ident = (store, key, name.removesuffix(".log")) if key else (store, None, label)
-                    item = found.setdefault(ident, _Attempt(key, [], 0.0, 0, 0))
+                    item = found.setdefault(ident, _Attempt(store, key, [], 0.0, 0, 0))
                     item.paths.append(path)
                     item.mtime = max(item.mtime, mtime)
                     item.bytes += size
@@ -136,10 +138,14 @@ def _delete(paths: Iterable[Path]) -> None:
 
 
 def remove_job_files(datadir: DataDir, job_ids: Collection[int]) -> int:
-    """Delete the run dirs and logs of every attempt of ``job_ids`` (a purge); how many went."""
+    """Delete the run dirs and logs of every attempt of ``job_ids`` (a purge) in this store's
+    subdirs (``datadir.store_key``; the flat layout of older versions too, where job ids could
+    collide across stores: only without a key); how many attempts went."""
     wanted = set(job_ids)
     gone = 0
     for item in _attempts(datadir):
+        if item.store not in ("", datadir.store_key):
+            continue  # another store's job with the same id
         if item.key is not None and item.key[0] in wanted:
             _delete(item.paths)
             gone += 1
@@ -165,6 +171,7 @@ class Retention:
         retain_jobs_s: float | None,
         live: Callable[[], set[tuple[int, int]]],
         on_report: Callable[[RetentionReport], None],
+        also: Callable[[], None] | None = None,
     ) -> None:
         self._datadir = datadir
         self._store = store
@@ -175,6 +182,8 @@ class Retention:
         self.retain_jobs_s = retain_jobs_s
         self._live = live
         self._on_report = on_report
+        self._also = also
+        """More housekeeping on the same thread and cadence (the workspaces' prune)."""
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._thread: threading.Thread | None = None
@@ -197,6 +206,8 @@ class Retention:
         while not self._stop.is_set():
             try:
                 self._on_report(self.sweep())
+                if self._also is not None:
+                    self._also()
             except Exception:  # a sweep must never take the supervisor down
                 log.exception("retention sweep failed")
             self._poke.wait(self.every_s)

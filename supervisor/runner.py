@@ -251,7 +251,7 @@ class Supervisor:
         return self._loop
 
     def _emit(self, job: Job, before: Status | None, reason: str) -> None:
-        change = JobChange(job.id, before, job.status, reason, job.attempt, job.progress)
+        change = JobChange(job.id, before, job.status, reason, job.attempt, job.progress, job.kind)
         for sub in list(self._subscriptions):
             sub.put(change)
         if self._on_change is None:

@@ -50,6 +50,8 @@ from pydantic_settings import (
 )
 
 from supervisor.errors import ConfigError
+from supervisor.schedules import MAX_NAME_CHARS as MAX_SCHEDULE_NAME_CHARS
+from supervisor.schedules import ScheduleConfig
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -325,6 +327,27 @@ class Settings(BaseSettings):
     """Registered agent kinds, as TOML tables [kinds.<name>]."""
     claim_kinds: list[str] | None = None
     """Take only jobs of these kinds (default: any job)."""
+    # -- recurring jobs (supervisor/schedules.py) -------------------------------------------
+    schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
+    """Recurring jobs, as TOML tables [schedules.<name>] (cron, kind, payload, timezone, missed)."""
+
+    @field_validator("schedules")
+    @classmethod
+    def _check_schedules(
+        cls, schedules: dict[str, ScheduleConfig], info: ValidationInfo
+    ) -> dict[str, ScheduleConfig]:
+        kinds = info.data.get("kinds")
+        for name, schedule in schedules.items():
+            if not 1 <= len(name) <= MAX_SCHEDULE_NAME_CHARS or not name.isprintable() or ":" in name:
+                raise ValueError(
+                    f"a schedule name must be 1 to {MAX_SCHEDULE_NAME_CHARS} printable characters "
+                    f"without ':', got {name!r:.60}"
+                )
+            if kinds is not None and schedule.kind not in kinds:  # it would fail at every slot
+                raise ValueError(f"{name}: kind {schedule.kind!r} is not registered in [kinds]")
+        return schedules
+
+    # -- end of recurring jobs --------------------------------------------------------------
     memory_estimate_bytes: int = Field(default=1 << 30, gt=0)
     """Expected memory of one agent when its kind does not say (admission control)."""
     memory_reserve_bytes: int = Field(default=512 << 20, ge=0)

@@ -101,15 +101,17 @@ class OutcomeSync:
         """The store did not answer through its retries: claim nothing and send outcomes to the
         outbox for ``down_for_s`` (the next heartbeat or replay probes it again)."""
         now = self._clock.monotonic()
-        if now >= self._timers.store_down_until:
-            log.warning("store unavailable; no new work for %.0f s: %s", self.down_for_s, exc)
+        if self.down_since is None:  # one line when it goes down, one when it is back
+            log.warning("store unreachable; running agents carry on, nothing new starts: %s", exc)
+            self.down_since = self._clock.time()
         self._timers.store_down_until = now + self.down_for_s
         self.last_error = str(exc)
-        if self.down_since is None:
-            self.down_since = self._clock.time()
 
     def store_answered(self) -> None:
-        """A call got through (a heartbeat): replay the outbox now, not after its backoff."""
+        """A call got through (a heartbeat, a claim): replay the outbox now, not after its
+        backoff."""
+        if self.down_since is not None:
+            log.warning("store reachable again after %.0f s", self._clock.time() - self.down_since)
         self.last_error = None
         self.down_since = None
         if self.depth:
@@ -144,6 +146,8 @@ class OutcomeSync:
             done += 1
         else:
             self._fails = 0
+            if self.down_since is not None:
+                log.warning("store reachable again after %.0f s", self._clock.time() - self.down_since)
             self.last_error = None
             self.down_since = None
             self._timers.replay_at = float("inf")
@@ -169,7 +173,9 @@ class OutcomeSync:
         self._fails += 1
         self.last_error = str(exc)
         if self.down_since is None:
+            log.warning("store unreachable; outcomes wait in the outbox: %s", exc)
             self.down_since = self._clock.time()
         delay = min(_RETRY_MAX_S, 0.5 * 2**self._fails)
         self._timers.replay_at = now + self._rng.uniform(delay / 2, delay)
-        log.warning("outbox: %d outcomes wait for the store (%s)", waiting, exc)
+        # Said once when the store went down (store_down); each retry only at debug level.
+        log.debug("outbox: %d outcomes wait for the store (%s)", waiting, exc)

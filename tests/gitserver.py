@@ -10,6 +10,7 @@ import base64
 import contextlib
 import errno
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -270,3 +271,11 @@ def _asks_for_a_pack(body: bytes, env: dict[str, str]) -> bool:
     if env.get("HTTP_CONTENT_ENCODING") == "gzip":
         body = gzip.decompress(body)
     return env["PATH_INFO"].endswith("git-upload-pack") and (b"command=fetch" in body or b"want " in body)
+
+
+def age_tree(tree: Path, seconds: float) -> None:
+    """Make a worktree look ``seconds`` old (prune spares worktrees made in the last minute)."""
+    meta_file = tree / "workspace.json"
+    meta = json.loads(meta_file.read_text())
+    meta["created_at"] -= seconds
+    meta_file.write_text(json.dumps(meta))

@@ -1,8 +1,9 @@
-"""The command line's verbs: each parses what argparse left, calls ``JobService``, renders.
+"""The command line's verbs on the job store: each parses what argparse left, calls
+``JobService``, renders (text, or with ``--json`` the stable shapes of bridge/views.py).
 
 A handler is ``(args, service, out) -> exit code``; errors propagate to the one handler in
-``bridge.cli.main``. ``run`` is the exception: it is the supervisor loop itself, not a call
-into the service.
+``bridge.cli.main``. ``run`` (talk.py), ``doctor``, ``service`` and ``completion`` live in
+modules of their own.
 """
 
 from __future__ import annotations
@@ -10,19 +11,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+import threading
 from collections.abc import Callable
 from typing import Any, Final, TextIO
 
-from bridge.cli import workspaces
-from bridge.cli.render import health_text, job_table, show_text
-from bridge.service import JobService, LogNotFoundError, UsageError
-from bridge.views import detail_json, health_json, job_json
+from bridge.cli.render import count, health_text, job_table, show_text
+from bridge.service import (
+    CANCELLABLE,
+    RETRYABLE,
+    ChangeResult,
+    JobService,
+    LogChunk,
+    LogNotFoundError,
+    Stopped,
+    UsageError,
+)
+from bridge.views import (
+    change_json,
+    detail_json,
+    job_json,
+    logs_json,
+    purge_json,
+    queued_json,
+    reconcile_json,
+)
 from supervisor.errors import InvalidJobError
-from supervisor.lifecycle import LIVE, TERMINAL, CancelMode, JobSpec, Status
-from supervisor.settings import Settings
+from supervisor.job import LIVE, TERMINAL, CancelMode, JobSpec, Status
 
-__all__ = ["COMMANDS", "Handler", "run"]
+__all__ = ["COMMANDS", "Handler"]
 
 Handler = Callable[[argparse.Namespace, JobService, TextIO], int]
 
@@ -39,20 +55,11 @@ _SPEC_OPTIONS: Final = (
     "queue_timeout_s",
     "repo",
     "owner",
+    "ref",
+    "run_after",
 )
-_FOLLOW_S: Final = 0.25  # following a file: there is no event to wait on portably
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    """``run``: supervise in this process until stopped (or idle with ``--until-idle``)."""
-    from bridge.compose import build_supervisor
-
-    supervisor = build_supervisor(settings, subreaper=True)
-    try:
-        supervisor.run(until_idle=args.until_idle)
-    finally:
-        supervisor.store.close()
-    return 0
+_FOLLOW_LOCAL_S: Final = 0.25  # following a file: there is no event to wait on portably
+_FOLLOW_SHARED_S: Final = 1.0  # each look asks a remote store for the job: less often
 
 
 def _submit(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
@@ -73,7 +80,11 @@ def _submit(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
             raise UsageError("submit needs --kind K, -- ARGV..., or --batch FILE")
         specs = [JobSpec.from_dict(fields)]
     ids = service.submit(specs)
-    out.write("".join(f"{i}\n" for i in ids))
+    if args.json:
+        answers = [queued_json(q) for q in service.queued(ids)]
+        _dump(answers if args.batch is not None else answers[0], out)
+    else:
+        out.write("".join(f"{i}\n" for i in ids))
     return 0
 
 
@@ -97,7 +108,15 @@ def _read_batch(source: str) -> list[JobSpec]:
 
 
 def _list(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
-    jobs = service.list({Status(s) for s in args.status} if args.status else None, limit=args.limit)
+    jobs = service.list(
+        {Status(s) for s in args.status} if args.status else None,
+        kinds=args.kind,
+        repo=args.repo,
+        owner=args.owner,
+        created_after=args.since,
+        created_before=args.until,
+        limit=args.limit,
+    )
     if args.json:
         _dump([job_json(j) for j in jobs], out)
     else:
@@ -115,38 +134,133 @@ def _show(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
 
 
 def _logs(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
-    attempt: int | None = args.attempt
-    offset = 0
+    """Print an attempt's log. With ``--follow``: wait for a job that has not started, print
+    as the log grows, go on through every later attempt of a retried job (only the one given
+    with ``--attempt``), and stop once the job has ended and everything is printed."""
+    pause = threading.Event().wait  # an Event nobody sets: a sleep that names what it is
+    interval = _FOLLOW_SHARED_S if service.store.shared else _FOLLOW_LOCAL_S
+    pinned: int | None = args.attempt
+    attempt, offset, shown = pinned, 0, 0  # shown: the attempt whose log we have read from
     while True:
         try:
             chunk = service.logs(args.id, attempt=attempt, offset=offset, whole_characters=False)
         except LogNotFoundError as exc:
-            if not args.follow or exc.path is None:
+            job, wanted = exc.job, exc.attempt
+            if exc.path is None and job.status in TERMINAL:
+                raise LogNotFoundError(
+                    f"job {job.id} was {job.status.value} before it ran; no log",
+                    job=job,
+                    attempt=0,
+                    path=None,
+                ) from None
+            if not args.follow:
                 raise
-            attempt, data, job = exc.attempt, b"", exc.job  # not written yet: wait for it
-        else:
-            attempt, data, job = chunk.attempt, chunk.data, chunk.job  # keep following this attempt
-        offset += len(data)
-        out.buffer.write(data) if hasattr(out, "buffer") else out.write(data.decode(errors="replace"))
-        out.flush()
-        if not args.follow or (job.status not in LIVE and not data):
+            if exc.path is None:
+                attempt = job.attempt + 1  # it never ran: follow its first attempt from the start
+            elif wanted < job.attempt or (wanted == job.attempt and job.status not in LIVE):
+                # that attempt is over and left no log (it failed to spawn): the next one, if any
+                if pinned is not None or (job.status in TERMINAL and wanted >= job.attempt):
+                    if shown:
+                        return 0
+                    raise
+                attempt, offset = wanted + 1, 0
+                continue
+            elif job.status in TERMINAL:  # waiting for an attempt that will never come
+                return 0
+            pause(interval)
+            continue
+        if chunk.attempt != shown and shown and args.follow:
+            print(f"agent-supervisor: job {args.id}: attempt {chunk.attempt}", file=sys.stderr)
+        attempt, shown = chunk.attempt, chunk.attempt
+        _write_chunk(chunk, out, as_json=args.json, always=not args.follow)
+        offset = chunk.next_offset
+        if not args.follow:
             return 0
-        time.sleep(_FOLLOW_S)
+        if chunk.data:
+            continue  # more may be there already: read on before pausing
+        job = chunk.job  # read before the file: not live then → nothing more in this file
+        if job.status in LIVE and job.attempt == chunk.attempt:
+            pause(interval)
+        elif pinned is not None or (job.status in TERMINAL and job.attempt == chunk.attempt):
+            return 0
+        else:
+            attempt, offset = chunk.attempt + 1, 0  # this attempt is over: on to the next one
 
 
-def _cancel(args: argparse.Namespace, service: JobService, out: TextIO, mode: CancelMode) -> int:
-    [result] = service.cancel([args.id], mode)
-    job = result.unwrap()
-    what = "cancelled" if job.status in TERMINAL else f"{mode.value} requested (its supervisor stops it)"
-    out.write(f"job {job.id}: {what}\n")
-    return 0
+def _write_chunk(chunk: LogChunk, out: TextIO, *, as_json: bool, always: bool) -> None:
+    if as_json:
+        if chunk.data or always:
+            out.write(json.dumps(logs_json(chunk)) + "\n")
+    elif hasattr(out, "buffer"):
+        out.buffer.write(chunk.data)
+    else:
+        out.write(chunk.data.decode(errors="replace"))
+    out.flush()
+
+
+def _selected(args: argparse.Namespace, service: JobService, allowed: frozenset[Status]) -> list[int]:
+    return service.select(
+        args.ids,
+        statuses={Status(s) for s in args.status} if args.status else None,
+        kinds=args.kind,
+        repo=args.repo,
+        owner=args.owner,
+        allowed=allowed,
+    )
+
+
+def _stop(args: argparse.Namespace, service: JobService, out: TextIO, mode: CancelMode) -> int:
+    ids = _selected(args, service, CANCELLABLE)
+    results = service.cancel(ids, mode)
+    stopped = service.wait_stopped(results, timeout_s=args.wait_s) if args.wait else None
+    if args.json:
+        _dump(_changes_json(results, stopped), out)
+    else:
+        _changes_text(results, stopped, out, verb="cancelled" if mode is CancelMode.CANCEL else "killed")
+    if stopped is not None:
+        return 0 if all(s.stopped for s in stopped) else 1
+    return 0 if all(r.error is None for r in results) else 1
 
 
 def _retry(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
-    [result] = service.retry([args.id])
-    job = result.unwrap()
-    out.write(f"job {job.id}: {job.status.value}\n")
-    return 0
+    results = service.retry(_selected(args, service, RETRYABLE))
+    if args.json:
+        _dump(_changes_json(results, None), out)
+    else:
+        _changes_text(results, None, out, verb="queued again")
+    return 0 if all(r.error is None for r in results) else 1
+
+
+def _changes_json(results: list[ChangeResult], stopped: list[Stopped] | None) -> dict[str, Any]:
+    jobs = [change_json(r, stopped[i] if stopped is not None else None) for i, r in enumerate(results)]
+    return {
+        "jobs": jobs,
+        "changed": sum(1 for r in results if r.error is None),
+        "refused": sum(1 for r in results if r.error is not None),
+    }
+
+
+def _changes_text(
+    results: list[ChangeResult], stopped: list[Stopped] | None, out: TextIO, *, verb: str
+) -> None:
+    if not results:
+        out.write("no job matched\n")
+        return
+    for i, r in enumerate(results):
+        if stopped is not None:
+            s = stopped[i]
+            (out if s.stopped else sys.stderr).write(f"job {r.job_id}: {s.how}\n")
+        elif r.error is not None:
+            sys.stderr.write(f"agent-supervisor: job {r.job_id}: {r.error}\n")
+        elif r.job is not None and r.job.status in LIVE:
+            out.write(f"job {r.job_id}: {r.reason} (its supervisor stops it)\n")
+        elif r.job is not None:
+            out.write(f"job {r.job_id}: {r.job.status.value}\n")
+    if len(results) > 1:
+        done = sum(1 for r in results if r.error is None)
+        refused = len(results) - done
+        tail = f"; refused: {count(refused, 'job')}" if refused else ""
+        out.write(f"{verb}: {count(done, 'job')}{tail}\n")
 
 
 def _purge(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
@@ -154,15 +268,21 @@ def _purge(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
         ids=args.ids or None,
         statuses={Status(s) for s in args.status} if args.status else None,
         older_than_s=args.older_than,
+        wait=not args.no_wait,
     )
-    out.write(f"purged {len(result.deleted)} jobs\n")
+    if args.json:
+        _dump(purge_json(result), out)
+        return 0
+    out.write(f"purged {count(len(result.deleted), 'job')}\n")
     if result.cancel_requested:
         ids = ", ".join(map(str, result.cancel_requested))
-        out.write(f"still running, cancel requested: {ids}\n")
+        out.write(f"still running, cancel requested (purge again once stopped): {ids}\n")
     return 0
 
 
 def _health(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
+    from bridge.views import health_json
+
     if args.watch and args.json:
         raise UsageError("--watch shows a live view; it cannot be combined with --json")
     if args.json:
@@ -171,19 +291,31 @@ def _health(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
     if not args.watch:
         out.write(health_text(service.health()))
         return 0
+    import time
+
+    pause = threading.Event().wait
     while True:  # a live view, refreshed in place until Ctrl-C
         text = health_text(service.health())
         out.write("\x1b[H\x1b[2J" + time.strftime("agent-supervisor health  %H:%M:%S\n\n") + text)
         out.flush()
-        time.sleep(args.interval)
+        pause(args.interval)
 
 
 def _reconcile(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
     result = service.reconcile(subreaper=True)  # this process is nothing but the command
+    if args.json:
+        _dump(reconcile_json(result), out)
+        return 0
     for d in result.decisions:
         out.write(f"job {d.job_id} attempt {d.attempt}: {d.action.value} — {d.why}\n")
     out.write(f"reconciled; outbox depth {result.outbox_depth}\n")
     return 0
+
+
+def _workspaces(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
+    from bridge.cli import workspaces  # git and the workspace engine: only for this command
+
+    return workspaces.run(args, service, out)
 
 
 def _dump(data: Any, out: TextIO) -> None:
@@ -196,12 +328,12 @@ COMMANDS: Final[dict[str, Handler]] = {
     "list": _list,
     "show": _show,
     "logs": _logs,
-    "cancel": lambda args, service, out: _cancel(args, service, out, CancelMode.CANCEL),
-    "kill": lambda args, service, out: _cancel(args, service, out, CancelMode.KILL),
+    "cancel": lambda args, service, out: _stop(args, service, out, CancelMode.CANCEL),
+    "kill": lambda args, service, out: _stop(args, service, out, CancelMode.KILL),
     "retry": _retry,
     "purge": _purge,
     "health": _health,
     "reconcile": _reconcile,
-    "workspaces": workspaces.run,
+    "workspaces": lambda args, service, out: _workspaces(args, service, out),
 }
 """The verbs that work on the job store through the service, by command name."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from bridge.service import JobService
-from bridge.views import iso
-from supervisor.datadir import DataDir
-from supervisor.workspaces import MirrorInfo, PruneReport, Workspaces, WorkspaceSettings, live_attempts
+from bridge.views import iso, mirror_json, prune_report_json
+
+if TYPE_CHECKING:  # the parser imports this module for every command: the engine loads in run()
+    from bridge.service import JobService
+    from supervisor.workspaces import MirrorInfo, PruneReport
 
 __all__ = ["add_parser", "run"]
 
@@ -39,29 +40,19 @@ def add_parser(sub: Any) -> None:  # argparse's _SubParsersAction is private: An
 
 def run(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
     """The ``workspaces`` handler (``(args, service, out) -> exit code``, as ``commands``)."""
-    settings = service.settings
-    spaces = Workspaces(
-        DataDir.at(settings.data_dir).workspaces, settings=WorkspaceSettings.from_settings(settings)
-    )
     if getattr(args, "workspaces_action", None) == "prune":
-        report = spaces.prune(live=live_attempts(service.store))
+        report = service.prune_workspaces()
         if args.json:
-            _dump(report.to_json(), out)
+            _dump(prune_report_json(report), out)
         else:
             out.write(_prune_text(report))
         return 0
-    mirrors = spaces.mirrors()
+    mirrors = service.workspaces()
     if args.json:
-        _dump([_mirror_json(m) for m in mirrors], out)
+        _dump([mirror_json(m) for m in mirrors], out)
     else:
         out.write(_mirrors_text(mirrors))
     return 0
-
-
-def _mirror_json(mirror: MirrorInfo) -> dict[str, Any]:
-    data = mirror.to_json()
-    data["fetched_at"], data["used_at"] = iso(mirror.fetched_at), iso(mirror.used_at)
-    return data
 
 
 def _mirrors_text(mirrors: list[MirrorInfo]) -> str:

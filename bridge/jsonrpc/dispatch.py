@@ -54,7 +54,7 @@ from bridge.jsonrpc.protocol import (
     SubscribeParams,
 )
 from bridge.service import ChangeResult, JobService, LogNotFoundError, UsageError
-from bridge.views import detail_json, health_json, job_json
+from bridge.views import detail_json, health_json, job_json, mirror_json, prune_report_json
 from supervisor.errors import (
     DataDirLockedError,
     IllegalTransitionError,
@@ -162,6 +162,8 @@ class Dispatcher:
             "health": lambda p: health_json(self.service.health()),
             "logs": self._logs,
             "reconcile": self._reconcile,
+            "workspaces": lambda p: [mirror_json(m) for m in self.service.workspaces()],
+            "workspaces.prune": lambda p: prune_report_json(self.service.prune_workspaces()),
             "shutdown": self._shutdown,
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,

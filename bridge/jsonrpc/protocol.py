@@ -53,6 +53,7 @@ __all__ = [
     "GetResult",
     "HealthAlertParams",
     "HealthModel",
+    "HolderModel",
     "IdParams",
     "JobChangedParams",
     "JobList",
@@ -61,8 +62,10 @@ __all__ = [
     "LogsParams",
     "LogsResult",
     "Method",
+    "MirrorModel",
     "Mode",
     "NoParams",
+    "PruneWorkspacesResult",
     "PurgeParams",
     "PurgeResultModel",
     "ReconcileResult",
@@ -72,6 +75,7 @@ __all__ = [
     "SubmitResult",
     "SubscribeParams",
     "SubscribeResult",
+    "WorkspacesResult",
     "schema_document",
 ]
 
@@ -193,6 +197,9 @@ class JobModel(_Result):
     priority: int
     concurrency_key: str | None
     dedup_key: str | None
+    unique_key: str | None
+    repo: str | None
+    ref: str | None
     attempt: int
     attempts_used: int
     max_attempts: int
@@ -200,6 +207,7 @@ class JobModel(_Result):
     timeout_s: float | None
     idle_timeout_s: float | None
     stuck_after_s: float | None
+    queue_timeout_s: float | None
     pid: int | None
     exit_code: int | None
     signal: int | None
@@ -208,6 +216,8 @@ class JobModel(_Result):
     result: Any
     output_tail: str | None
     progress: Any
+    progress_final: bool = Field(description="the job has ended; progress is its last report")
+    stats: Any = Field(description="the running attempt's tree: rss_bytes, cpu_percent, processes")
     payload: Any
     cancel_requested: CancelMode | None
     lease_owner: str | None
@@ -215,7 +225,9 @@ class JobModel(_Result):
     run_after: str | None
     created_at: str | None
     started_at: str | None
+    timeout_at: str | None = Field(description="started_at + timeout_s")
     finished_at: str | None
+    last_activity_at: str | None = Field(description="when the running attempt last wrote output or progress")
     updated_at: str | None
     version: int
 
@@ -256,6 +268,33 @@ class LogsResult(_Result):
     eof: bool = Field(description="nothing more to read now (a live job may write more)")
     size: int = Field(description="the file's size when read")
     attempt: int
+
+
+class HolderModel(_Result):
+    job_id: int
+    attempt: int
+
+
+class MirrorModel(_Result):
+    repository: str = Field(description="host/owner/name, or local/<name>-<hash> for a local path")
+    url: str = Field(description="where it is fetched from; never holds a credential")
+    path: str
+    size_bytes: int = Field(description="as last measured (after a fetch or a prune)")
+    fetched_at: str | None = Field(description="ISO 8601 UTC")
+    used_at: str | None = Field(description="ISO 8601 UTC: a job's worktree was last made from it")
+    jobs: list[HolderModel] = Field(description="attempts holding a worktree of it now")
+
+
+class WorkspacesResult(RootModel[list[MirrorModel]]):
+    """The repository mirrors held in the data dir, as ``workspaces --json``."""
+
+
+class PruneWorkspacesResult(_Result):
+    trees_removed: list[tuple[int, int]] = Field(description="[job_id, attempt] of each worktree removed")
+    trees_kept: list[tuple[int, int]] = Field(description="live, or failed within workspace_keep_failed_s")
+    mirrors_removed: list[str]
+    busy: list[str] = Field(description="mirrors being prepared for a job: skipped")
+    bytes_freed: int
 
 
 class DecisionModel(_Result):
@@ -354,6 +393,10 @@ METHODS: Final[dict[str, Method]] = {
     "health": Method(NoParams, HealthModel, False, "counts and alerts, as `health --json`"),
     "logs": Method(LogsParams, LogsResult, False, "a page of an attempt's output (default: the tail)"),
     "reconcile": Method(NoParams, ReconcileResult, True, "settle agents a crashed supervisor left"),
+    "workspaces": Method(NoParams, WorkspacesResult, False, "repository mirrors held (`workspaces --json`)"),
+    "workspaces.prune": Method(
+        NoParams, PruneWorkspacesResult, True, "delete finished worktrees and unused mirrors now"
+    ),
     "shutdown": Method(ShutdownParams, ShutdownResult, False, "answer, then stop the server"),
     "subscribe": Method(SubscribeParams, SubscribeResult, False, "start sending notifications"),
     "unsubscribe": Method(SubscribeParams, SubscribeResult, False, "stop sending notifications"),

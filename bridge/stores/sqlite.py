@@ -84,8 +84,8 @@ class SQLiteStore:
         self._wake_dir = None if self._db.path == ":memory:" else Path(self._db.path + ".wake")
         self._hint: float | None = None
         """The hint this transaction owes watchers (``_LOOK_NOW``, a due time, or None)."""
-        self._damaged: set[int] = set()
-        """Ids of rows found unreadable in a read-only transaction: quarantined at the next write."""
+        self._damaged: dict[int, str] = {}
+        """Rows found unreadable in a read-only transaction (id → why): quarantined at the next write."""
         self._watches: list[FifoWatch | _LocalWatch] = []
         self._watch_lock = threading.Lock()
 
@@ -128,17 +128,14 @@ class SQLiteStore:
             try:
                 jobs.append(job_from_sqlite(row))
             except (ValueError, TypeError, KeyError, IndexError) as exc:
-                job_id = row["id"]
+                job_id, why = row["id"], f"row could not be read: {exc}"
                 if write:
-                    self._quarantine(db, row, f"row could not be read: {exc}")
+                    self._quarantine(db, row, why)
                 elif job_id not in self._damaged:
                     log.error(
-                        "SQLite store %s: job %s's row is damaged (%s); it is set aside",
-                        self.path,
-                        job_id,
-                        exc,
+                        "SQLite store %s: job %s's row is damaged (%s); set aside", self.path, job_id, exc
                     )
-                    self._damaged.add(job_id)
+                    self._damaged[job_id] = why
         return jobs
 
     def _quarantine(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
@@ -151,17 +148,17 @@ class SQLiteStore:
         record["events"] = events
         db.execute(sql("quarantine"), (job_id, self._clock(), reason, json.dumps(record)))
         db.execute(sql("delete_job"), (job_id,))
-        self._damaged.discard(job_id)
+        self._damaged.pop(job_id, None)
         log.error("SQLite store %s: job %s moved to jobs_quarantine: %s", self.path, job_id, reason)
 
     def _set_aside(self, db: sqlite3.Connection) -> None:
         """Quarantine the damaged rows found by reads (the caller holds a write transaction)."""
-        for job_id in list(self._damaged):
+        for job_id, why in list(self._damaged.items()):
             row = db.execute(sql("job"), (job_id,)).fetchone()
             if row is None:
-                self._damaged.discard(job_id)
+                self._damaged.pop(job_id, None)
             else:
-                self._quarantine(db, row, "row could not be read")
+                self._quarantine(db, row, why)
 
     def _fetch(
         self,
@@ -178,7 +175,7 @@ class SQLiteStore:
         if not jobs:
             reason = db.execute(sql("quarantined"), (job_id,)).fetchone()
             if reason is not None or job_id in self._damaged:
-                why = reason[0] if reason is not None else "row could not be read"
+                why = reason[0] if reason is not None else self._damaged[job_id]
                 raise StoreError(f"job {job_id} is damaged and set aside in jobs_quarantine ({why})")
             raise JobNotFoundError(f"no job with id {job_id}")
         return jobs[0]

@@ -9,16 +9,8 @@ from bridge.compose import build_store
 from supervisor.keys import parse_repo
 from supervisor.settings import Settings
 from supervisor.workspaces import YOUNG_TREE_S, Workspaces, WorkspaceSettings
-from tests.gitserver import make_repo
+from tests.gitserver import age_tree, make_repo
 from tests.support import cli
-
-
-def age_tree(tree: Path, seconds: float) -> None:
-    """Make a worktree look ``seconds`` old (prune spares worktrees made in the last minute)."""
-    meta_file = tree / "workspace.json"
-    meta = json.loads(meta_file.read_text())
-    meta["created_at"] -= seconds
-    meta_file.write_text(json.dumps(meta))
 
 
 def test_workspaces_lists_nothing_then_the_repositories(tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ def test_sigkilled_supervisor_adopts_its_agents_and_records_them_once(tmp_path: 
     data = tmp_path / "d"
     env = cli_env(data, AGENT_SUPERVISOR_HEARTBEAT_S="0.5", AGENT_SUPERVISOR_LEASE_S="5")
     ids = [
-        int(cli(data, "submit", "--max-attempts", "1", "--", sys.executable, "-c", AGENT, "2", code).stdout)
+        # 5 s: long enough that the agents outlive the restart even on a busy machine
+        int(cli(data, "submit", "--max-attempts", "1", "--", sys.executable, "-c", AGENT, "5", code).stdout)
         for code in ("0", "3")
     ]
     wrappers = start_and_sigkill(data, env, ids)

@@ -20,7 +20,7 @@ import pytest
 from bridge.stores.sqlite import SQLiteStore
 from supervisor.errors import StoreError, StoreUnavailableError
 from supervisor.lifecycle import JobSpec, Outcome, Status
-from tests.support import wait_until
+from tests.support import kill_tagged, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -331,3 +331,37 @@ def test_memory_database_works_for_quick_tests() -> None:
         store.close()
     with pytest.raises(StoreError, match="closed"):
         store.get(job_id)
+
+
+def test_one_damaged_row_is_set_aside_and_every_other_job_runs(tmp_path: Path) -> None:
+    """A row whose text is not UTF-8 (a damaged file) is moved to jobs_quarantine and
+    logged; list keeps working and a supervisor runs every other job."""
+    from supervisor.runner import Supervisor
+    from supervisor.settings import Settings
+
+    db = tmp_path / "jobs.sqlite3"
+    store = SQLiteStore(db)
+    ids = store.enqueue([JobSpec(command=(sys.executable, "-c", "pass")) for _ in range(5)])
+    store.close()
+    raw = sqlite3.connect(db)
+    raw.execute("update jobs set command = cast(x'5b22ff22fe5d' as text) where id = ?", (ids[2],))
+    raw.commit()
+    raw.close()
+    store = SQLiteStore(db)
+    try:
+        assert sorted(j.id for j in store.list()) == sorted(i for i in ids if i != ids[2])  # read: skipped
+        settings = Settings(data_dir=tmp_path / "data")
+        Supervisor(settings, store, install_signal_handlers=False).run(until_idle=True)
+        done = {j.id: j.status.value for j in store.list()}
+        assert done == {i: "completed" for i in ids if i != ids[2]}
+        with pytest.raises(StoreError, match="quarantine"):
+            store.get(ids[2])
+    finally:
+        store.close()
+        kill_tagged(tmp_path)
+    raw = sqlite3.connect(db)
+    try:
+        [(reason,)] = raw.execute("select reason from jobs_quarantine where id = ?", (ids[2],)).fetchall()
+    finally:
+        raw.close()
+    assert "not UTF-8" in reason

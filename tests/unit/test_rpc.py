@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import fields
@@ -24,6 +25,8 @@ from bridge.jsonrpc.protocol import (
     JobChangedParams,
     JobModel,
     LogsResult,
+    MirrorModel,
+    PruneWorkspacesResult,
     SubmitParams,
     schema_document,
 )
@@ -32,10 +35,13 @@ from bridge.service import JobService, utf8_bounds
 from bridge.views import event_json, health_json, job_json
 from supervisor.errors import DataDirLockedError, StoreUnavailableError, UpdateConflictError
 from supervisor.health import HealthReport, check_health
+from supervisor.keys import parse_repo
 from supervisor.lifecycle import CancelMode, ErrorKind, Job, JobSpec, Outcome, Status
 from supervisor.runner import JobChange
 from supervisor.settings import Settings
-from supervisor.testing import MemoryStore
+from supervisor.testing import ManualClock, MemoryStore
+from supervisor.workspaces import YOUNG_TREE_S, Workspaces, WorkspaceSettings
+from tests.gitserver import age_tree, make_repo
 
 
 class FailingStore(MemoryStore):
@@ -54,7 +60,7 @@ class FakeBackend:
     ``JobService`` on a MemoryStore (``service``; ``fail`` makes its store's enqueue raise)."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.store = FailingStore()
+        self.store = FailingStore(clock=ManualClock(time.time()))  # still: two health calls agree
         self.settings = Settings(data_dir=tmp_path)
         self.service = JobService(self.settings, self.store)
         self.mode: Any = "no_run"
@@ -427,6 +433,37 @@ def test_reconcile_does_nothing_while_a_supervisor_runs_here(rpc: Dispatcher, ba
     answer = result(rpc, "reconcile")
     assert (answer["ran"], answer["decisions"]) == (False, [])
     assert answer["message"].startswith("this bridge's supervisor reconciled when it started")
+
+
+def test_workspaces_and_prune_are_the_cli_json(rpc: Dispatcher, backend: FakeBackend, tmp_path: Path) -> None:
+    """``workspaces`` lists the mirror and the attempts holding worktrees; ``workspaces.prune``
+    removes a settled attempt's worktree, keeps a live one's, and is refused while locked."""
+    assert result(rpc, "workspaces") == []
+    repo = make_repo(tmp_path / "src" / "app")
+    live = running_job(backend.store)
+    spaces = Workspaces(backend.settings.data_dir / "workspaces", settings=WorkspaceSettings())
+    kept = spaces.prepare(parse_repo(str(repo)), None, job_id=live.id, attempt=live.attempt)
+    gone = spaces.prepare(parse_repo(str(repo)), None, job_id=live.id + 100, attempt=1)
+    [mirror] = result(rpc, "workspaces")
+    MirrorModel.model_validate(mirror)
+    assert mirror["repository"] == f"file://{repo}"
+    assert sorted(mirror["jobs"], key=lambda h: h["job_id"]) == [
+        {"job_id": live.id, "attempt": live.attempt},
+        {"job_id": live.id + 100, "attempt": 1},
+    ]
+    for workspace in (kept, gone):
+        age_tree(workspace.path.parent, YOUNG_TREE_S + 60)
+    backend.locked = True
+    assert error(rpc, "workspaces.prune")["code"] == -32006 and gone.path.exists()
+    backend.locked = False
+    report = result(rpc, "workspaces.prune")
+    PruneWorkspacesResult.model_validate(report)
+    assert (report["trees_removed"], report["trees_kept"]) == (
+        [[live.id + 100, 1]],
+        [[live.id, live.attempt]],
+    )
+    assert kept.path.is_dir() and not gone.path.exists()
+    assert [h["job_id"] for h in result(rpc, "workspaces")[0]["jobs"]] == [live.id]
 
 
 def test_unsubscribe_removes_events_and_answers_what_is_left(rpc: Dispatcher, backend: FakeBackend) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bridge.service import JobService, LogNotFoundError, UsageError
+from bridge.service import JobService, LogNotFoundError, UsageError, how_ended
 from supervisor.errors import (
     DataDirLockedError,
     IllegalTransitionError,
@@ -14,7 +17,7 @@ from supervisor.errors import (
     JobNotFoundError,
     StoreUnavailableError,
 )
-from supervisor.lifecycle import CancelMode, ErrorKind, Job, JobSpec, Outcome, Status
+from supervisor.lifecycle import CancelMode, DecidedBy, ErrorKind, Event, Job, JobSpec, Outcome, Status
 from supervisor.settings import KindConfig, Settings
 from supervisor.testing import ManualClock, MemoryStore
 
@@ -444,3 +447,252 @@ def test_reconcile_does_nothing_while_a_supervisor_runs_here(settings: Settings,
     service = JobService(settings, store, supervisor=Waker())
     assert service.reconcile().ran is False
     assert not (Path(settings.data_dir) / "supervisor.lock").exists()
+
+
+# -- bulk selection ---------------------------------------------------------------------------
+def test_select_takes_ids_as_given_then_the_filters_matches(service: JobService, store: MemoryStore) -> None:
+    """Ids keep their order; a status filter adds every job in it, newest first, without
+    repeating an id."""
+    live = running(store)
+    a, b, c = store.enqueue([cmd(), cmd(), cmd()])
+    assert service.select([c]) == [c]
+    assert service.select([b], statuses=[Status.PENDING]) == [b, c, a]
+    assert service.select(statuses=[Status.RUNNING]) == [live.id]
+
+
+def test_select_without_a_status_takes_every_allowed_one(service: JobService, store: MemoryStore) -> None:
+    """A filter chooses among the allowed statuses only: a bulk retry never picks a pending
+    job, a bulk cancel never a finished one."""
+    from bridge.service import CANCELLABLE, RETRYABLE
+
+    done = failed(store)
+    live = running(store)
+    [pending] = store.enqueue([cmd(priority=1)])
+    assert service.select(statuses=[Status.FAILED], allowed=RETRYABLE) == [done.id]
+    assert sorted(service.select(statuses=sorted(CANCELLABLE))) == sorted([live.id, pending])
+    assert done.id not in service.select(statuses=[Status.PENDING, Status.RUNNING])
+
+
+def test_select_needs_ids_or_a_filter(service: JobService) -> None:
+    """Neither ids nor a filter is a usage error pointing at ids (never 'all jobs')."""
+    with pytest.raises(UsageError) as info:
+        service.select([])
+    assert info.value.param == "ids"
+    assert info.value.render({"ids": "job ids", "statuses": "--status"}).startswith(
+        "give job ids or a filter"
+    )
+
+
+def test_select_refuses_a_status_the_change_cannot_take(service: JobService) -> None:
+    """Retry by --status completed is refused, naming the allowed statuses."""
+    from bridge.service import RETRYABLE
+
+    with pytest.raises(UsageError, match="may only name cancelled, failed here, not completed") as info:
+        service.select(statuses=[Status.COMPLETED], allowed=RETRYABLE)
+    assert info.value.param == "statuses"
+
+
+def test_select_refuses_more_than_max_bulk(
+    service: JobService, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter matching more than MAX_BULK jobs refuses the whole selection."""
+    import bridge.service
+
+    monkeypatch.setattr(bridge.service, "MAX_BULK", 2)
+    store.enqueue([cmd(), cmd(), cmd()])
+    with pytest.raises(UsageError, match="more than 2 jobs"):
+        service.select(statuses=[Status.PENDING])
+
+
+# -- waiting for agents to stop ---------------------------------------------------------------
+SIGTERM_END = Outcome(
+    error_kind=ErrorKind.CANCELLED,
+    error="cancelled while running; killed by SIGTERM",
+    signal=15,
+    decided_by=DecidedBy.CANCEL,
+    facts={"signals": [{"signal": "SIGTERM", "why": "cancel"}]},
+)
+
+
+def settle_later(store: MemoryStore, job: Job, outcome: Outcome, after_s: float = 0.05) -> threading.Timer:
+    """Stands for the job's supervisor: records the outcome a moment after the request."""
+    timer = threading.Timer(after_s, lambda: store.finish(job.id, "w", job.attempt, outcome))
+    timer.start()
+    return timer
+
+
+def ticking_clock(step: float = 1.0) -> Callable[[], float]:
+    """A clock that moves ``step`` seconds at every reading: deadlines pass without waiting."""
+    counter = itertools.count()
+    return lambda: next(counter) * step
+
+
+@pytest.mark.parametrize(
+    ("before", "status", "facts", "expected"),
+    [
+        (
+            Status.RUNNING,
+            Status.CANCELLED,
+            {"signal": 15, "signals": [{"signal": "SIGTERM"}]},
+            "stopped by SIGTERM",
+        ),
+        (
+            Status.RUNNING,
+            Status.CANCELLED,
+            {"signal": 9, "signals": [{"signal": "SIGTERM"}, {"signal": "SIGKILL"}]},
+            "killed by SIGKILL",
+        ),
+        (
+            Status.RUNNING,
+            Status.CANCELLED,
+            {"signal": 9, "signals": [{"signal": "SIGKILL"}]},
+            "killed by SIGKILL",
+        ),
+        (
+            Status.RUNNING,
+            Status.CANCELLED,
+            {"exit_code": 0, "signals": [{"signal": "SIGTERM"}]},
+            "exited with code 0 after SIGTERM",
+        ),
+        (
+            Status.RUNNING,
+            Status.COMPLETED,
+            {"exit_code": 0, "signals": []},
+            "finished on its own before the request reached it (completed, exit code 0)",
+        ),
+        (Status.PENDING, Status.CANCELLED, {}, "cancelled before it ran"),
+        (Status.COMPLETED, Status.COMPLETED, {}, "already finished (completed)"),
+    ],
+)
+def test_how_ended_reads_the_settling_events_facts(
+    before: Status, status: Status, facts: dict[str, object], expected: str
+) -> None:
+    """The words for how a stop ended come from the status before and the settle's facts."""
+    job = Job(id=1, status=status, created_at=0.0, updated_at=0.0)
+    events = [
+        Event(1, 0.0, Status.PREPARING, Status.RUNNING, "agent started", DecidedBy.SPAWN),
+        Event(1, 1.0, Status.RUNNING, status, "whatever", DecidedBy.CANCEL, facts=facts),
+    ]
+    assert how_ended(before, job, events) == expected
+
+
+def test_wait_stopped_returns_once_the_agent_is_gone_and_says_how(
+    service: JobService, store: MemoryStore
+) -> None:
+    """cancel --wait: the supervisor stops the agent by SIGTERM; the wait says so."""
+    job = running(store)
+    results = service.cancel([job.id])
+    timer = settle_later(store, job, SIGTERM_END)
+    try:
+        [stopped] = service.wait_stopped(results, timeout_s=30)
+    finally:
+        timer.join()
+    assert (stopped.stopped, stopped.how, stopped.job and stopped.job.status) == (
+        True,
+        "stopped by SIGTERM",
+        Status.CANCELLED,
+    )
+
+
+def test_wait_stopped_counts_a_finished_job_as_stopped(service: JobService, store: MemoryStore) -> None:
+    """A cancel refused because the job had ended is 'already finished', not an error."""
+    done = failed(store)
+    [stopped] = service.wait_stopped(service.cancel([done.id]), timeout_s=1)
+    assert (stopped.stopped, stopped.how) == (True, "already finished (failed)")
+
+
+def test_wait_stopped_gives_up_at_its_deadline(settings: Settings, store: MemoryStore) -> None:
+    """With no supervisor to stop it, the wait ends at the deadline and says it still runs."""
+    service = JobService(settings, store, clock=ticking_clock())
+    job = running(store)
+    [stopped] = service.wait_stopped(service.cancel([job.id]), timeout_s=3)
+    assert not stopped.stopped and stopped.how.startswith("still running after")
+
+
+def test_stop_wait_covers_heartbeat_grace_and_a_margin(service: JobService, settings: Settings) -> None:
+    """The default wait is one heartbeat (the request's way to the agent) + grace + margin."""
+    from bridge.service import STOP_MARGIN_S
+
+    assert service.stop_wait_s == settings.heartbeat_s + settings.stop_grace_s + STOP_MARGIN_S
+
+
+# -- purge of running jobs --------------------------------------------------------------------
+def test_purge_with_wait_stops_a_running_job_and_deletes_it(service: JobService, store: MemoryStore) -> None:
+    """purge of a running job: cancel requested, waited for, then deleted — in one call."""
+    job = running(store)
+    timer = settle_later(store, job, SIGTERM_END)
+    try:
+        result = service.purge(ids=[job.id], wait=True)
+    finally:
+        timer.join()
+    assert (result.deleted, result.cancel_requested) == ((job.id,), ())
+    with pytest.raises(JobNotFoundError):
+        store.get(job.id)
+
+
+def test_purge_with_wait_leaves_a_job_that_did_not_stop_in_time(
+    settings: Settings, store: MemoryStore
+) -> None:
+    """A job still running at the deadline keeps its cancel request and is reported, not deleted."""
+    service = JobService(settings, store, clock=ticking_clock())
+    job = running(store)
+    result = service.purge(ids=[job.id], wait=True)
+    assert (result.deleted, result.cancel_requested) == ((), (job.id,))
+    assert store.get(job.id).cancel_requested is CancelMode.CANCEL
+
+
+# -- store protocol v2: filters and queue places ----------------------------------------------
+def test_select_by_kind_and_repo(service: JobService, store: MemoryStore) -> None:
+    """--kind and --repo choose jobs of that kind or repository (any spelling of it)."""
+    summ, echo = service.submit([JobSpec(kind="summarize"), cmd()])
+    [repo_job] = service.submit([JobSpec.from_dict({"command": ["x"], "repo": "octo/notes"})])
+    assert service.select(kinds=["summarize"]) == [summ]
+    assert service.select(repo="https://github.com/Octo/Notes.git") == [repo_job]
+    assert service.select(repo="notes", owner="octo", kinds=["summarize"]) == []
+    assert echo not in service.select(kinds=["summarize"], repo="octo/notes")
+
+
+def test_list_filters_by_creation_time(service: JobService, store: MemoryStore, clock: ManualClock) -> None:
+    """created_after/created_before bound the creation time (store clock)."""
+    early = service.submit([cmd()])[0]
+    clock.advance(100)
+    late = service.submit([cmd()])[0]
+    assert [j.id for j in service.list(created_after=clock() - 50)] == [late]
+    assert [j.id for j in service.list(created_before=clock() - 50)] == [early]
+
+
+def test_queued_tells_status_place_and_delay(
+    service: JobService, store: MemoryStore, clock: ManualClock
+) -> None:
+    """submit --json's answer: pending jobs have a 1-based place in claim order; a delayed one
+    says when it runs; one that is not pending has no place."""
+    live = running(store)
+    low, high = service.submit([cmd(), cmd(priority=9)])
+    [later] = service.submit([cmd(run_after=clock() + 600)])
+    answers = {q.job_id: q for q in service.queued([low, high, later, live.id])}
+    assert (answers[high].queue_position, answers[low].queue_position) == (1, 2)
+    assert answers[later].run_after == clock() + 600
+    assert answers[low].run_after is None
+    assert (answers[live.id].status, answers[live.id].queue_position) == (Status.RUNNING, None)
+
+
+def test_purge_removes_the_files_of_the_jobs_it_deleted(tmp_path: Path) -> None:
+    """A purge takes the deleted jobs' run dirs and logs with their rows, and leaves other
+    jobs' files alone."""
+    from supervisor.datadir import prepare_data_dir
+
+    store = MemoryStore()
+    settings = Settings(data_dir=tmp_path / "d")
+    service = JobService(settings, store)
+    gone, kept = store.enqueue([JobSpec(command=("x",)), JobSpec(command=("y",))])
+    for _ in range(2):
+        [job] = store.claim("w", 1, lease_s=30)
+        store.finish(job.id, "w", job.attempt, Outcome())
+    datadir = prepare_data_dir(tmp_path / "d").for_store(store.identity())
+    datadir.prepare_store_dirs()
+    for job_id in (gone, kept):
+        datadir.attempt_dir(job_id, 1)
+        datadir.log_path(job_id, 1).write_text("out\n")
+    service.purge(ids=[gone])
+    assert not datadir.attempt_path(gone, 1).exists() and not datadir.log_path(gone, 1).exists()
+    assert datadir.attempt_path(kept, 1).exists() and datadir.log_path(kept, 1).exists()
