@@ -93,13 +93,26 @@ def idle_supervisor(store: Any, tmp_path: Path, poll_s: float) -> Supervisor:
 
 
 def settled(sup: Supervisor, store: Any, *, push: bool) -> None:
-    """Await start-up's end: the first claim sent and, with ``push``, the channel live."""
+    """Await the end of start-up: the first claim sent and, with ``push``, the channel live and
+    then a full second with no request (going live asks once more, for what the join may have
+    missed). The measured window starts idle, whatever the order of those calls."""
 
-    def done() -> bool:
+    def started() -> bool:
         loop = sup._loop
         return loop is not None and store.snapshot()["jobs_claim"] >= 1 and (loop.pushed or not push)
 
-    wait_until(done, 15, message="start-up done (first claim sent, push live)")
+    wait_until(started, 15, message="start-up done (first claim sent, push live)")
+    if not push:
+        return  # it polls: never quiet for long, and the test bounds the polls themselves
+    seen = [store.snapshot(), time.monotonic()]
+
+    def quiet_for_a_second() -> bool:
+        now = store.snapshot()
+        if now != seen[0]:
+            seen[:] = [now, time.monotonic()]
+        return time.monotonic() - seen[1] >= 1.0
+
+    wait_until(quiet_for_a_second, 15, interval=0.05, message="a second without requests")
 
 
 def test_an_idle_supervisor_with_push_sends_nothing(make_store: Make, tmp_path: Path) -> None:
