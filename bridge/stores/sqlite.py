@@ -37,7 +37,7 @@ from bridge.stores.wakeup import FifoWatch, notify
 from supervisor import lifecycle as lc
 from supervisor.errors import JobNotFoundError, LeaseLostError, StoreError, UpdateConflictError
 from supervisor.lifecycle import LIVE, CancelMode, Event, Job, JobSpec, Outcome, Status
-from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts, Wake
+from supervisor.store import Beat, BeatReply, LocalWatch, PurgeResult, QueueCounts, Wake
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "schema_sql"]
 
@@ -86,7 +86,7 @@ class SQLiteStore:
         """The hint this transaction owes watchers (``_LOOK_NOW``, a due time, or None)."""
         self._damaged: dict[int, str] = {}
         """Rows found unreadable in a read-only transaction (id → why): quarantined at the next write."""
-        self._watches: list[FifoWatch | _LocalWatch] = []
+        self._watches: list[FifoWatch | LocalWatch] = []
         self._watch_lock = threading.Lock()
 
     @property
@@ -117,7 +117,7 @@ class SQLiteStore:
         if self._wake_dir is not None:
             notify(self._wake_dir, due, skip=own[0].name if own else None)
         for watch in list(self._watches):
-            if isinstance(watch, _LocalWatch):
+            if isinstance(watch, LocalWatch):
                 watch.wake(due)
 
     def _decode(self, db: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, write: bool) -> list[Job]:
@@ -506,12 +506,12 @@ class SQLiteStore:
         except (ValueError, TypeError) as exc:
             raise StoreError(f"SQLite store {self.path} holds a corrupt event row: {exc}") from exc
 
-    def watch(self, wake: Wake) -> FifoWatch | _LocalWatch:
+    def watch(self, wake: Wake) -> FifoWatch | LocalWatch:
         """Change hints from every writer of this file: other processes through a FIFO next
         to it (``bridge/stores/wakeup.py``), this object's own writes directly."""
         with self._watch_lock:
             if self._wake_dir is None:
-                watch: FifoWatch | _LocalWatch = _LocalWatch(wake, self._watches.remove)
+                watch: FifoWatch | LocalWatch = LocalWatch(wake, self._watches.remove)
             else:
                 watch = FifoWatch(self._wake_dir, wake)
             self._watches.append(watch)
@@ -523,24 +523,6 @@ class SQLiteStore:
             watch.close()
         self._watches.clear()
         self._db.close()
-
-
-class _LocalWatch:
-    """The watch of an in-memory database: only this object's own writes can change it."""
-
-    def __init__(self, wake: Wake, remove: Callable[[_LocalWatch], None]) -> None:
-        self.wake = wake
-        self._remove = remove
-        self._closed = False
-
-    @property
-    def live(self) -> bool:
-        return not self._closed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._remove(self)
 
 
 def _raw(value: Any) -> Any:
