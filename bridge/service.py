@@ -608,6 +608,12 @@ class JobService:
             status=read_status(data.root),
         )
 
+    def finished_since(self, since: float, *, limit: int) -> builtins.list[Job]:
+        """Jobs that reached completed, failed or cancelled at or after ``since`` (store clock),
+        newest first, at most ``limit`` (the dashboard's throughput chart and metrics), through
+        the store's ``finished_after`` filter, which has an index on finished_at."""
+        return self.store.list(statuses=TERMINAL, finished_after=since, limit=limit)
+
     def reconcile(self, *, subreaper: bool = False) -> Reconciliation:
         """Settle the agents a crashed supervisor left on this data dir (adopt or kill them,
         record their outcomes), then release the data dir.

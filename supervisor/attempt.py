@@ -110,6 +110,7 @@ def limits_of(kind: KindConfig | None) -> Limits:
         pids_max=kind.pids_max,
         cpu_time_s=kind.cpu_time_s,
         address_space_bytes=kind.address_space_bytes,
+        cpu_max=kind.cpu_max,
     )
 
 
@@ -298,6 +299,10 @@ def exit_outcome(attempt: Attempt, status: ExitStatus, now: float) -> Outcome:
         "tree_peak_rss_bytes": attempt.peak_rss_bytes or None,
         "cpu_percent_avg": round(attempt.cpu_percent_sum / attempt.samples, 1) if attempt.samples else None,
     }
+    if status.escaped:  # descendants that left its group, stopped with it (supervisor.escapees)
+        facts["escaped"] = [e.fact() for e in status.escaped]
+    if attempt.proc.enforcement:  # e.g. "CPU rate 0.5 CPUs: not enforced (...)"
+        facts["limits_enforcement"] = attempt.proc.enforcement
     result = None
     if kind is None:
         try:

@@ -49,7 +49,7 @@ from typing import IO, Final
 from urllib.parse import urlsplit
 
 from supervisor.errors import PrepareError
-from supervisor.proctable import _open_pidfd  # the engine's one pidfd opener, as procs uses it
+from supervisor.proctable import OWN_CHILDREN, _open_pidfd  # the engine's one pidfd opener
 
 __all__ = ["ASKPASS_SCRIPT", "OUTPUT_CAP", "Credential", "Git", "GitResult", "error_line"]
 
@@ -201,28 +201,34 @@ class Git:
         what = what or f"git {_verb(args)}"
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=self.env(credential),
-                    cwd=cwd,
-                    start_new_session=True,  # no terminal to prompt on; one group to kill
-                )
+                # marked as ours before the supervisor's reaper or escapee pass can see it
+                with OWN_CHILDREN.spawning() as mark:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        env=self.env(credential),
+                        cwd=cwd,
+                        start_new_session=True,  # no terminal to prompt on; one group to kill
+                    )
+                    mark(proc.pid)
             except OSError as exc:
                 why = "not found" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
                 raise PrepareError(f"cannot run {self.program}: {why}") from exc
             try:
-                if input is not None:
-                    _feed(proc.stdin, input)
-                returncode = _wait(proc, timeout)
-            except BaseException:
-                _kill_group(proc)
-                raise
-            if returncode is None:
-                _kill_group(proc)
-                raise PrepareError(f"{what} timed out after {timeout:g} s")
+                try:
+                    if input is not None:
+                        _feed(proc.stdin, input)
+                    returncode = _wait(proc, timeout)
+                except BaseException:
+                    _kill_group(proc)
+                    raise
+                if returncode is None:
+                    _kill_group(proc)
+                    raise PrepareError(f"{what} timed out after {timeout:g} s")
+            finally:
+                OWN_CHILDREN.release(proc.pid)  # reaped (or killed and waited for) by now
             result = GitResult(returncode, _read(out), _read(err))
         if check and not result.ok:
             secret = credential.token if credential else None

@@ -109,6 +109,10 @@ class HealthReport:
     disk: dict[str, Any] = field(default_factory=dict)
     """``files_bytes`` and ``files`` (every attempt's files), ``swept_at``, ``free_bytes``,
     ``total_bytes`` of the data dir's file system, ``write_error``."""
+    escapees_unattributed: int = 0
+    """Escaped processes (an agent's descendants that left its process group) this data dir's
+    supervisor stopped without a job to name since it started: each one is also logged.
+    Those with a job are in that job's event facts (``escaped``)."""
     workspaces: dict[str, Any] = field(default_factory=dict)
     """``repositories`` held in the data dir, ``worktrees``, ``bytes``, and ``held`` (which
     jobs hold a worktree of which repository)."""
@@ -208,6 +212,7 @@ def check_health(
         can_increase_concurrency={"answer": advice.can_increase, "reason": advice.reason},
         store=store_view,
         disk=disk,
+        escapees_unattributed=int(status.get("escapees_unattributed") or 0),
         workspaces=workspaces_summary(Path(settings.data_dir)),
     )
 

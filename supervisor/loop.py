@@ -57,6 +57,10 @@ __all__ = ["Control", "Emit", "Loop"]
 log = logging.getLogger("agent_supervisor")
 
 _DUE_MARGIN_S: Final = 0.005
+IDLE_STORE_DOWN_S: Final = 300.0  # outlives the fault matrix's one-minute outage
+"""``run(until_idle=True)`` with nothing running here gives up (``StoreUnavailableError``)
+once the store has not answered for this long: whether the queue is empty cannot be known,
+and a script waiting on ``run --until-idle`` must not hang. Outcomes wait in the outbox."""
 _SAVE_RETRY_S: Final = 1.0  # a state file that cannot be saved (a full disk): not every tick
 
 Emit = Callable[[Job, Status | None, str], None]
@@ -105,7 +109,6 @@ class Loop:
             clock=clock,
             worker_id=session.worker_id,
             shared_store=store.shared,
-            subreaper=session.subreaper,
             env=base_env(),
         )
         self.sync = OutcomeSync(
@@ -379,15 +382,33 @@ class Loop:
 
     def _idle(self, now: float) -> bool:
         """Nothing runs here, nothing waits to be synced, and the store has nothing to do:
-        asked at the poll interval on a remote store, not on every tick."""
-        if len(self.pool) or self.sync.depth or now < self._idle_check_at:
+        asked at the poll interval on a remote store, not on every tick. Raises
+        ``StoreUnavailableError`` when only an unreachable store stands between this and idle
+        for ``IDLE_STORE_DOWN_S``."""
+        if len(self.pool) or now < self._idle_check_at:
+            return False
+        if self.sync.depth:
+            self._give_up_when_down()
             return False
         self._idle_check_at = now + (self._settings().poll_s if self._store.shared else 0.0)
         try:
             counts = self._store.counts().by_status
         except StoreError:
+            self._give_up_when_down()
             return False
         return not any(counts.get(s, 0) for s in (Status.PENDING, *LIVE, Status.WAITING_RETRY))
+
+    def _give_up_when_down(self) -> None:
+        down_since = self.sync.down_since
+        if down_since is None or self._clock.time() - down_since < IDLE_STORE_DOWN_S:
+            return
+        kept = (
+            f"; {self.sync.depth} outcome(s) wait in the outbox for the next run" if self.sync.depth else ""
+        )
+        raise StoreUnavailableError(
+            f"the store has not answered for {self._clock.time() - down_since:.0f} s, so whether "
+            f"the queue is idle cannot be known{kept}"
+        )
 
     # -- the store duties ----------------------------------------------------------------
     def _heartbeat(self, now: float) -> None:
@@ -582,6 +603,7 @@ class Loop:
             "observed_cpu_percent": [c for _, c in self.pool.observed],
             "max_concurrent": settings.concurrency,
             "outbox_depth": self.sync.depth,
+            "escapees_unattributed": self.pool.unattributed_escapees,
             "store": {
                 "push": self.pushed,
                 "unreachable_since": self.sync.down_since,
@@ -601,6 +623,7 @@ class Loop:
             self.gate.reason_key,
             json.dumps(agents, sort_keys=True, default=str),
             self.sync.depth,
+            self.pool.unattributed_escapees,
             self.sync.last_error,
             self.pushed,
             write_error,

@@ -55,8 +55,6 @@ FAST_CHECK_S: Final = 0.01
 ~10 MB, not ~100 MB."""
 _RACING_LOG_BYTES: Final = 1 << 20
 """Growth between two checks above which a log counts as growing fast."""
-_STRAY_SCAN_S: Final = 1.0
-"""How often to look for escaped descendants of finished agents (a process scan)."""
 _SAMPLE_S: Final = 1.0
 """How often each agent tree's RSS, CPU and process count are sampled."""
 # A command that does not exist or may not be run: another attempt cannot help.
@@ -95,7 +93,6 @@ class AgentPool:
         clock: Clock,
         worker_id: str,
         shared_store: bool,
-        subreaper: bool,
         env: dict[str, str],
     ) -> None:
         self._processes = processes
@@ -105,7 +102,6 @@ class AgentPool:
         self._clock = clock
         self.worker_id = worker_id
         self._shared = shared_store
-        self._subreaper = subreaper
         self.env = env
         """The environment agents inherit (taken at open and on reload)."""
         self._attempts: dict[int, Attempt] = {}
@@ -114,8 +110,8 @@ class AgentPool:
         self.observed: deque[tuple[int, float]] = deque(maxlen=50)
         """(peak tree RSS, mean CPU %) of recent attempts, for the recommended concurrency."""
         self.logs_racing = False
-        self._ended_since_scan = False
-        self._next_stray_scan = 0.0
+        self.unattributed_escapees = 0
+        """Escaped processes stopped that no job could be named for (each one is logged)."""
         self._next_sample = 0.0
 
     def __len__(self) -> int:
@@ -348,8 +344,12 @@ class AgentPool:
             attempt.sample()
 
     def next_due(self) -> float:
-        """The earliest time a stop may become due (``scheduler.next_due``)."""
-        return next_due((a.view() for a in self._attempts.values()), self._settings().stop_grace_s)
+        """The earliest time a stop may become due (``scheduler.next_due``), an escaped
+        process's SIGKILL included (``Processes.escalation_due``): an idle loop must wake for it."""
+        grace = self._settings().stop_grace_s
+        due = next_due((a.view() for a in self._attempts.values()), grace)
+        escalation = self._processes.escalation_due(grace)
+        return due if escalation is None else min(due, escalation)
 
     def check_s(self) -> float:
         return FAST_CHECK_S if self.logs_racing else CHECK_S
@@ -439,7 +439,6 @@ class AgentPool:
                 attempt, status, self._clock.monotonic()
             )  # reads its cgroup: before close()
             self._release(attempt)
-            self._ended_since_scan = True  # look for its setsid escapees at the next scan
             if attempt.peak_rss_bytes:
                 self.observed.append(
                     (attempt.peak_rss_bytes, attempt.cpu_percent_sum / max(1, attempt.samples))
@@ -447,21 +446,24 @@ class AgentPool:
             ended.append((attempt, outcome))
         return ended
 
-    def reap_strays(self, now: float) -> None:
-        """Kill escaped descendants (setsid, double fork) of attempts that have ended, found
-        by their env tag; as a subreaper, also reap those re-parented to us."""
-        if self._subreaper:
-            self._processes.reap_orphans({a.proc.pid for a in self._attempts.values()})
-        if not self._ended_since_scan or now < self._next_stray_scan:
-            return  # a scan reads every process's environment: only after an attempt ended
-        self._ended_since_scan = False
-        self._next_stray_scan = now + _STRAY_SCAN_S
-        live = {(a.job.id, a.job.attempt) for a in self._attempts.values()}
-        for t in self._processes.scan_tagged(self.worker_id):
-            if (t.job_id, t.attempt) not in live and self._processes.signal_process(
-                t.pid, t.identity, signal.SIGKILL
-            ):
-                log.warning("killed escaped process %d of job %s attempt %s", t.pid, t.job_id, t.attempt)
+    def reap_strays(self, now: float, *, grace_s: float | None = None) -> None:
+        """Escaped descendants (setsid, double fork) that outlive their attempt: as a
+        subreaper reap those re-parented to us, stop the ones no running attempt keeps
+        (SIGTERM, SIGKILL after the stop grace), and log each; the process layer decides
+        what is due (``Processes.orphans``). An escapee of a running attempt is kept with it
+        and reaches the job's facts with its outcome (``ExitStatus.escaped``)."""
+        grace = self._settings().stop_grace_s if grace_s is None else grace_s
+        procs = [a.proc for a in self._attempts.values()]
+        for e in self._processes.orphans(self.worker_id, procs, grace_s=grace):
+            sent = e.stopped_with or "no signal (gone)"
+            if e.job_id is None:
+                self.unattributed_escapees += 1
+                log.warning("escaped process %d (%s) of no job we can name: %s", e.pid, e.name, sent)
+            else:
+                log.warning(
+                    "escaped process %d (%s) of job %d attempt %s, found by %s after its outcome: %s",
+                    e.pid, e.name, e.job_id, e.attempt, e.found_by, sent,
+                )  # fmt: skip
 
     def state_entries(self) -> list[AgentEntry]:
         """The state file's records of the running agents."""
@@ -469,7 +471,9 @@ class AgentPool:
 
     def close(self) -> None:
         """Stop watching every agent (they keep running: the state file records them); give
-        up jobs still preparing (their leases lapse, and they are retried)."""
+        up jobs still preparing (their leases lapse, and they are retried). Escapees still
+        being stopped get SIGKILL now: no later tick will escalate."""
+        self.reap_strays(self._clock.monotonic(), grace_s=0.0)
         for attempt in list(self._attempts.values()):
             self._release(attempt)
         self._abandon_preparing()

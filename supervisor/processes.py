@@ -7,8 +7,9 @@ load and boot id. ``supervisor.procs.OsProcesses`` is the real thing (POSIX proc
 pidfds, cgroups); ``supervisor.testing.FakeProcesses`` runs "agents" on a ``ManualClock`` so
 that every behaviour of the loop can be unit-tested without a process or a sleep.
 
-The value types both sides share live here too: ``ExitStatus``, ``TaggedProcess``,
-``Limits`` and ``TreeStats``, and the names of the env tags every agent carries.
+The value types both sides share live here too: ``ExitStatus``, ``Escapee``,
+``TaggedProcess``, ``Limits`` and ``TreeStats``, and the names of the env tags every agent
+carries.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import signal
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 __all__ = [
     "TAG_ATTEMPT",
     "TAG_JOB",
     "TAG_WORKER",
     "Agent",
+    "Escapee",
     "ExitStatus",
     "Limits",
     "Processes",
@@ -53,12 +55,39 @@ def describe_end(exit_code: int | None, signal_number: int | None) -> str:
 
 
 @dataclass(frozen=True)
+class Escapee:
+    """A process that left an agent's tree (``setsid``, a double fork) and so escapes the group
+    kill: found as the subreaper's orphan, in the agent's cgroup, or by the env tag."""
+
+    pid: int
+    identity: str
+    job_id: int | None
+    """The job it came from; None when nothing could name it."""
+    attempt: int | None
+    found_by: str
+    """What tied it to the job: ``cgroup``, ``env tag``, ``session``, ``tree sample``,
+    ``open file``, ``process group`` (a remnant of an adopted agent); "" when nothing did."""
+    name: str
+    """Its command name (``comm``), for people reading the facts."""
+    stopped_with: str | None = None
+    """The first signal it got (``SIGTERM``, ``SIGKILL``); None while it is kept with its
+    running agent."""
+
+    def fact(self) -> dict[str, Any]:
+        """The record kept in the job's event facts (``escaped``)."""
+        return {"pid": self.pid, "name": self.name, "found_by": self.found_by, "signal": self.stopped_with}
+
+
+@dataclass(frozen=True)
 class ExitStatus:
     """How an agent ended; all None when the outcome is unknown (e.g. no exit file)."""
 
     exit_code: int | None
     signal: int | None
     peak_rss_bytes: int | None
+    escaped: tuple[Escapee, ...] = ()
+    """Processes of its tree that escaped its group and were still alive when it ended (or
+    seen earlier): stopped with it (SIGTERM, then SIGKILL after the stop grace)."""
 
     def describe(self) -> str:
         """``"exit code 3"``, ``"killed by SIGKILL"`` or ``"exit status unknown"``."""
@@ -86,10 +115,18 @@ class Limits:
     pids_max: int | None = None
     cpu_time_s: float | None = None
     address_space_bytes: int | None = None
+    cpu_max: float | None = None
+    """A CPU rate cap for the whole tree, in CPUs (``docker --cpus``)."""
 
     def any(self) -> bool:
         """True when at least one limit is set."""
-        values = (self.memory_max_bytes, self.pids_max, self.cpu_time_s, self.address_space_bytes)
+        values = (
+            self.memory_max_bytes,
+            self.pids_max,
+            self.cpu_time_s,
+            self.address_space_bytes,
+            self.cpu_max,
+        )
         return any(v is not None for v in values)
 
 
@@ -125,7 +162,14 @@ class Agent(Protocol):
 
     def poll(self, *, kill_remnants: bool = False) -> ExitStatus | None:
         """The exit status once the wrapper has ended, else None; never blocks. With
-        ``kill_remnants`` whatever is left of its group is killed as it is reaped."""
+        ``kill_remnants`` whatever is left of its group is killed as it is reaped, and its
+        escaped descendants get SIGTERM (``ExitStatus.escaped``; ``Processes.orphans``
+        escalates to SIGKILL after the grace)."""
+        ...
+
+    def recorded_exit(self) -> ExitStatus | None:
+        """What the wrapper recorded of the agent's own end (its exit file); None when nothing
+        is recorded: still running, or the wrapper itself was killed (SIGKILL to the group)."""
         ...
 
     def signal_group(self, sig: int) -> bool:
@@ -211,7 +255,9 @@ class Processes(Protocol):
         ...
 
     def scan_tagged(self, worker: str | None) -> list[TaggedProcess]:
-        """Live processes of this user carrying our tag (of ``worker``'s agents, if given)."""
+        """Live processes of this user carrying our tag (of ``worker``'s agents, if given), and
+        with ``worker`` those in its agents' cgroups too: a restart must find escapees that
+        cleared their environment."""
         ...
 
     def signal_process(self, pid: int, identity: str, sig: int) -> bool:
@@ -242,6 +288,21 @@ class Processes(Protocol):
         """Make escaped descendants re-parent to this process; False where unsupported."""
         ...
 
-    def reap_orphans(self, keep: Collection[int]) -> list[int]:
-        """As a subreaper, reap exited children that are not ``keep`` (our agents)."""
+    def orphans(self, worker: str, agents: Collection[Agent], *, grace_s: float) -> list[Escapee]:
+        """One pass for escaped descendants; call it every tick (cheap when nothing is due).
+
+        As a subreaper: reap exited children that are not ``agents``' wrappers, and look at the
+        live ones (orphans re-parented to us). An escapee tied to one of ``agents`` is noted on
+        it (its ``ExitStatus.escaped``) and kept until it ends; any other (an ended attempt's,
+        one carrying ``worker``'s tag of no running attempt, or one nothing names) gets SIGTERM
+        now. Stops begun earlier (here or at an agent's end) get SIGKILL once ``grace_s`` has
+        passed. ``grace_s`` 0 means the supervisor is closing: every look due is taken now.
+        Returns the escapees found by this call that no running agent kept.
+        """
+        ...
+
+    def escalation_due(self, grace_s: float) -> float | None:
+        """When (monotonic) ``orphans`` next has work: an escapee sent SIGTERM due its SIGKILL,
+        or a look for escapees an agent's end asked for; None when neither. The loop wakes for
+        it (``AgentPool.next_due``)."""
         ...

@@ -13,13 +13,14 @@ both are found by their env tag (each process's environment read once, then reme
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final, NamedTuple
@@ -29,9 +30,11 @@ import psutil
 from supervisor.processes import TAG_ATTEMPT, TAG_JOB, TAG_WORKER, TaggedProcess, TreeStats
 
 __all__ = [
+    "OWN_CHILDREN",
     "TAG_ATTEMPT",
     "TAG_JOB",
     "TAG_WORKER",
+    "OwnChildren",
     "ProcessTable",
     "TaggedProcess",
     "TreeSampler",
@@ -136,27 +139,38 @@ def same_process(pid: int, identity: str) -> bool:
 # ---------------------------------------------------------------- scanning
 
 
+def own_pids() -> Iterator[int]:
+    """The pids of this user's processes but this one, from /proc (Linux only): an entry whose
+    owner cannot be read (gone, another user's) is skipped."""
+    uid, me = os.getuid(), os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:  # ENOENT: gone
+            continue
+        yield int(entry.name)
+
+
 def _iter_tagged_env() -> Iterator[tuple[int, dict[str, str]]]:
     """(pid, environment) of this user's processes whose environment holds TAG_JOB, but us."""
     me = os.getpid()
     if sys.platform == "linux":
         # /proc read directly: ~4x faster than psutil (measured 4.8 vs 18.5 ms for 470
         # processes), and environments without the tag are never parsed.
-        uid, key = os.getuid(), TAG_JOB.encode() + b"="
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) == me:
-                continue
+        key = TAG_JOB.encode() + b"="
+        for pid in own_pids():
             try:
-                if entry.stat().st_uid != uid:
-                    continue
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                with open(f"/proc/{pid}/environ", "rb") as f:
                     raw = f.read()  # empty for a zombie
             except OSError:  # ENOENT/ESRCH: gone; EACCES: not ours to read
                 continue
             if key in raw:
                 env = dict(os.fsdecode(kv).partition("=")[::2] for kv in raw.split(b"\0") if kv)
                 if TAG_JOB in env:
-                    yield int(entry.name), env
+                    yield pid, env
         return
     for proc in psutil.process_iter(["uids"]):
         uids = proc.info.get("uids")
@@ -262,18 +276,65 @@ def set_child_subreaper(enabled: bool) -> bool:
     return bool(rc == 0)
 
 
+class OwnChildren:
+    """Children this process starts for its own work (git for a workspace), which must never
+    be taken for an agent's escapee: neither reaped behind their ``Popen``'s back (its wait
+    would then get ECHILD, which ``subprocess`` reports as exit code 0) nor stopped.
+
+    They are the process's, not one supervisor's, so there is one registry (``OWN_CHILDREN``).
+    Start such a child inside ``spawning`` and mark it at once, release it after its wait::
+
+        with OWN_CHILDREN.spawning() as mark:
+            proc = subprocess.Popen(...)
+            mark(proc.pid)
+        ...  # proc.wait()
+        OWN_CHILDREN.release(proc.pid)
+
+    The lock held from before the fork until the mark is what ``held`` (the reaper and the
+    escapee pass) waits for, so neither can see such a child before it is marked.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pids: set[int] = set()
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[Callable[[int], None]]:
+        with self._lock:
+            yield self._pids.add
+
+    def release(self, pid: int) -> None:
+        with self._lock:
+            self._pids.discard(pid)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[frozenset[int]]:
+        """The marked pids, with no spawn in progress until the block ends."""
+        with self._lock:
+            yield frozenset(self._pids)
+
+
+OWN_CHILDREN: Final = OwnChildren()
+
+
 def reap_orphans(keep: Collection[int]) -> list[int]:
     """As a subreaper, reap exited children that are not agents we wait for ourselves
-    (descendants of agents re-parented to us), without ever reaping one of ``keep``.
+    (descendants of agents re-parented to us), without ever reaping one of ``keep`` or of
+    ``OWN_CHILDREN``.
 
     ``waitid(WNOWAIT)`` peeks at the next waitable child without reaping it; a child in
     ``keep`` stops the sweep (the loop reaps it with its exit status, then sweeps again).
     Never call this in a host process that has children of its own. Linux only (a subreaper
     exists only there, and Python 3.11 has no ``os.waitid`` on macOS): elsewhere a no-op.
     """
-    reaped: list[int] = []
     if sys.platform != "linux":
-        return reaped
+        return []
+    with OWN_CHILDREN.held() as own:
+        return _reap(set(keep) | own)
+
+
+def _reap(keep: Collection[int]) -> list[int]:
+    reaped: list[int] = []
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -298,14 +359,16 @@ class _Row(NamedTuple):
     cpu_s: float
     rss_bytes: int
     zombie: bool
+    session: int
 
 
 def _parse_row(raw: bytes) -> _Row:
     f = raw[raw.rindex(b")") + 2 :].split()
-    # f[0] field 3 state, f[1] 4 ppid, f[2] 5 pgrp, f[11]/f[12] 14/15 utime/stime,
-    # f[19] 22 starttime, f[21] 24 rss in pages
+    # f[0] field 3 state, f[1] 4 ppid, f[2] 5 pgrp, f[3] 6 session, f[11]/f[12] 14/15
+    # utime/stime, f[19] 22 starttime, f[21] 24 rss in pages
     cpu = (int(f[11]) + int(f[12])) / _TICK
-    return _Row(int(f[1]), int(f[2]), int(f[19]), cpu, int(f[21]) * _PAGE, f[0] in (b"Z", b"X"))
+    zombie = f[0] in (b"Z", b"X")
+    return _Row(int(f[1]), int(f[2]), int(f[19]), cpu, int(f[21]) * _PAGE, zombie, int(f[3]))
 
 
 class ProcessTable:
@@ -367,6 +430,9 @@ class TreeSampler:
     tag: tuple[str, str, str]
     since: float  # monotonic start of the first interval
     table: ProcessTable = field(default_factory=ProcessTable)
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    """(pid, starttime) of every live process a sample found in the tree (Linux): an escapee
+    that leaves later is still known by it (``escapees.attribute``). The caller may share it."""
     _cpu: dict[tuple[int, int | float], float] = field(default_factory=dict)
 
     def sample(self) -> TreeStats | None:
@@ -413,11 +479,16 @@ class TreeSampler:
                 break
             tree.update(orphans)
             stack.extend(orphans)
-        return at, {
+        members: dict[tuple[int, int | float], tuple[float, int]] = {
             (pid, table[pid].starttime): (table[pid].cpu_s, table[pid].rss_bytes)
             for pid in tree
             if not table[pid].zombie
         }
+        # forget the dead (bounded), remember the living
+        gone = {k for k in self.seen if k[0] not in table or table[k[0]].starttime != k[1]}
+        self.seen -= gone
+        self.seen.update((pid, int(start)) for pid, start in members)
+        return at, members
 
     def _members_psutil(self) -> dict[tuple[int, int | float], tuple[float, int]]:
         out: dict[tuple[int, int | float], tuple[float, int]] = {}

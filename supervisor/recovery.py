@@ -68,7 +68,15 @@ def reconcile_on_start(
     """
     entries = state.agents if state else []
     same_boot = state is not None and state.boot_id == processes.boot_id()
-    alive = {e.job_id for e in entries if same_boot and processes.same_process(e.pid, e.start_identity)}
+    # Every recorded agent is attached (and closed again unless adopted) before deciding: its
+    # exit file is read first, whatever the policy (``reconcile`` module docstring).
+    procs = {e.job_id: _attach(processes, e) for e in entries}
+    exited = {job_id for job_id, proc in procs.items() if proc.recorded_exit() is not None}
+    alive = {
+        e.job_id
+        for e in entries
+        if same_boot and e.job_id not in exited and processes.same_process(e.pid, e.start_identity)
+    }
     try:
         jobs = {j.id: j for j in store.list(statuses=LIVE, lease_owner=worker_id)}
         leased = {j.id: j.attempt for j in jobs.values()}
@@ -78,7 +86,7 @@ def reconcile_on_start(
         log.warning("reconcile: store unreachable (%s); keeping recorded agents", exc)
         jobs, leased = {}, {e.job_id: e.attempt for e in entries}
     tagged = processes.scan_tagged(worker_id)
-    found = reconcile.findings(entries, leased, alive, {t.job_id: t.attempt for t in tagged})
+    found = reconcile.findings(entries, leased, alive, {t.job_id: t.attempt for t in tagged}, exited)
 
     def policy(f: reconcile.Finding) -> OrphanPolicy:
         job = jobs.get(f.job_id)
@@ -88,24 +96,45 @@ def reconcile_on_start(
     decisions = reconcile.decide(found, policy)
     by_job = {e.job_id: e for e in entries}
     adopted: set[tuple[int, int]] = set()
+    handled: set[int] = set()  # pids already stopped (and recorded) as an attempt's escapees
+    carried = []
     for d in decisions:
         log.info("reconcile: job %d attempt %d: %s (%s)", d.job_id, d.attempt, d.action, d.why)
         entry, job = by_job.get(d.job_id), jobs.get(d.job_id)
-        attempt = _carry_out(d, entry, job, tagged, settings, worker_id, processes, clock, record)
+        proc = procs.get(d.job_id)
+        d, attempt = _carry_out(
+            d, entry, proc, job, tagged, settings, worker_id, processes, clock, record, handled
+        )
+        carried.append(d)
         if attempt is not None:
             adopt(attempt)
             adopted.add((attempt.job.id, attempt.job.attempt))
-    for t in tagged:  # tagged processes that belong to no agent we keep
-        if (t.job_id, t.attempt) not in adopted and processes.signal_process(
-            t.pid, t.identity, signal.SIGKILL
-        ):
+    for t in tagged:  # tagged processes (or cgroup members) that belong to no agent we keep
+        if (t.job_id, t.attempt) in adopted or t.pid in handled:
+            continue
+        if processes.signal_process(t.pid, t.identity, signal.SIGKILL):
             log.warning("reconcile: killed stray process %d (job %s attempt %s)", t.pid, t.job_id, t.attempt)
-    return decisions
+    return carried
+
+
+def _attach(processes: Processes, entry: AgentEntry) -> Agent:
+    return processes.attach(
+        pid=entry.pid,
+        pgid=entry.pgid,
+        identity=entry.start_identity,
+        started_mono=entry.started_mono,
+        log_path=Path(entry.log_path),
+        run_dir=Path(entry.run_dir),
+        job_id=entry.job_id,
+        attempt=entry.attempt,
+        worker=entry.worker,
+    )
 
 
 def _carry_out(
     d: Decision,
     entry: AgentEntry | None,
+    proc: Agent | None,
     job: Job | None,
     tagged: list[TaggedProcess],
     settings: Settings,
@@ -113,39 +142,37 @@ def _carry_out(
     processes: Processes,
     clock: Clock,
     record: Recorder,
-) -> Attempt | None:
-    """Do what ``d`` says; the attempt to adopt, if it says adopt."""
-    proc = None
-    if entry is not None:
-        proc = processes.attach(
-            pid=entry.pid,
-            pgid=entry.pgid,
-            identity=entry.start_identity,
-            started_mono=entry.started_mono,
-            log_path=Path(entry.log_path),
-            run_dir=Path(entry.run_dir),
-            job_id=entry.job_id,
-            attempt=entry.attempt,
-            worker=entry.worker,
-        )
+    handled: set[int],
+) -> tuple[Decision, Attempt | None]:
+    """Do what ``d`` says; the decision as carried out (``reconcile.settle``), and the attempt
+    to adopt, if it says adopt. Pids stopped as escapees are added to ``handled``."""
     if d.action is Action.ADOPT and proc is not None and entry is not None:
-        return _adoptable(proc, entry, job, settings, worker_id, clock.monotonic())
-    facts: dict[str, Any] = {"reconcile": d.action.value, "why": d.why}
+        return d, _adoptable(proc, entry, job, settings, worker_id, clock.monotonic())
+    killed: list[int] | None = None
     if d.action in (Action.KILL_AND_RECORD, Action.KILL_ONLY):
         if proc is not None:
-            facts["killed_pids"] = proc.kill_tree()
+            killed = proc.kill_tree()
+            # the agent may have ended after our look: its exit file, read after the kill, says
+            d = reconcile.settle(d, proc.recorded_exit() is not None)
+            if d.action is Action.RECORD_EXIT:
+                log.info("reconcile: job %d attempt %d: %s (%s)", d.job_id, d.attempt, d.action, d.why)
         else:
-            facts["killed_pids"] = [
+            killed = [
                 t.pid
                 for t in tagged
                 if t.job_id == d.job_id and processes.signal_process(t.pid, t.identity, signal.SIGKILL)
             ]
+        handled.update(killed)
+    facts: dict[str, Any] = {"reconcile": d.action.value, "why": d.why}
+    if killed is not None:
+        facts["killed_pids"] = killed
     outcome: Outcome | None = None
     if d.action is Action.KILL_AND_RECORD:
         why = f"agent orphaned by a restart; killed ({d.why})"
         outcome = Outcome(error_kind=ErrorKind.LOST, error=why, decided_by=DecidedBy.RECONCILE, facts=facts)
     elif d.action is Action.RECORD_EXIT and proc is not None and entry is not None:
         outcome = _ended_while_away(proc, entry, facts, settings)
+        handled.update(e["pid"] for e in facts.get("escaped", ()))
     elif d.action is Action.RECORD_LOST:
         outcome = Outcome(
             error_kind=ErrorKind.LOST,
@@ -163,7 +190,7 @@ def _carry_out(
             outcome,
             before=job.status if job else None,
         )
-    return None
+    return d, None
 
 
 def _adoptable(
@@ -199,9 +226,14 @@ def _adoptable(
 
 
 def _ended_while_away(proc: Agent, entry: AgentEntry, facts: dict[str, Any], settings: Settings) -> Outcome:
-    status = proc.poll()
-    code = status.exit_code if status else None
-    sig = status.signal if status else None
+    """The outcome of an agent that ended while no supervisor watched: its own end as the exit
+    file recorded it, its result, its log tail; what is left of its tree is stopped and listed."""
+    status = proc.poll(kill_remnants=True)
+    recorded = proc.recorded_exit() or status
+    code = recorded.exit_code if recorded else None
+    sig = recorded.signal if recorded else None
+    if status is not None and status.escaped:
+        facts["escaped"] = [e.fact() for e in status.escaped]
     result = None
     if code == 0:
         try:
@@ -214,6 +246,7 @@ def _ended_while_away(proc: Agent, entry: AgentEntry, facts: dict[str, Any], set
         stop=None,
         timeout_s=entry.timeout_s,
         idle_timeout_s=entry.idle_timeout_s,
+        limit_breach=proc.limit_breach(),  # e.g. a cgroup OOM kill while no supervisor watched
     )
     tail = _logcap(settings, Path(entry.log_path)).finish()
     facts.update({"pid": entry.pid, "exit_code": code, "signal": sig})

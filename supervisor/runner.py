@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from supervisor.admission import Gate, GateState
 from supervisor.attempt import resolve_spec
 from supervisor.clock import SYSTEM_CLOCK, Clock
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, StoreUnavailableError
 from supervisor.events import JobChange, Subscription
 from supervisor.job import Job, JobSpec, Status
 from supervisor.loop import Control, Loop
@@ -124,6 +124,8 @@ class Supervisor:
             ready.set()
             try:
                 loop.run(until_idle)
+            except StoreUnavailableError as exc:  # until_idle on a store that stays down
+                log.error("supervisor stopped: %s", exc)
             except Exception:
                 log.exception("supervisor loop crashed")
             finally:

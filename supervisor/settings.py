@@ -133,6 +133,10 @@ class KindConfig(BaseModel):
     """CPU seconds an agent process may use (RLIMIT_CPU)."""
     address_space_bytes: int | None = Field(default=None, gt=0)
     """Virtual memory limit of each agent process (RLIMIT_AS; mind that runtimes reserve a lot)."""
+    cpu_max: float | None = Field(default=None, ge=0.01, allow_inf_nan=False)
+    """CPU rate cap of the agent's whole tree, in CPUs like ``docker --cpus`` (cgroup cpu.max /
+    cpu.cfs_quota_us; at least 0.01: the kernel's 1 ms quota per 100 ms period). Where the CPU
+    controller cannot be written it is not enforced; the job's facts and health say so."""
     # -- repository workspaces (supervisor.workspaces, issue 12) --
     repo: str | None = None
     """Repository of this kind's jobs when a job names none (a URL, owner/repo, or a bare

@@ -8,11 +8,16 @@ root, so as root the server runs as the ``postgres`` user (or a throwaway user w
 Each test gets its own database, cloned from a template that already holds the schema and the
 functions of ``bridge/sql/`` (``CREATE DATABASE … TEMPLATE``: a file copy, no SQL to replay).
 The template also has what a Supabase project has and plain Postgres lacks: the roles ``anon``,
-``authenticated`` and ``service_role`` (BYPASSRLS), and Supabase's default privileges, which
-grant every new table and function in ``public`` to all three; so the explicit revokes of
-schema.sql are really exercised. Last, it replaces ``public._jobs_now()`` with a version that
-honours the setting ``agent_supervisor.now`` (epoch seconds): the contract suite's
-``ManualClock`` drives the server's clock through it. Production databases never get this.
+``authenticated`` and ``service_role`` (BYPASSRLS) with their statement timeouts, the login role
+``authenticator`` that PostgREST switches from, Supabase's default privileges, which grant
+every new table and function in ``public`` to all three (so the explicit revokes of schema.sql
+are really exercised), the ``auth`` helpers (``auth.uid()``) and Realtime's
+``realtime.send()``. Last, it replaces ``public._jobs_now()`` with a version that honours
+the setting ``agent_supervisor.now`` (epoch seconds): the contract suite's ``ManualClock``
+drives the server's clock through it. Production databases never get this.
+
+When Debian's ``postgresql-NN-cron`` is installed (``.ci/run`` installs it), the server preloads
+pg_cron for database ``CRON_DATABASE`` (tests/integration/test_postgres_cron.py).
 """
 
 from __future__ import annotations
@@ -35,24 +40,94 @@ from typing import Any
 
 TEMPLATE = "agent_supervisor_template"
 CLOCK_SETTING = "agent_supervisor.now"
+CRON_DATABASE = "agent_supervisor_cron"
+"""pg_cron's database (``cron.database_name``), when the server has pg_cron (``has_cron``)."""
 
 # Supabase's default privileges (supabase/postgres migrations): everything new in public is
 # granted to the API roles. This is what makes `revoke ... from public` alone insufficient.
 SUPABASE_ROLES_SQL = """
 do $$
 begin
-  if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin; end if;
+  if not exists (select 1 from pg_roles where rolname = 'anon') then
+    create role anon nologin noinherit; end if;
   if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-    create role authenticated nologin; end if;
+    create role authenticated nologin noinherit; end if;
   if not exists (select 1 from pg_roles where rolname = 'service_role') then
-    create role service_role nologin bypassrls; end if;
+    create role service_role nologin noinherit bypassrls; end if;
+  -- PostgREST logs in as authenticator and switches to the request's role (`set local role`);
+  -- it may become only the roles granted to it (Supabase's roles.sql).
+  if not exists (select 1 from pg_roles where rolname = 'authenticator') then
+    create role authenticator login noinherit; end if;
 end $$;
+grant anon, authenticated, service_role to authenticator;
+-- Supabase's timeouts ("Timeouts" docs): anon 3 s, authenticated 8 s; service_role has none of
+-- its own and keeps authenticator's 8 s, which a session of authenticator starts with.
+alter role anon set statement_timeout = '3s';
+alter role authenticated set statement_timeout = '8s';
+alter role authenticator set statement_timeout = '8s';
 """
 SUPABASE_DEFAULTS_SQL = """
 grant usage on schema public to anon, authenticated, service_role;
 alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
 alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
 alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+"""
+# What every Supabase database has besides the roles: the `auth` helpers that RLS policies
+# call (supabase/postgres migrations, auth-schema.sql: auth.uid() and auth.jwt() read the claims
+# PostgREST sets per request), and Realtime's `realtime.messages` with `realtime.send()` as the
+# Realtime server's tenant migrations define them (RLS on; select/insert/update granted to the
+# API roles: migration RestoreMessagesBaseGrants; send() is SECURITY INVOKER and turns any error
+# into a WARNING, so a refused broadcast never fails the writer's transaction). The last trigger
+# is the stand-in's, not Supabase's: Supabase's Realtime server reads new messages from the WAL;
+# tests/standin/realtime.py hears them through this NOTIFY instead.
+SUPABASE_SCHEMAS_SQL = """
+create schema if not exists auth;
+create or replace function auth.jwt() returns jsonb language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
+                  nullif(current_setting('request.jwt.claims', true), ''))::jsonb $$;
+create or replace function auth.uid() returns uuid language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+                  (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid $$;
+create or replace function auth.role() returns text language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim.role', true), ''),
+                  (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role'))::text $$;
+grant usage on schema auth to anon, authenticated, service_role;
+
+create schema if not exists realtime;
+create table if not exists realtime.messages (
+  id uuid not null default gen_random_uuid() primary key,
+  topic text not null,
+  extension text not null,
+  payload jsonb,
+  event text,
+  private boolean default false,
+  updated_at timestamp not null default now(),
+  inserted_at timestamp not null default now()
+);
+alter table realtime.messages enable row level security;
+grant usage on schema realtime to anon, authenticated, service_role;
+grant select, insert, update on realtime.messages to anon, authenticated, service_role;
+create or replace function realtime.topic() returns text language sql stable as $$
+  select nullif(current_setting('realtime.topic', true), '')::text $$;
+create or replace function realtime.send(payload jsonb, event text, topic text, private boolean default true)
+returns void language plpgsql as $$
+begin
+  begin
+    execute format('set local realtime.topic to %L', topic);
+    insert into realtime.messages (payload, event, topic, private, extension)
+    values (payload, event, topic, private, 'broadcast');
+  exception when others then
+    raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+  end;
+end $$;
+grant execute on function realtime.send(jsonb, text, text, boolean) to anon, authenticated, service_role;
+create or replace function realtime._standin_wal() returns trigger language plpgsql as $$
+begin
+  perform pg_notify('standin_realtime', new.id::text);
+  return null;
+end $$;
+create trigger standin_wal after insert on realtime.messages
+  for each row execute function realtime._standin_wal();
 """
 # The test clock: `set agent_supervisor.now = '<epoch seconds>'` (per transaction) moves the
 # server's notion of now; unset, it is now(). Only test databases get this definition.
@@ -106,14 +181,15 @@ class PgServer:
     root: Path
     port: int
     user: pwd.struct_passwd | None
+    has_cron: bool = False
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, Any] = {}
@@ -168,6 +244,11 @@ class PgServer:
                 "-c shared_buffers=64MB",
             ]
         )
+        # pg_cron (Debian's postgresql-NN-cron, .ci/run installs it) must be preloaded; its
+        # one database is made from the template by the test that needs it.
+        if (bin_dir.parent / "lib" / "pg_cron.so").exists():
+            server.has_cron = True
+            options += f" -c shared_preload_libraries=pg_cron -c cron.database_name={CRON_DATABASE}"
         for _ in range(3):  # the free port may be taken between _free_port and bind
             started = server._run(
                 "pg_ctl",
@@ -204,6 +285,7 @@ class PgServer:
             conn.execute(f"create database {TEMPLATE}")
         with psycopg.connect(self.dsn(TEMPLATE)) as conn:
             conn.execute(SUPABASE_DEFAULTS_SQL)
+            conn.execute(SUPABASE_SCHEMAS_SQL)
             conn.commit()
             apply_sql(conn)
             conn.execute(TEST_CLOCK_SQL)

@@ -318,6 +318,18 @@ def _workspaces(args: argparse.Namespace, service: JobService, out: TextIO) -> i
     return workspaces.run(args, service, out)
 
 
+def _dashboard(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
+    from bridge.cli import dashboard  # the web extra: only for this command
+
+    return dashboard.dashboard(args, service, out)
+
+
+def _metrics(args: argparse.Namespace, service: JobService, out: TextIO) -> int:
+    from bridge.cli import dashboard  # prometheus-client: only for this command
+
+    return dashboard.metrics(args, service, out)
+
+
 def _dump(data: Any, out: TextIO) -> None:
     json.dump(data, out, indent=2)
     out.write("\n")
@@ -335,5 +347,7 @@ COMMANDS: Final[dict[str, Handler]] = {
     "health": _health,
     "reconcile": _reconcile,
     "workspaces": lambda args, service, out: _workspaces(args, service, out),
+    "dashboard": _dashboard,
+    "metrics": _metrics,
 }
 """The verbs that work on the job store through the service, by command name."""

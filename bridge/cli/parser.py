@@ -246,13 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("schema", help="print the SQL (schema, then functions)")
     apply = db_sub.add_parser("apply", help="apply the SQL to a Postgres database")
     apply.add_argument("--dsn", required=True, help="postgresql://user@host/db (password from PGPASSWORD)")
+    migration = db_sub.add_parser("migration", help="write the SQL as a Supabase migration file")
+    migration.add_argument("dir", type=Path, help="the Supabase project dir (gets supabase/migrations/)")
+    for cmd in (db_sub.choices["schema"], apply, migration):
+        cmd.add_argument("--per-user", action="store_true", help="add per_user.sql (bridge/sql/README.md)")
 
     rpc = sub.add_parser("bridge", help="stdio JSON-RPC 2.0 server for plugin hosts")
     rpc.add_argument("--no-run", action="store_true", help="answer requests; run no agents")
     rpc.add_argument("--schema", action="store_true", help="print the JSON Schema and exit")
     demo = sub.add_parser("demo", help="run sample agents on a fresh data dir (< 30 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data dir")
+    from bridge.cli.dashboard import add_parsers as add_dashboard_parsers  # here: see the docstring
     from bridge.cli.workspaces import add_parser as add_workspaces_parser  # here: see the docstring
 
+    add_dashboard_parsers(sub)
     add_workspaces_parser(sub)
     return p

@@ -16,17 +16,41 @@
 --      ASN01 job not found, ASL01 lease lost (fencing), ASC01 version conflict,
 --      AST01 illegal transition, ASV01 invalid job or change.
 --    PostgREST answers them with HTTP 400 (not 5xx), so no client retries them.
---  * Every write RPC is safe to repeat after a lost response: enqueue by request id, claim by
---    claim id, mark_running and finish by (worker, attempt), heartbeat by nature.
+--  * Every write RPC is safe to repeat after a lost response, AND under a retry that arrives
+--    while the first call is still running (a gateway timeout): each serialises on its id
+--    first (enqueue and purge: an advisory lock on the request id; claim: on the claim id;
+--    mark_running, finish, cancel, retry, update: the job's row lock), so the retry waits for
+--    the first call to commit and then replays its answer. Heartbeats are idempotent.
+--  * No answer is longer than one page: PostgREST cuts RPC results at db-max-rows (1,000 on
+--    Supabase) without an error. Functions that may return more (enqueue, list, events, purge,
+--    reap) answer ONE row holding a JSON array of at most p_limit items and a `more` flag; the
+--    client pages. Each call's work is bounded the same way, well under the statement timeout.
+
+-- Upgrades: functions whose arguments or result changed since schema version 1 are dropped
+-- first (create or replace cannot change a result type). Nothing else is dropped.
+drop function if exists public.jobs_enqueue(jsonb, uuid);
+drop function if exists public.jobs_list(text[], text, integer);
+drop function if exists public.jobs_events(bigint);
+drop function if exists public.jobs_purge(bigint[], text[], double precision);
+drop function if exists public.jobs_reap_stale(double precision, double precision);
+drop function if exists public.jobs_schema_version();
+drop function if exists public._jobs_notify();
+drop function if exists public.jobs_heartbeat(text, bigint[], integer[], jsonb, jsonb, double precision);
+drop function if exists public.jobs_list(text[], text, integer, bigint);
 
 -- The store clock. Tests replace this function in their template database to drive time.
 create or replace function public._jobs_now() returns timestamptz
 language sql stable set search_path = '' as $$ select pg_catalog.now() $$;
 
--- Functions return at least two columns: PostgREST answers a one-column result as bare
--- scalars, the other stores' rows as objects; two columns keep every answer an object.
-create or replace function public.jobs_schema_version() returns table (version integer, product text)
-language sql immutable set search_path = '' as $$ select 1, 'agent-supervisor' $$;
+-- The version of this SQL: bridge/stores/postgres.py SCHEMA_VERSION must equal it. Functions
+-- return at least two columns: PostgREST answers a one-column result as bare scalars, the
+-- other stores' rows as objects; two columns keep every answer an object.
+create or replace function public.jobs_schema_version()
+returns table (version integer, product text, store_id text)
+language sql stable set search_path = '' as $$
+  select 2, 'agent-supervisor', (select m.store_id from public.job_store_meta m where m.id = 1)
+$$;
+update public.job_store_meta set schema_version = 2 where id = 1;
 
 create or replace function public._jobs_legal(p_from text, p_to text) returns boolean
 language sql immutable set search_path = '' as $$
@@ -52,19 +76,58 @@ language sql volatile set search_path = '' as $$
          ^ least(greatest(p_used - 1, 0), 60)) end
 $$;
 
-create or replace function public._jobs_notify() returns void
-language sql volatile set search_path = '' as $$
-  -- A wake-up hint for idle supervisors (PostgresStore.changed() listens); identical
-  -- notifications within one transaction are delivered once.
-  select pg_catalog.pg_notify('agent_supervisor_jobs', '')
-$$;
+-- Broadcast from Database (Supabase's recommended way to push database changes to clients,
+-- "Subscribing to Database Changes"): realtime.send() writes a message that Supabase Realtime
+-- delivers to the sockets joined to the topic (private channel: the receiving role needs to be
+-- allowed to read it; the service role bypasses RLS). Only where Realtime exists (Supabase);
+-- elsewhere a no-op. One message per topic and payload per transaction.
+do $do$
+begin
+  if pg_catalog.to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null then
+    execute $fn$
+      create or replace function public._jobs_broadcast(p_payload jsonb, p_owner uuid) returns void
+      language plpgsql volatile set search_path = '' as $$
+      declare
+        v_sent text := coalesce(pg_catalog.current_setting('agent_supervisor.sent', true), '');
+        v_key text := '|' || coalesce(p_owner::text, '') || p_payload::text || '|';
+      begin
+        if pg_catalog.strpos(v_sent, v_key) > 0 then
+          return;
+        end if;
+        perform pg_catalog.set_config('agent_supervisor.sent', v_sent || v_key, true);
+        perform realtime.send(p_payload, 'wake', 'agent_supervisor', true);
+        if p_owner is not null then
+          perform realtime.send(p_payload, 'wake', 'agent_supervisor:' || p_owner::text, true);
+        end if;
+      end $$ $fn$;
+  else
+    execute $fn$
+      create or replace function public._jobs_broadcast(p_payload jsonb, p_owner uuid) returns void
+      language sql volatile set search_path = '' as $$ select $$ $fn$;
+  end if;
+end $do$;
+
+-- The wake-up hint for idle supervisors (protocol v2, watch()): NOTIFY on channel
+-- agent_supervisor_jobs (PostgresStore listens) and a Realtime broadcast (SupabaseStore). The
+-- payload {"due_at": epoch | null} says when the changed job becomes claimable, null for now.
+-- Identical notifications within one transaction are delivered once (NOTIFY docs).
+create or replace function public._jobs_notify(p_due_at timestamptz default null, p_owner uuid default null)
+returns void language plpgsql volatile set search_path = '' as $$
+declare
+  v_payload jsonb := pg_catalog.jsonb_build_object('due_at',
+    case when p_due_at > public._jobs_now() then extract(epoch from p_due_at)::double precision end);
+begin
+  perform pg_catalog.pg_notify('agent_supervisor_jobs', v_payload::text);
+  perform public._jobs_broadcast(v_payload, p_owner);
+end $$;
 
 create or replace function public._jobs_event(p_job public.jobs, p_from text, p_reason text,
     p_decided_by text, p_worker text, p_facts jsonb, p_at timestamptz) returns void
 language sql volatile set search_path = '' as $$
-  insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker, attempt, facts)
+  insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker, attempt,
+      facts, owner_id)
   values (p_job.id, p_at, p_from, p_job.status, p_reason, p_decided_by, p_worker, p_job.attempt,
-          coalesce(p_facts, '{}'::jsonb))
+          coalesce(p_facts, '{}'::jsonb), p_job.owner_id)
 $$;
 
 create or replace function public._jobs_raise(p_code text, p_message text) returns void
@@ -118,7 +181,7 @@ begin
   new.status := 'pending';
   new.created_at := v_now;
   new.updated_at := v_now;
-  new.run_after := coalesce(new.run_after, v_now);
+  new.run_after := greatest(coalesce(new.run_after, v_now), v_now);
   new.attempt := 0;
   new.attempt_offset := 0;
   new.version := 1;
@@ -126,6 +189,7 @@ begin
   new.cancel_requested := null; new.pid := null; new.exit_code := null; new.signal := null;
   new.error_kind := null; new.error := null; new.result := null; new.output_tail := null;
   new.progress := null; new.stats := null; new.started_at := null; new.finished_at := null; new.finished_by := null;
+  new.last_activity_at := null;
   return new;
 end $$;
 
@@ -133,7 +197,7 @@ create or replace function public._jobs_after_insert() returns trigger
 language plpgsql volatile set search_path = '' as $$
 begin
   perform public._jobs_event(new, null, 'submitted', 'user', null, '{}', new.created_at);
-  perform public._jobs_notify();
+  perform public._jobs_notify(new.run_after, new.owner_id);
   return null;
 end $$;
 
@@ -141,6 +205,32 @@ create or replace trigger jobs_before_insert before insert on public.jobs
   for each row execute function public._jobs_before_insert();
 create or replace trigger jobs_after_insert after insert on public.jobs
   for each row execute function public._jobs_after_insert();
+
+-- job_counts (schema.sql): whoever moves a job into or out of a finished status (the functions,
+-- a hand-written UPDATE or DELETE), the counters follow in the same transaction.
+create or replace function public._jobs_count() returns trigger
+language plpgsql volatile set search_path = '' as $$
+begin
+  if tg_op <> 'INSERT' and old.status in ('completed', 'failed', 'cancelled') then
+    insert into public.job_counts as c (owner_key, status, slot, n)
+      values (coalesce(old.owner_id::text, ''), old.status, old.id % 16, -1)
+      on conflict (owner_key, status, slot) do update set n = c.n - 1;
+  end if;
+  if tg_op <> 'DELETE' and new.status in ('completed', 'failed', 'cancelled') then
+    insert into public.job_counts as c (owner_key, status, slot, n)
+      values (coalesce(new.owner_id::text, ''), new.status, new.id % 16, 1)
+      on conflict (owner_key, status, slot) do update set n = c.n + 1;
+  end if;
+  return null;
+end $$;
+
+create or replace trigger jobs_count_update after update of status on public.jobs for each row
+  when (old.status is distinct from new.status
+        and (old.status in ('completed', 'failed', 'cancelled') or new.status in ('completed', 'failed', 'cancelled')))
+  execute function public._jobs_count();
+create or replace trigger jobs_count_delete after delete on public.jobs for each row
+  when (old.status in ('completed', 'failed', 'cancelled'))
+  execute function public._jobs_count();
 
 -- lifecycle.settle for a locked, live job: the outcome and the retry policy. p_worker null is
 -- the reaper (the caller has fenced everyone else).
@@ -202,30 +292,44 @@ begin
   where id = p_job.id returning * into v_job;
   perform public._jobs_event(v_job, p_job.status, v_reason,
     coalesce(p_outcome ->> 'decided_by', 'exit'), p_worker, v_facts, p_now);
-  perform public._jobs_notify();  -- a settled job may free its concurrency key
+  -- A settled job may free its concurrency key; a retry becomes due at its run_after.
+  perform public._jobs_notify(v_job.run_after, v_job.owner_id);
   return v_job;
 end $$;
 
 -- JobStore.enqueue: p_specs is a JSON array of job specs (validated by the client, re-checked
--- by the table's constraints). Returns the ids in spec order. All or nothing.
-create or replace function public.jobs_enqueue(p_specs jsonb, p_request_id uuid default null)
-returns table (job_id bigint, created boolean) language plpgsql volatile set search_path = '' as $$
+-- by the table's constraints; the client sends at most a few hundred per call), p_first_line
+-- the number of the first one in the caller's batch (errors name the line). Returns ONE row:
+-- the ids in spec order, and which ones this call created (false: an existing job's id, by
+-- dedup key, or a replay). All or nothing. Linear in the batch: one indexed lookup per dedup key.
+create or replace function public.jobs_enqueue(p_specs jsonb, p_request_id uuid default null,
+    p_first_line integer default 1)
+returns table (job_ids bigint[], created boolean[]) language plpgsql volatile set search_path = '' as $$
 declare
   v_now timestamptz := public._jobs_now();
+  v_owner uuid := (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid;
   v_ids bigint[] := '{}';
   v_new boolean[] := '{}';
   v_created boolean;
-  v_staged jsonb := '{}';
   v_spec jsonb;
+  v_n bigint := 0;
   v_key text;
   v_id bigint;
   v_answer jsonb;
+  v_state text;
+  v_message text;
+  v_detail text;
+  v_hint text;
 begin
   if p_request_id is not null then
-    select response into v_answer from public.job_requests where id = p_request_id;
+    -- A retry that arrives while the first call still runs waits here for its commit, then
+    -- finds its answer below; a retry after a lost answer finds it at once.
+    perform pg_catalog.pg_advisory_xact_lock(1246975, pg_catalog.hashtext(p_request_id::text));
+    select r.response into v_answer from public.job_requests r where r.id = p_request_id;
     if found then
-      return query select e::bigint, false from pg_catalog.jsonb_array_elements_text(v_answer)
-        with ordinality as a(e, n) order by n;
+      return query select array(select e::bigint from pg_catalog.jsonb_array_elements_text(v_answer)
+                                with ordinality as a(e, n) order by n),
+                          array(select false from pg_catalog.jsonb_array_elements(v_answer));
       return;
     end if;
   end if;
@@ -234,49 +338,59 @@ begin
   end if;
   -- Serialise submits of the same dedup keys (in a fixed order: no deadlock between batches).
   perform pg_catalog.pg_advisory_xact_lock(1246973, pg_catalog.hashtext(k))
-    from (select distinct s ->> 'dedup_key' as k from pg_catalog.jsonb_array_elements(p_specs) s
-          where s ->> 'dedup_key' is not null order by 1) keys;
-  for v_spec in select s from pg_catalog.jsonb_array_elements(p_specs) with ordinality as a(s, n) order by n
-  loop
-    v_key := v_spec ->> 'dedup_key';
-    v_id := null;
-    v_created := false;
-    if v_key is not null then
-      v_id := (v_staged ->> v_key)::bigint;
+    from (select distinct k from pg_catalog.jsonb_array_elements(p_specs) s,
+            lateral (values ('d:' || (s ->> 'dedup_key')), ('u:' || (s ->> 'unique_key'))) v(k)
+          where k is not null order by 1) keys;
+  begin
+    for v_spec in select s from pg_catalog.jsonb_array_elements(p_specs) with ordinality as a(s, n) order by n
+    loop
+      v_n := v_n + 1;
+      v_key := v_spec ->> 'dedup_key';
+      v_id := null;
+      v_created := false;
+      if v_spec ->> 'unique_key' is not null then  -- any status; also one earlier in this batch
+        select j.id into v_id from public.jobs j
+          where j.unique_key = v_spec ->> 'unique_key' and j.owner_id is not distinct from v_owner;
+      end if;
+      if v_id is null and v_key is not null then  -- also finds a job inserted earlier in this batch
+        select j.id into v_id from public.jobs j
+          where j.dedup_key = v_key and j.status in ('pending', 'waiting_retry')
+            and j.owner_id is not distinct from v_owner
+          order by j.id limit 1;
+      end if;
       if v_id is null then
-        select id into v_id from public.jobs
-          where dedup_key = v_key and status in ('pending', 'waiting_retry') order by id limit 1;
+        insert into public.jobs (kind, command, payload, priority, concurrency_key, dedup_key,
+            max_attempts, backoff_s, timeout_s, idle_timeout_s, stuck_after_s, queue_timeout_s, run_after,
+            repo, ref, unique_key)
+        values (v_spec ->> 'kind',
+            case when pg_catalog.jsonb_typeof(v_spec -> 'command') = 'array' then
+              array(select pg_catalog.jsonb_array_elements_text(v_spec -> 'command')) end,
+            nullif(v_spec -> 'payload', 'null'::jsonb),
+            coalesce((v_spec ->> 'priority')::integer, 0), v_spec ->> 'concurrency_key', v_key,
+            coalesce((v_spec ->> 'max_attempts')::integer, 3),
+            coalesce((v_spec ->> 'backoff_s')::double precision, 10),
+            (v_spec ->> 'timeout_s')::double precision, (v_spec ->> 'idle_timeout_s')::double precision,
+            (v_spec ->> 'stuck_after_s')::double precision, (v_spec ->> 'queue_timeout_s')::double precision,
+            greatest(v_now, pg_catalog.to_timestamp((v_spec ->> 'run_after')::double precision)),
+            v_spec ->> 'repo', v_spec ->> 'ref', v_spec ->> 'unique_key')
+        returning id into v_id;
+        v_created := true;
       end if;
-    end if;
-    if v_id is null then
-      insert into public.jobs (kind, command, payload, priority, concurrency_key, dedup_key,
-          max_attempts, backoff_s, timeout_s, idle_timeout_s, stuck_after_s, queue_timeout_s, run_after)
-      values (v_spec ->> 'kind',
-          case when pg_catalog.jsonb_typeof(v_spec -> 'command') = 'array' then
-            array(select pg_catalog.jsonb_array_elements_text(v_spec -> 'command')) end,
-          nullif(v_spec -> 'payload', 'null'::jsonb),
-          coalesce((v_spec ->> 'priority')::integer, 0), v_spec ->> 'concurrency_key', v_key,
-          coalesce((v_spec ->> 'max_attempts')::integer, 3),
-          coalesce((v_spec ->> 'backoff_s')::double precision, 10),
-          (v_spec ->> 'timeout_s')::double precision, (v_spec ->> 'idle_timeout_s')::double precision,
-          (v_spec ->> 'stuck_after_s')::double precision, (v_spec ->> 'queue_timeout_s')::double precision,
-          v_now)
-      returning id into v_id;
-      v_created := true;
-      if v_key is not null then
-        v_staged := v_staged || pg_catalog.jsonb_build_object(v_key, v_id);
-      end if;
-    end if;
-    v_ids := v_ids || v_id;
-    v_new := v_new || v_created;
-  end loop;
+      v_ids := v_ids || v_id;  -- in place: PL/pgSQL appends to an expanded array without a copy
+      v_new := v_new || v_created;
+    end loop;
+  exception when others then  -- (a statement timeout, query_canceled, is not caught by OTHERS)
+    get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+      v_detail = pg_exception_detail, v_hint = pg_exception_hint;
+    raise exception using errcode = v_state, detail = v_detail, hint = v_hint,
+      message = pg_catalog.format('line %s of the batch: %s', p_first_line + v_n - 1, v_message);
+  end;
   if p_request_id is not null then
     delete from public.job_requests where created_at < v_now - interval '1 day';
     insert into public.job_requests (id, response, created_at)
       values (p_request_id, pg_catalog.to_jsonb(v_ids), v_now);
   end if;
-  return query select u.id, u.created from unnest(v_ids, v_new) with ordinality
-    as u(id, created, n) order by u.n;
+  return query select v_ids, v_new;
 end $$;
 
 -- JobStore.claim: promote due retries, then take up to p_limit pending jobs in claim order,
@@ -293,6 +407,9 @@ declare
   r record;
 begin
   if p_claim_id is not null then  -- a replay of a claim whose answer was lost
+    -- A retry that arrives while the first call still runs waits here for its commit, and
+    -- then returns the jobs the first call took instead of taking more.
+    perform pg_catalog.pg_advisory_xact_lock(1246976, pg_catalog.hashtext(p_claim_id::text));
     return query select * from public.jobs j where j.claim_id = p_claim_id
       and j.lease_owner = p_worker and j.status in ('preparing', 'running')
       order by j.priority desc, j.created_at, j.id;
@@ -312,7 +429,9 @@ begin
     return;
   end if;
   for r in
-    select c.id, c.concurrency_key from public.jobs c
+    select c.id, c.concurrency_key, c.owner_id,
+           coalesce(c.owner_id::text, '') || ':' || c.concurrency_key as owner_key
+    from public.jobs c
     where c.status = 'pending' and c.run_after <= v_now
       and (p_kinds is null or c.kind = any (p_kinds))
       and (c.kind is null or not (c.kind = any (coalesce(p_exclude_kinds, '{}'))))
@@ -322,10 +441,12 @@ begin
       -- Only the first pending job of a key (in claim order) is a candidate, and only when
       -- no live job holds the key. The advisory lock serialises claimers per key; the check
       -- after it is a fresh statement, so it sees every claim committed before the lock.
-      continue when r.concurrency_key = any (v_seen);
-      v_seen := v_seen || r.concurrency_key;
-      continue when not pg_catalog.pg_try_advisory_xact_lock(1246974, pg_catalog.hashtext(r.concurrency_key));
+      -- Keys are per owner (per_user.sql): one user's live job never holds another's key.
+      continue when r.owner_key = any (v_seen);
+      v_seen := v_seen || r.owner_key;
+      continue when not pg_catalog.pg_try_advisory_xact_lock(1246974, pg_catalog.hashtext(r.owner_key));
       continue when exists (select 1 from public.jobs l where l.concurrency_key = r.concurrency_key
+                            and l.owner_id is not distinct from r.owner_id
                             and l.status in ('preparing', 'running'));
     end if;
     select * into v_job from public.jobs j where j.id = r.id and j.status = 'pending'
@@ -336,7 +457,7 @@ begin
       lease_owner = p_worker, lease_expires_at = v_now + pg_catalog.make_interval(secs => p_lease_s),
       claim_id = p_claim_id, cancel_requested = null, pid = null, exit_code = null, signal = null,
       error_kind = null, error = null, result = null, output_tail = null, progress = null,
-      stats = null, started_at = null, finished_at = null
+      stats = null, started_at = null, finished_at = null, last_activity_at = null
     where j.id = r.id returning j.* into v_job;
     perform public._jobs_event(v_job, 'pending', 'claimed', 'scheduler', p_worker, '{}', v_now);
     return next v_job;
@@ -352,9 +473,26 @@ create or replace function public.jobs_mark_running(p_id bigint, p_worker text, 
 returns setof public.jobs language plpgsql volatile set search_path = '' as $$
 declare
   v_now timestamptz := public._jobs_now();
-  v_job public.jobs := public._jobs_lock(p_id);
+  v_job public.jobs;
   v_new public.jobs;
 begin
+  -- The common case in one statement (issue 10: server work per job): the fenced move.
+  update public.jobs j set status = 'running', updated_at = v_now, version = j.version + 1,
+    pid = p_pid, started_at = v_now
+  where j.id = p_id and j.status = 'preparing' and j.lease_owner = p_worker and j.attempt = p_attempt
+  returning j.* into v_new;
+  if found then
+    insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker,
+        attempt, facts, owner_id)
+    values (v_new.id, v_now, 'preparing', 'running', pg_catalog.format('agent started (pid %s)', p_pid),
+        'spawn', p_worker, v_new.attempt,
+        pg_catalog.jsonb_build_object('pid', p_pid) || coalesce(nullif(p_facts, 'null'::jsonb), '{}'::jsonb),
+        v_new.owner_id);
+    return next v_new;
+    return;
+  end if;
+  -- Otherwise: a replay of this very call, or the reason it is refused.
+  v_job := public._jobs_lock(p_id);
   if v_job.status = 'running' and v_job.lease_owner = p_worker and v_job.attempt = p_attempt
      and v_job.pid = p_pid then
     return next v_job;
@@ -375,7 +513,7 @@ end $$;
 -- arrays aligned with p_ids; null keeps the last value). Renews each lease still held; no
 -- event, and version stays, so a heartbeat never invalidates anyone's optimistic update.
 create or replace function public.jobs_heartbeat(p_worker text, p_ids bigint[], p_attempts integer[],
-    p_progress jsonb, p_stats jsonb, p_lease_s double precision)
+    p_progress jsonb, p_stats jsonb, p_lease_s double precision, p_active boolean[] default null)
 returns table (job_id bigint, cancel_requested text, lease_lost boolean)
 language plpgsql volatile set search_path = '' as $$
 declare
@@ -385,13 +523,17 @@ begin
   with beats as (
     select b.id, b.attempt, b.n,
            nullif(p_progress -> (b.n::integer - 1), 'null'::jsonb) as progress,
-           nullif(p_stats -> (b.n::integer - 1), 'null'::jsonb) as stats
+           nullif(p_stats -> (b.n::integer - 1), 'null'::jsonb) as stats,
+           coalesce(p_active[b.n], false) as active
     from unnest(p_ids, p_attempts) with ordinality as b(id, attempt, n)
   ), renewed as (
     update public.jobs j set
       lease_expires_at = v_now + pg_catalog.make_interval(secs => p_lease_s),
       progress = coalesce(beats.progress, j.progress),
-      stats = coalesce(beats.stats, j.stats)
+      stats = coalesce(beats.stats, j.stats),
+      -- lifecycle.heartbeat: output since the last beat, or new progress, is activity.
+      last_activity_at = case when beats.active or beats.progress is not null then v_now
+                              else j.last_activity_at end
     from beats
     where j.id = beats.id and j.attempt = beats.attempt and j.lease_owner = p_worker
       and j.status in ('preparing', 'running')
@@ -408,8 +550,42 @@ create or replace function public.jobs_finish(p_id bigint, p_worker text, p_atte
     p_outcome jsonb, p_backoff_cap_s double precision default 3600)
 returns setof public.jobs language plpgsql volatile set search_path = '' as $$
 declare
-  v_job public.jobs := public._jobs_lock(p_id);
+  v_job public.jobs;
+  v_new public.jobs;
+  v_now timestamptz;
+  v_exit integer := (p_outcome ->> 'exit_code')::integer;
+  v_signal integer := (p_outcome ->> 'signal')::integer;
 begin
+  if p_outcome ->> 'error_kind' is null then
+    -- Success, the common case, in one statement (issue 10: server work per job): exactly
+    -- what _jobs_settle writes for a completed attempt, fenced in the WHERE clause.
+    v_now := public._jobs_now();
+    update public.jobs j set status = 'completed', updated_at = v_now, version = j.version + 1,
+      attempt_offset = j.attempt_offset
+        + case when coalesce((p_outcome ->> 'forgive')::boolean, false) then 1 else 0 end,
+      lease_owner = null, lease_expires_at = null, cancel_requested = null,
+      exit_code = v_exit, signal = v_signal, error_kind = null, error = p_outcome ->> 'error',
+      result = nullif(p_outcome -> 'result', 'null'::jsonb), output_tail = p_outcome ->> 'output_tail',
+      finished_at = v_now, finished_by = p_worker
+    where j.id = p_id and j.status in ('preparing', 'running') and j.lease_owner = p_worker
+      and j.attempt = p_attempt
+    returning j.* into v_new;
+    if found then
+      insert into public.job_events (job_id, at, from_status, to_status, reason, decided_by, worker,
+          attempt, facts, owner_id)
+      values (v_new.id, v_now,
+          case when v_new.started_at is null then 'preparing' else 'running' end,  -- claim clears it
+          'completed', coalesce(nullif(p_outcome ->> 'error', ''), 'exit code 0'),
+          coalesce(p_outcome ->> 'decided_by', 'exit'), p_worker, v_new.attempt,
+          pg_catalog.jsonb_build_object('exit_code', v_exit, 'signal', v_signal)
+            || coalesce(nullif(p_outcome -> 'facts', 'null'::jsonb), '{}'::jsonb),
+          v_new.owner_id);
+      perform public._jobs_notify(v_new.run_after, v_new.owner_id);
+      return next v_new;
+      return;
+    end if;
+  end if;
+  v_job := public._jobs_lock(p_id);
   if v_job.attempt = p_attempt and v_job.finished_by = p_worker
      and v_job.status in ('completed', 'failed', 'cancelled', 'waiting_retry') then
     return next v_job;
@@ -463,12 +639,17 @@ end $$;
 
 -- JobStore.reap_stale: settle as `lost` every live job whose lease expired more than p_grace_s
 -- ago on the SERVER clock (lifecycle.reap), then fail the pending jobs that waited past their
--- queue_timeout_s (lifecycle.expire). Any supervisor (or pg_cron) may call it.
+-- queue_timeout_s (lifecycle.expire). Any supervisor (or pg_cron) may call it. At most p_limit
+-- jobs per call: ONE row, the changed jobs as a JSON array and `more` when others wait.
 create or replace function public.jobs_reap_stale(p_grace_s double precision,
-    p_backoff_cap_s double precision default 3600)
-returns setof public.jobs language plpgsql volatile set search_path = '' as $$
+    p_backoff_cap_s double precision default 3600, p_limit integer default 500)
+returns table (jobs jsonb, more boolean) language plpgsql volatile set search_path = '' as $$
 declare
   v_now timestamptz := public._jobs_now();
+  v_limit integer := greatest(coalesce(p_limit, 500), 1);
+  v_done jsonb := '[]';
+  v_count integer := 0;
+  v_more boolean := false;
   v_job public.jobs;
   v_new public.jobs;
   v_holder text;
@@ -477,22 +658,32 @@ begin
   for v_job in
     select * from public.jobs j where j.status in ('preparing', 'running')
       and j.lease_expires_at + pg_catalog.make_interval(secs => p_grace_s) < v_now
-    order by j.id for update skip locked
+    order by j.id limit v_limit + 1 for update skip locked
   loop
+    if v_count >= v_limit then
+      v_more := true;
+      exit;
+    end if;
     v_holder := coalesce(v_job.lease_owner, '?');
-    return next public._jobs_settle(v_job, pg_catalog.jsonb_build_object(
+    v_new := public._jobs_settle(v_job, pg_catalog.jsonb_build_object(
       'error_kind', 'lost',
       'error', pg_catalog.format('lease of %s expired; its supervisor stopped heartbeating', v_holder),
       'decided_by', 'reaper',
       'facts', pg_catalog.jsonb_build_object('lease_owner', v_holder,
                'lease_expires_at', extract(epoch from v_job.lease_expires_at))),
       null, v_now, p_backoff_cap_s);
+    v_done := v_done || pg_catalog.jsonb_build_array(pg_catalog.to_jsonb(v_new));
+    v_count := v_count + 1;
   end loop;
   for v_job in
     select * from public.jobs j where j.status = 'pending' and j.queue_timeout_s is not null
       and extract(epoch from v_now - j.run_after) > j.queue_timeout_s
-    order by j.id for update skip locked
+    order by j.id limit v_limit - v_count + 1 for update skip locked
   loop
+    if v_count >= v_limit then
+      v_more := true;
+      exit;
+    end if;
     -- Python formats the wait with :.0f and the timeout with :g; float8::text is the same
     -- for every timeout a person writes (60, 0.5, 3600).
     v_error := pg_catalog.format('waited %s s in the queue, past its queue timeout of %s s',
@@ -502,8 +693,29 @@ begin
       error_kind = 'queue_timeout', error = v_error, finished_at = v_now, finished_by = 'reaper'
     where id = v_job.id returning * into v_new;
     perform public._jobs_event(v_new, 'pending', v_error || '; not retryable', 'reaper', null, '{}', v_now);
-    return next v_new;
+    v_done := v_done || pg_catalog.jsonb_build_array(pg_catalog.to_jsonb(v_new));
+    v_count := v_count + 1;
   end loop;
+  -- Retries whose backoff ended (lifecycle.promote), also those reaped just above with no delay.
+  for v_job in
+    select * from public.jobs j where j.status = 'waiting_retry' and j.run_after <= v_now
+    order by j.id limit v_limit - v_count + 1 for update skip locked
+  loop
+    if v_count >= v_limit then
+      v_more := true;
+      exit;
+    end if;
+    update public.jobs set status = 'pending', updated_at = v_now, version = version + 1
+    where id = v_job.id returning * into v_new;
+    perform public._jobs_event(v_new, 'waiting_retry', 'backoff over', 'retry_policy', null, '{}', v_now);
+    perform public._jobs_notify(null, v_new.owner_id);
+    -- a job reaped then promoted in this call is returned once, as it is now
+    v_done := (select coalesce(pg_catalog.jsonb_agg(e), '[]'::jsonb) from pg_catalog.jsonb_array_elements(v_done) e
+               where (e ->> 'id')::bigint <> v_new.id)
+              || pg_catalog.jsonb_build_array(pg_catalog.to_jsonb(v_new));
+    v_count := v_count + 1;
+  end loop;
+  return query select v_done, v_more;
 end $$;
 
 -- lifecycle.request_cancel on a locked job (shared by request_cancel and purge).
@@ -532,7 +744,7 @@ begin
     perform public._jobs_raise('AST01', pg_catalog.format(
       'job %s is already %s; nothing to cancel', p_job.id, p_job.status));
   end if;
-  perform public._jobs_notify();
+  perform public._jobs_notify(null, p_job.owner_id);
   return v_new;
 end $$;
 
@@ -559,7 +771,7 @@ begin
     error = null, finished_at = null
   where id = p_id returning * into v_new;
   perform public._jobs_event(v_new, v_job.status, 'manual retry', 'user', null, '{}', v_now);
-  perform public._jobs_notify();
+  perform public._jobs_notify(null, v_new.owner_id);
   return next v_new;
 end $$;
 
@@ -568,14 +780,68 @@ language sql stable set search_path = '' as $$
   select * from public.jobs where id = p_id
 $$;
 
+-- JobStore.list, one page: jobs newest first, before p_before_id (keyset paging), filtered
+-- (every filter has its index: jobs_status_id, jobs_lease_owner, jobs_kind_id, jobs_key_id,
+-- jobs_created_brin, jobs_finished_brin); ONE row, the page as a JSON array of at most p_limit jobs and
+-- `more` when older ones match too. p_offset skips that many first (the first page only).
 create or replace function public.jobs_list(p_statuses text[] default null, p_lease_owner text default null,
-    p_limit integer default null) returns setof public.jobs
+    p_limit integer default 500, p_before_id bigint default null, p_kinds text[] default null,
+    p_concurrency_key text default null, p_created_after timestamptz default null,
+    p_created_before timestamptz default null, p_finished_after timestamptz default null,
+    p_offset integer default 0)
+returns table (jobs jsonb, more boolean)
 language sql stable set search_path = '' as $$
-  select * from public.jobs j
-  where (p_statuses is null or j.status = any (p_statuses))
-    and (p_lease_owner is null or j.lease_owner = p_lease_owner)
-  order by j.id desc
-  limit case when p_limit is not null then greatest(p_limit, 0) end  -- limit null: no limit
+  with page as (
+    select j.* from public.jobs j
+    where (p_statuses is null or j.status = any (p_statuses))
+      and (p_lease_owner is null or j.lease_owner = p_lease_owner)
+      and (p_before_id is null or j.id < p_before_id)
+      and (p_kinds is null or j.kind = any (p_kinds))
+      and (p_concurrency_key is null or j.concurrency_key = p_concurrency_key)
+      and (p_created_after is null or j.created_at >= p_created_after)
+      and (p_created_before is null or j.created_at < p_created_before)
+      and (p_finished_after is null or j.finished_at >= p_finished_after)
+    order by j.id desc
+    offset greatest(coalesce(p_offset, 0), 0)
+    limit greatest(coalesce(p_limit, 500), 0) + 1)
+  select coalesce((select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) order by p.id desc)
+                   from (select * from page order by id desc limit greatest(coalesce(p_limit, 500), 0)) p),
+                  '[]'::jsonb),
+         (select count(*) from page) > greatest(coalesce(p_limit, 500), 0)
+$$;
+
+-- JobStore.next_due: the earliest future run_after of a waiting job (index jobs_due).
+create or replace function public.jobs_next_due() returns table (due_at timestamptz, now timestamptz)
+language sql stable set search_path = '' as $$
+  select (select min(j.run_after) from public.jobs j
+          where j.status in ('pending', 'waiting_retry') and j.run_after > public._jobs_now()),
+         public._jobs_now()
+$$;
+
+-- JobStore.queue_position: 1-based place of a pending job in claim order (a range of the
+-- jobs_claim_order index); null when the job is not pending. ASN01 for a missing job.
+create or replace function public.jobs_queue_position(p_id bigint)
+returns table (job_id bigint, "position" bigint) language plpgsql stable set search_path = '' as $$
+declare
+  v_job public.jobs;
+begin
+  select * into v_job from public.jobs where id = p_id;
+  if not found then
+    perform public._jobs_raise('ASN01', pg_catalog.format('no job with id %s', p_id));
+  end if;
+  if v_job.status <> 'pending' then
+    return query select p_id, null::bigint;
+    return;
+  end if;
+  return query select p_id, (select count(*) from public.jobs j where j.status = 'pending'
+    and (j.priority > v_job.priority or (j.priority = v_job.priority and (j.created_at < v_job.created_at
+         or (j.created_at = v_job.created_at and j.id <= v_job.id)))));
+end $$;
+
+-- JobStore.identity: the random id made with the schema (job_store_meta).
+create or replace function public.jobs_identity() returns table (identity text, schema_version integer)
+language sql stable set search_path = '' as $$
+  select m.store_id, m.schema_version from public.job_store_meta m where m.id = 1
 $$;
 
 -- JobStore.counts: one row per status (so the server time comes back even when empty).
@@ -583,26 +849,50 @@ create or replace function public.jobs_counts()
 returns table (status text, jobs bigint, oldest_started_at timestamptz, oldest_created_at timestamptz,
     now timestamptz)
 language sql stable set search_path = '' as $$
-  with c as (
+  with live as (  -- what is queued or running: an index range, never the history
     select j.status, count(*) as n, min(coalesce(j.started_at, j.updated_at)) as started,
            min(j.created_at) as created
-    from public.jobs j group by j.status)
-  select s.status, coalesce(c.n, 0), c.started, c.created, public._jobs_now()
+    from public.jobs j where j.status in ('pending', 'preparing', 'running', 'waiting_retry')
+    group by j.status),
+  done as (select c.status, sum(c.n)::bigint as n from public.job_counts c group by c.status)
+  select s.status, coalesce(live.n, done.n, 0), live.started, live.created, public._jobs_now()
   from pg_catalog.unnest(array['pending', 'preparing', 'running', 'waiting_retry', 'completed',
                                'failed', 'cancelled']) as s(status)
-  left join c on c.status = s.status
+  left join live on live.status = s.status
+  left join done on done.status = s.status
 $$;
 
--- JobStore.purge: delete terminal jobs (and their events); a pending or waiting_retry job is
--- cancelled, then deleted; a live one gets a cancel request (once) and stays.
+-- JobStore.purge, one chunk: delete terminal jobs (and their events); a pending or waiting_retry
+-- job is cancelled, then deleted; a live one gets a cancel request (once) and stays. At most
+-- p_limit jobs after p_after_id (keyset, by id); ONE row: what was deleted, what was flagged,
+-- the last id looked at, and `more`. Replayed by request id, like enqueue.
 create or replace function public.jobs_purge(p_ids bigint[] default null, p_statuses text[] default null,
-    p_older_than_s double precision default null)
-returns table (job_id bigint, deleted boolean) language plpgsql volatile set search_path = '' as $$
+    p_older_than_s double precision default null, p_request_id uuid default null,
+    p_limit integer default 500, p_after_id bigint default null)
+returns table (deleted bigint[], flagged bigint[], last_id bigint, more boolean)
+language plpgsql volatile set search_path = '' as $$
 declare
   v_now timestamptz := public._jobs_now();
+  v_limit integer := greatest(coalesce(p_limit, 500), 1);
   v_missing bigint;
   v_job public.jobs;
+  v_deleted bigint[] := '{}';
+  v_flagged bigint[] := '{}';
+  v_last bigint := p_after_id;
+  v_count integer := 0;
+  v_more boolean := false;
+  v_answer jsonb;
 begin
+  if p_request_id is not null then
+    perform pg_catalog.pg_advisory_xact_lock(1246975, pg_catalog.hashtext(p_request_id::text));
+    select r.response into v_answer from public.job_requests r where r.id = p_request_id;
+    if found then
+      return query select array(select pg_catalog.jsonb_array_elements_text(v_answer -> 'deleted')::bigint),
+        array(select pg_catalog.jsonb_array_elements_text(v_answer -> 'flagged')::bigint),
+        (v_answer ->> 'last_id')::bigint, (v_answer ->> 'more')::boolean;
+      return;
+    end if;
+  end if;
   if p_ids is not null then
     select i into v_missing from pg_catalog.unnest(p_ids) with ordinality as u(i, n)
       where not exists (select 1 from public.jobs j where j.id = u.i) order by u.n limit 1;
@@ -616,50 +906,72 @@ begin
       and (p_statuses is null or j.status = any (p_statuses))
       and (p_older_than_s is null
            or j.updated_at <= v_now - pg_catalog.make_interval(secs => p_older_than_s))
-    order by j.id for update
+      and (p_after_id is null or j.id > p_after_id)
+    order by j.id limit v_limit + 1 for update
   loop
+    if v_count >= v_limit then
+      v_more := true;
+      exit;
+    end if;
     if v_job.status in ('preparing', 'running') then
       if v_job.cancel_requested is null then
         perform public._jobs_cancel(v_job, 'cancel', v_now);
       end if;
-      job_id := v_job.id; deleted := false;
+      v_flagged := v_flagged || v_job.id;
     else
       delete from public.jobs where id = v_job.id;  -- on delete cascade: its events go too
-      job_id := v_job.id; deleted := true;
+      v_deleted := v_deleted || v_job.id;
     end if;
-    return next;
+    v_last := v_job.id;
+    v_count := v_count + 1;
   end loop;
-  perform public._jobs_notify();
+  if v_count > 0 then
+    perform public._jobs_notify(null, null);
+  end if;
+  if p_request_id is not null then
+    insert into public.job_requests (id, response, created_at)
+      values (p_request_id, pg_catalog.jsonb_build_object('deleted', v_deleted, 'flagged', v_flagged,
+        'last_id', v_last, 'more', v_more), v_now);
+  end if;
+  return query select v_deleted, v_flagged, v_last, v_more;
 end $$;
 
-create or replace function public.jobs_events(p_id bigint) returns setof public.job_events
-language plpgsql stable set search_path = '' as $$
+-- JobStore.events, one page: the job's events oldest first, after p_after_seq; ONE row, the
+-- page as a JSON array of at most p_limit events and `more`.
+create or replace function public.jobs_events(p_id bigint, p_after_seq bigint default null,
+    p_limit integer default 500)
+returns table (events jsonb, more boolean) language plpgsql stable set search_path = '' as $$
+declare
+  v_limit integer := greatest(coalesce(p_limit, 500), 1);
 begin
   if not exists (select 1 from public.jobs where id = p_id) then
     perform public._jobs_raise('ASN01', pg_catalog.format('no job with id %s', p_id));
   end if;
-  return query select * from public.job_events e where e.job_id = p_id order by e.seq;
+  return query
+  with page as (
+    select e.* from public.job_events e
+    where e.job_id = p_id and (p_after_seq is null or e.seq > p_after_seq)
+    order by e.seq limit v_limit + 1)
+  select coalesce((select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) order by p.seq)
+                   from (select * from page order by seq limit v_limit) p), '[]'::jsonb),
+         (select count(*) from page) > v_limit;
 end $$;
 
 create or replace function public.jobs_now() returns table (now timestamptz, schema_version integer)
-language sql stable set search_path = '' as $$ select public._jobs_now(), 1 $$;
+language sql stable set search_path = '' as $$ select public._jobs_now(), 2 $$;
 
--- Privileges: EXECUTE for service_role only. Functions are granted to PUBLIC on creation, and
--- on Supabase to anon and authenticated too (default privileges): revoke all three.
+-- Privileges: EXECUTE for service_role only (and authenticated in per-user mode,
+-- per_user.sql). Functions are granted to PUBLIC on creation, and on Supabase to anon and
+-- authenticated too (default privileges): revoke all three first.
 do $$
 declare
   f regprocedure;
   r text;
+  v_per_user boolean := coalesce((select m.per_user from public.job_store_meta m where m.id = 1), false);
 begin
   for f in select p.oid::regprocedure from pg_catalog.pg_proc p
-           where p.pronamespace = 'public'::regnamespace and p.proname = any (array[
-             '_jobs_now', '_jobs_legal', '_jobs_retryable', '_jobs_backoff', '_jobs_notify',
-             '_jobs_event', '_jobs_raise', '_jobs_lock', '_jobs_fence', '_jobs_check_move',
-             '_jobs_before_insert', '_jobs_after_insert', '_jobs_settle', '_jobs_cancel',
-             'jobs_schema_version', 'jobs_enqueue', 'jobs_claim', 'jobs_mark_running',
-             'jobs_heartbeat', 'jobs_finish', 'jobs_update', 'jobs_reap_stale',
-             'jobs_request_cancel', 'jobs_retry', 'jobs_get', 'jobs_list', 'jobs_counts',
-             'jobs_purge', 'jobs_events', 'jobs_now'])
+           where p.pronamespace = 'public'::regnamespace
+             and (p.proname like 'jobs\_%' or p.proname like '\_jobs\_%')
   loop
     execute pg_catalog.format('revoke all on function %s from public', f);
     foreach r in array array['anon', 'authenticated'] loop
@@ -669,6 +981,9 @@ begin
     end loop;
     if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
       execute pg_catalog.format('grant execute on function %s to service_role', f);
+    end if;
+    if v_per_user and exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
+      execute pg_catalog.format('grant execute on function %s to authenticated', f);
     end if;
   end loop;
 end $$;

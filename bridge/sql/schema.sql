@@ -9,16 +9,17 @@
 -- constraints below re-check the basics for rows written by hand (an INSERT from anywhere is a
 -- supported way to enqueue: the insert trigger of functions.sql makes it a proper pending job).
 --
--- Security model (Supabase): Row Level Security is on with NO policies, and every privilege of
--- the API roles `anon` and `authenticated` is revoked explicitly: Supabase's default privileges
--- grant both roles everything created in `public`, so `revoke ... from public` alone would
--- leave them in. Only `service_role` (the secret key, BYPASSRLS) and the owner can read or
--- write jobs. The supervisor holds the secret key; never ship that key to a browser.
--- Alternative for a project shared by several users: give jobs an `owner_id uuid not null
--- default auth.uid()` column, grant the tables and functions to `authenticated`, and add RLS
--- policies `using (owner_id = auth.uid())` for select AND update (FOR UPDATE SKIP LOCKED under
--- RLS needs both); the functions are SECURITY INVOKER, so they then see only the caller's jobs.
--- On plain Postgres, connect as the owner of these tables or as a BYPASSRLS role.
+-- Security model (Supabase): Row Level Security is on, and every privilege of the API roles
+-- `anon` and `authenticated` is revoked explicitly: Supabase's default privileges grant both
+-- roles everything created in `public`, so `revoke ... from public` alone would leave them in.
+-- Only `service_role` (the secret key, BYPASSRLS) and the owner can read or write jobs. The
+-- supervisor holds the secret key; never ship that key to a browser. For a project shared by
+-- several signed-in users, per_user.sql adds policies and grants so that each user's session
+-- sees and runs only that user's jobs (bridge/sql/README.md). On plain Postgres, connect as the
+-- owner of these tables or as a BYPASSRLS role.
+--
+-- Every table that changes often has a fillfactor below 100, so that an update can stay on its
+-- page (a HOT update: no new index entries) when it changes no indexed column.
 
 create table if not exists public.jobs (
     -- Never reused after a purge: logs, state files and people refer to jobs by id.
@@ -69,13 +70,18 @@ create table if not exists public.jobs (
     unique_key text,
     last_activity_at timestamptz,
     version bigint not null default 1,
+    -- The signed-in user who submitted the job (per_user.sql): the `sub` claim PostgREST sets
+    -- per request, null for the service role and for direct connections. Keys are per owner.
+    owner_id uuid default (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid,
     constraint jobs_kind_xor_command check ((kind is null) <> (command is null)),
     constraint jobs_live_has_lease check (status not in ('preparing', 'running')
         or (lease_owner is not null and lease_expires_at is not null))
-);
+) with (fillfactor = 80);
+alter table public.jobs set (fillfactor = 80);
+alter table public.jobs add column if not exists owner_id uuid
+    default (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid;
 
--- Protocol v2's columns for databases made before them (issue 10 turns this into a versioned
--- migration; here they only keep an older database readable).
+-- Schema version 2 (protocol v2) on a version-1 database.
 alter table public.jobs add column if not exists repo text;
 alter table public.jobs add column if not exists ref text;
 alter table public.jobs add column if not exists unique_key text;
@@ -84,19 +90,37 @@ alter table public.jobs add column if not exists last_activity_at timestamptz;
 -- The claim path: pending jobs in claim order (priority desc, oldest first, then id).
 create index if not exists jobs_claim_order
     on public.jobs (priority desc, created_at, id) where status = 'pending';
--- Due retries are promoted by claim; expired leases are found by reap_stale.
-create index if not exists jobs_retry_due on public.jobs (run_after) where status = 'waiting_retry';
+-- When waiting jobs become claimable (delayed jobs, retries in backoff): promotion, next_due.
+drop index if exists public.jobs_retry_due;
+create index if not exists jobs_due on public.jobs (run_after) where status in ('pending', 'waiting_retry');
+-- Expired leases are found by reap_stale.
 create index if not exists jobs_lease_expiry
     on public.jobs (lease_expires_at) where status in ('preparing', 'running');
--- The per-key rule: at most one live job per concurrency key, enforced by the database itself
--- (claim never tries to break it; this index makes a bug fail loudly instead of running twice).
-create unique index if not exists jobs_one_live_per_key
-    on public.jobs (concurrency_key) where status in ('preparing', 'running');
+-- The per-key rule: at most one live job per concurrency key (of one owner), enforced by the
+-- database itself (claim never tries to break it; this index makes a bug fail loudly instead of
+-- running twice). Schema version 1 had it without the owner.
+drop index if exists public.jobs_one_live_per_key;
+create unique index if not exists jobs_one_live_per_owner_key
+    on public.jobs (coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), concurrency_key)
+    where status in ('preparing', 'running') and concurrency_key is not null;
 create index if not exists jobs_lease_owner on public.jobs (lease_owner) where lease_owner is not null;
-create index if not exists jobs_claim_id on public.jobs (claim_id) where claim_id is not null;
+-- A claim's replay looks for the live jobs it took (claim_id stays after the attempt ends).
+drop index if exists public.jobs_claim_id;
+create index if not exists jobs_claim_id_live on public.jobs (claim_id) where status in ('preparing', 'running');
 create index if not exists jobs_dedup on public.jobs (dedup_key)
     where dedup_key is not null and status in ('pending', 'waiting_retry');
 create index if not exists jobs_status_id on public.jobs (status, id desc);
+-- unique_key: at most one job per key (of one owner), whatever its status, until purged.
+create unique index if not exists jobs_unique_key
+    on public.jobs (coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), unique_key)
+    where unique_key is not null;
+-- list's filters, newest first, at any history size.
+create index if not exists jobs_kind_id on public.jobs (kind, id desc);
+create index if not exists jobs_key_id on public.jobs (concurrency_key, id desc) where concurrency_key is not null;
+-- Times grow with the id: BRIN indexes find a time range for a fraction of a B-tree's upkeep
+-- on every insert and update (issue 10: server work per job).
+create index if not exists jobs_created_brin on public.jobs using brin (created_at);
+create index if not exists jobs_finished_brin on public.jobs using brin (finished_at);
 
 create table if not exists public.job_events (
     seq bigint generated always as identity primary key,
@@ -108,24 +132,64 @@ create table if not exists public.job_events (
     decided_by text not null,
     worker text,
     attempt integer not null default 0,
-    facts jsonb not null default '{}'
+    facts jsonb not null default '{}',
+    owner_id uuid default (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid
 );
+alter table public.job_events add column if not exists owner_id uuid
+    default (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid;
 create index if not exists job_events_job on public.job_events (job_id, seq);
 
--- Answers of enqueue calls by request id, so that a submit retried after its response was lost
--- returns the same ids instead of inserting the batch twice. Kept for a day.
+-- Answers of enqueue and purge calls by request id, so that a call retried after its response
+-- was lost (or while the first call still runs) returns the first answer instead of doing it
+-- twice. Kept for a day.
 create table if not exists public.job_requests (
     id uuid primary key,
     response jsonb not null,
-    created_at timestamptz not null
+    created_at timestamptz not null,
+    owner_id uuid default (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid
 );
+alter table public.job_requests add column if not exists owner_id uuid
+    default (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid;
 create index if not exists job_requests_created on public.job_requests (created_at);
+
+-- Finished jobs per status (and owner), kept by _jobs_count in the transaction that moves a
+-- job into or out of completed, failed or cancelled: counts() adds them to a count of the live
+-- jobs (an index range of jobs_status_id), so its cost never grows with the history. Spread
+-- over 16 slots (by job id) so that concurrent settles rarely wait on one counter row.
+create table if not exists public.job_counts (
+    owner_key text not null,
+    status text not null,
+    slot smallint not null,
+    n bigint not null default 0,
+    primary key (owner_key, status, slot)
+) with (fillfactor = 50);
+
+-- One row: the store's identity (a random id made when the schema is created; a data dir
+-- remembers it) and the version of this SQL (functions.sql sets it). per_user is set by
+-- per_user.sql, so that re-applying functions.sql keeps the grants of that mode.
+create table if not exists public.job_store_meta (
+    id integer primary key default 1 check (id = 1),
+    store_id text not null default pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''),
+    schema_version integer not null default 0,
+    per_user boolean not null default false,
+    created_at timestamptz not null default pg_catalog.now()
+);
+insert into public.job_store_meta (id) values (1) on conflict (id) do nothing;
+
+-- A version-1 database's finished jobs, counted once (job_counts is new in version 2).
+insert into public.job_counts (owner_key, status, slot, n)
+select coalesce(j.owner_id::text, ''), j.status, 0, count(*) from public.jobs j
+where j.status in ('completed', 'failed', 'cancelled') and not exists (select from public.job_counts)
+group by 1, 2;
 
 alter table public.jobs enable row level security;
 alter table public.job_events enable row level security;
 alter table public.job_requests enable row level security;
+alter table public.job_store_meta enable row level security;
+alter table public.job_counts enable row level security;
 
-revoke all on table public.jobs, public.job_events, public.job_requests from public;
+revoke all on table public.jobs, public.job_events, public.job_requests, public.job_store_meta,
+    public.job_counts from public;
 revoke all on sequence public.jobs_id_seq, public.job_events_seq_seq from public;
 
 -- The API roles exist on Supabase only; on plain Postgres there is nobody to revoke or grant.
@@ -135,13 +199,16 @@ declare
 begin
   foreach r in array array['anon', 'authenticated'] loop
     if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
-      execute format('revoke all on table public.jobs, public.job_events, public.job_requests from %I', r);
+      execute format('revoke all on table public.jobs, public.job_events, public.job_requests, '
+                     'public.job_store_meta, public.job_counts from %I', r);
       execute format('revoke all on sequence public.jobs_id_seq, public.job_events_seq_seq from %I', r);
     end if;
   end loop;
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
     grant select, insert, update, delete on table public.jobs, public.job_events, public.job_requests
       to service_role;
+    grant select on table public.job_store_meta to service_role;
+    grant select, insert, update, delete on table public.job_counts to service_role;
     grant usage, select on sequence public.jobs_id_seq, public.job_events_seq_seq to service_role;
   end if;
 end $$;

@@ -10,7 +10,9 @@ they are; this module decides what to retry, and translates the rest into
     _send raises                             handling                      the caller sees
     httpx.TransportError, HTTP 5xx/408/429,  retried: tenacity, full       StoreUnavailableError
     PGRST000-003, 08xxx, 40001, 40P01,       jitter, Retry-After, bounded  once retries are spent
-    57014, psycopg connection errors         attempts and total time       (the runner's outbox)
+    psycopg connection errors                attempts and total time       (the runner's outbox)
+    57014 (the statement timeout cancelled   not retried: the same call    StatementTimeoutError,
+      the call; it rolled back)              would take as long again      a StoreUnavailableError
     ASN01 ASL01 ASC01 AST01 ASV01            not retried                   JobNotFoundError,
       (our SQLSTATEs, functions.sql)                                       LeaseLostError, Update-
                                                                            ConflictError, Illegal-
@@ -47,6 +49,7 @@ from supervisor.errors import (
 __all__ = [
     "RetryPolicy",
     "ServerError",
+    "StatementTimeoutError",
     "describe",
     "is_retryable",
     "safe_cause",
@@ -64,8 +67,11 @@ _APP_ERRORS: Final[dict[str, Callable[[str], SupervisorError]]] = {
 }
 # Transient answers of the database or PostgREST (PostgREST "Errors" docs; PostgreSQL
 # Appendix A): unreachable database or pool (PGRST000-003), serialization failure and deadlock
-# (40001, 40P01: the transaction was rolled back), statement timeout (57014), server shutting
-# down (57P01-57P03), out of resources (53xxx, e.g. too many connections), class 08.
+# (40001, 40P01: the transaction was rolled back), server shutting down (57P01-57P03), out of
+# resources (53xxx, e.g. too many connections), class 08. Not 57014: a call the statement
+# timeout cancelled would only be cancelled again (issue 10: retried six times, then reported
+# as "unavailable"); the caller sees StatementTimeoutError at once and may split its work.
+STATEMENT_TIMEOUT: Final = "57014"
 _TRANSIENT_CODES: Final = frozenset(
     {
         "PGRST000",
@@ -74,7 +80,6 @@ _TRANSIENT_CODES: Final = frozenset(
         "PGRST003",
         "40001",
         "40P01",
-        "57014",
         "57P01",
         "57P02",
         "57P03",
@@ -94,6 +99,12 @@ _PERMANENT_CONNECT: Final = (
     "invalid connection option",
     "invalid uri",
 )
+
+
+class StatementTimeoutError(StoreUnavailableError):
+    """The server cancelled the call at its ``statement_timeout`` (SQLSTATE 57014) and rolled
+    it back. A ``StoreUnavailableError`` for the engine (an outcome goes to the outbox, a claim
+    waits), but never retried as it is: a remote store splits a batch and tries the halves."""
 
 
 class ServerError(Exception):
@@ -224,6 +235,13 @@ def safe_cause(exc: BaseException, secrets: Iterable[str]) -> BaseException | No
     return exc
 
 
+def _code(exc: BaseException) -> str | None:
+    """The SQLSTATE or PostgREST code of an error answer, if it has one."""
+    code = exc.code if isinstance(exc, ServerError) else getattr(exc, "sqlstate", None)
+    code = code or getattr(exc, "code", None)
+    return code if isinstance(code, str) else None
+
+
 def translate(
     exc: BaseException, *, store: str, fn: str, tries: int, secrets: Iterable[str] = ()
 ) -> Exception:
@@ -232,10 +250,13 @@ def translate(
     if isinstance(exc, SupervisorError):
         return exc
     text = describe(exc, secrets)
+    if _code(exc) == STATEMENT_TIMEOUT:
+        return StatementTimeoutError(
+            f"{store}: the server cancelled {fn} at its statement timeout; nothing of it was kept ({text})"
+        )
     if is_retryable(exc):
         return StoreUnavailableError(f"{store} unavailable ({fn}, {tries} attempts): {text}")
-    code = exc.code if isinstance(exc, ServerError) else getattr(exc, "sqlstate", None)
-    code = code or getattr(exc, "code", None)
+    code = _code(exc)
     if code in _APP_ERRORS:
         return _APP_ERRORS[code](text)
     if isinstance(code, str) and code[:2] in ("22", "23"):

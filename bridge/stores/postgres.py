@@ -10,19 +10,27 @@ Threads share the connection under a lock. A broken connection is dropped and th
 attempt reconnects (bridge/stores/policy.py decides what to retry). Arguments travel exactly as
 PostgREST sends them: one JSON object decoded by ``json_to_record`` into the function's named
 parameters, and the rows come back as one JSON array, so both remote stores share one
-conversion and the contract suite tests the same decoding twice.
+conversion and the contract suite tests the same decoding twice. Each statement is prepared
+once per connection (not behind a transaction pooler: ``_prepare_threshold``).
+
+``watch()`` pushes change hints through a second, dedicated connection that LISTENs on
+``NOTIFY_CHANNEL`` (``ListenWatch``): the triggers of functions.sql notify for every change a
+claimer cares about, a plain SQL insert included, with the job's due time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import select
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from bridge.stores.policy import RetryPolicy
+from bridge.sqlcli import SCHEMA_VERSION, schema_mismatch
+from bridge.stores.policy import RetryPolicy, describe
 from bridge.stores.remote import RemoteStore
 from supervisor.errors import ConfigError, StoreError
 from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
@@ -30,15 +38,15 @@ from supervisor.lifecycle import DEFAULT_BACKOFF_CAP_S
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "PostgresStore"]
+__all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "SIGNATURES", "ListenWatch", "PostgresStore"]
 
-SCHEMA_VERSION: Final = 1
-"""What ``public.jobs_schema_version()`` must answer (functions.sql)."""
+log = logging.getLogger("agent_supervisor.store")
+
 NOTIFY_CHANNEL: Final = "agent_supervisor_jobs"
-"""The channel ``public._jobs_notify()`` of functions.sql notifies; ``changed()`` listens."""
+"""The channel ``public._jobs_notify()`` of functions.sql notifies; ``watch()`` listens."""
 
 SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
-    "jobs_enqueue": (("p_specs", "jsonb"), ("p_request_id", "uuid")),
+    "jobs_enqueue": (("p_specs", "jsonb"), ("p_request_id", "uuid"), ("p_first_line", "integer")),
     "jobs_claim": (
         ("p_worker", "text"),
         ("p_claim_id", "uuid"),
@@ -61,6 +69,7 @@ SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("p_progress", "jsonb"),
         ("p_stats", "jsonb"),
         ("p_lease_s", "double precision"),
+        ("p_active", "boolean[]"),
     ),
     "jobs_finish": (
         ("p_id", "bigint"),
@@ -70,14 +79,39 @@ SIGNATURES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("p_backoff_cap_s", "double precision"),
     ),
     "jobs_update": (("p_id", "bigint"), ("p_expected_version", "bigint"), ("p_changes", "jsonb")),
-    "jobs_reap_stale": (("p_grace_s", "double precision"), ("p_backoff_cap_s", "double precision")),
+    "jobs_reap_stale": (
+        ("p_grace_s", "double precision"),
+        ("p_backoff_cap_s", "double precision"),
+        ("p_limit", "integer"),
+    ),
     "jobs_request_cancel": (("p_id", "bigint"), ("p_mode", "text")),
     "jobs_retry": (("p_id", "bigint"),),
     "jobs_get": (("p_id", "bigint"),),
-    "jobs_list": (("p_statuses", "text[]"), ("p_lease_owner", "text"), ("p_limit", "integer")),
+    "jobs_list": (
+        ("p_statuses", "text[]"),
+        ("p_lease_owner", "text"),
+        ("p_limit", "integer"),
+        ("p_before_id", "bigint"),
+        ("p_kinds", "text[]"),
+        ("p_concurrency_key", "text"),
+        ("p_created_after", "timestamptz"),
+        ("p_created_before", "timestamptz"),
+        ("p_finished_after", "timestamptz"),
+        ("p_offset", "integer"),
+    ),
+    "jobs_next_due": (),
+    "jobs_queue_position": (("p_id", "bigint"),),
+    "jobs_identity": (),
     "jobs_counts": (),
-    "jobs_purge": (("p_ids", "bigint[]"), ("p_statuses", "text[]"), ("p_older_than_s", "double precision")),
-    "jobs_events": (("p_id", "bigint"),),
+    "jobs_purge": (
+        ("p_ids", "bigint[]"),
+        ("p_statuses", "text[]"),
+        ("p_older_than_s", "double precision"),
+        ("p_request_id", "uuid"),
+        ("p_limit", "integer"),
+        ("p_after_id", "bigint"),
+    ),
+    "jobs_events": (("p_id", "bigint"), ("p_after_seq", "bigint"), ("p_limit", "integer")),
     "jobs_now": (),
     "jobs_schema_version": (),
 }
@@ -116,6 +150,7 @@ class PostgresStore(RemoteStore):
         retry: RetryPolicy | None = None,
         connect_timeout_s: int = 5,
         statement_timeout_s: float = 15.0,
+        prepare: bool | None = None,
     ) -> None:
         try:
             import psycopg  # noqa: F401 - fail here, with the hint, not on the first call
@@ -133,10 +168,10 @@ class PostgresStore(RemoteStore):
         self._dsn = dsn
         self._password = str(conninfo_to_dict(dsn).get("password") or os.environ.get("PGPASSWORD") or "")
         self._connect_timeout_s = connect_timeout_s
+        self._prepare_threshold = _prepare_threshold(dsn, prepare)
         self._statement_timeout_ms = int(statement_timeout_s * 1000)
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
-        self._listening = False
         self._closed = False
 
     def _secrets(self) -> Iterable[str]:
@@ -156,9 +191,10 @@ class PostgresStore(RemoteStore):
             autocommit=True,
             connect_timeout=self._connect_timeout_s,
             application_name="agent-supervisor",
-            # Transaction poolers (pgbouncer, Supavisor port 6543) cannot keep prepared
-            # statements across transactions: never prepare.
-            prepare_threshold=None,
+            # Each call's statement is prepared on first use and then only executed: the
+            # server skips parsing and planning it (issue 10: server CPU per job). Not behind a
+            # transaction pooler, which cannot keep prepared statements (``_prepare_threshold``).
+            prepare_threshold=self._prepare_threshold,
             # A half-open connection (NAT, suspend) is detected in ~1 min, not at TCP's 2 h.
             keepalives=1,
             keepalives_idle=30,
@@ -178,18 +214,15 @@ class PostgresStore(RemoteStore):
         except BaseException:
             conn.close()
             raise
-        if version is None or version[0] != SCHEMA_VERSION:
+        mismatch = schema_mismatch(self._name, None if version is None else int(version[0]))
+        if mismatch:
             conn.close()
-            raise StoreError(
-                f"{self._name} has schema version {version[0] if version else '?'}; this "
-                f"agent-supervisor needs {SCHEMA_VERSION}: run agent-supervisor db apply --dsn …"
-            )
+            raise StoreError(mismatch)
         self._conn = conn
         return conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        self._listening = False
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -223,31 +256,140 @@ class PostgresStore(RemoteStore):
             raise StoreError(f"{self._name}: {fn} answered {type(rows).__name__}, not rows")
         return rows
 
-    # -- hints and closing ---------------------------------------------------------------
-    def changed(self) -> bool:
-        """Own writes, or a NOTIFY from any writer (insert, cancel, retry, settle) since the
-        last call. Never blocks and never connects: while disconnected it reports own writes
-        only, and the supervisor falls back to polling every ``poll_s``."""
-        own = super().changed()
-        import psycopg
+    # -- push and closing ---------------------------------------------------------------
+    def watch(self, wake: Callable[[float | None], None]) -> ListenWatch:
+        """Push wake-ups (protocol v2): a dedicated LISTEN connection, waited on in a thread,
+        calls ``wake(due_at)`` for every NOTIFY of functions.sql (any writer, even a plain SQL
+        insert: the insert trigger notifies). ``live`` is False while it reconnects."""
+        if self._closed:
+            raise StoreError(f"{self._name} is closed")
+        watch = ListenWatch(self._connect_kwargs(), wake, name=self._name)
+        watch.wait_live(self._connect_timeout_s + 1.0)
+        return watch
 
-        with self._lock:
-            conn = self._conn
-            if conn is None or conn.closed or conn.broken:
-                return own
-            try:
-                if not self._listening:
-                    conn.execute(f"listen {NOTIFY_CHANNEL}")
-                    self._listening = True
-                    return True  # what happened before we listened is unknown
-                heard = sum(1 for _ in conn.notifies(timeout=0))
-            except psycopg.Error:
-                self._drop()
-                return own
-        return own or heard > 0
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "conninfo": self._dsn,
+            "autocommit": True,
+            "connect_timeout": self._connect_timeout_s,
+            "application_name": "agent-supervisor watch",
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
 
     def close(self) -> None:
         """Close the connection. Idempotent."""
         with self._lock:
             self._closed = True
             self._drop()
+
+
+class ListenWatch:
+    """A LISTEN connection in a thread of its own (``PostgresStore.watch``).
+
+    The thread waits in ``select`` on the connection's socket and on a wake-up pipe (so that
+    ``close`` ends it at once, without polling), reads the notifications psycopg received, and
+    calls ``wake`` with each payload's ``due_at``. A lost connection is re-made with backoff
+    (0.5 s doubling to 30 s); on every (re)connect ``wake(None)`` is called once, since what
+    happened while not listening is unknown (not on the first connect: the caller has just
+    started watching and looks anyway).
+    """
+
+    def __init__(self, connect: dict[str, Any], wake: Callable[[float | None], None], *, name: str) -> None:
+        self._connect = connect
+        self._wake = wake
+        self._name = name
+        self._live = False
+        self._up = threading.Event()
+        self._stop = threading.Event()
+        self._read_fd, self._write_fd = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="agent-supervisor-listen", daemon=True)
+        self._thread.start()
+
+    @property
+    def live(self) -> bool:
+        """The LISTEN connection is up right now."""
+        return self._live
+
+    def wait_live(self, timeout_s: float) -> bool:
+        """Wait until the first LISTEN is in place (or ``timeout_s``); whether it is."""
+        return self._up.wait(timeout_s) and self._live
+
+    def close(self) -> None:
+        """Stop listening and join the thread. Idempotent."""
+        if not self._stop.is_set():
+            self._stop.set()
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, b"x")
+        self._thread.join(timeout=10)
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._read_fd = self._write_fd = -1
+
+    def _run(self) -> None:
+        import psycopg
+
+        delay = 0.5
+        first = True
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(**self._connect) as conn:
+                    conn.execute(f"listen {NOTIFY_CHANNEL}")
+                    self._live = True
+                    self._up.set()
+                    delay = 0.5
+                    if not first:
+                        self._call(None)
+                    first = False
+                    self._listen(conn)
+            except (psycopg.Error, OSError) as exc:
+                if not self._stop.is_set():
+                    log.warning("%s: wake-up channel lost (%s); polling until it is back", self._name,
+                                describe(exc))  # fmt: skip
+            finally:
+                self._live = False
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 30.0)
+
+    def _listen(self, conn: Any) -> None:
+        sock = conn.pgconn.socket
+        while not self._stop.is_set():
+            ready, _, _ = select.select([sock, self._read_fd], [], [])
+            if self._read_fd in ready:
+                return
+            for note in conn.notifies(timeout=0):
+                self._call(_due_at(note.payload))
+
+    def _call(self, due_at: float | None) -> None:
+        try:
+            self._wake(due_at)
+        except Exception:  # the caller's bug must not end the watch
+            log.exception("%s: wake-up callback failed", self._name)
+
+
+def _prepare_threshold(dsn: str, prepare: bool | None) -> int | None:
+    """psycopg's ``prepare_threshold``: 0 (prepare at once) unless ``prepare`` is False, or
+    None (auto) and the DSN names Supabase's transaction pooler (port 6543) or asks pgbouncer
+    mode (``?pgbouncer=true`` is how Prisma and others spell it): then never."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if prepare is None:
+        try:
+            parts = conninfo_to_dict(dsn)
+        except Exception:  # noqa: BLE001 - a bad DSN fails on connect, with its own message
+            parts = {}
+        prepare = str(parts.get("port")) != "6543" and "pgbouncer=true" not in dsn.lower()
+    return 0 if prepare else None
+
+
+def _due_at(payload: str) -> float | None:
+    """``due_at`` of a NOTIFY payload ``{"due_at": epoch | null}`` (anything else: now)."""
+    try:
+        value = json.loads(payload).get("due_at") if payload else None
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None

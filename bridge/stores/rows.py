@@ -144,6 +144,10 @@ def spec_json(spec: JobSpec) -> dict[str, Any]:
         "idle_timeout_s": spec.idle_timeout_s,
         "stuck_after_s": spec.stuck_after_s,
         "queue_timeout_s": spec.queue_timeout_s,
+        "repo": spec.repo,
+        "ref": spec.ref,
+        "run_after": spec.run_after,
+        "unique_key": spec.unique_key,
     }
 
 

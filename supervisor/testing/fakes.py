@@ -3,7 +3,10 @@
 Agents are ``FakeAgent`` objects on a ``ManualClock``. Each follows a ``Behaviour``: it exits
 by itself after ``runtime_s`` with ``exit_code`` (or runs until stopped), obeys or ignores
 SIGTERM, dies on SIGKILL, reports a resource sample, and writes its exit file and result file
-where the real wrapper and agent would, so that recovery and outcome code read them as usual.
+where the real wrapper and agent would (no exit file when its whole group is SIGKILLed, as the
+real wrapper dies too), so that recovery and outcome code read them as usual. An agent may
+leave an escaped descendant (``Behaviour.escapes``), and ``FakeProcesses.stray`` makes an
+orphan that ``orphans`` reports once.
 ``FakeWaiter.wait`` does not sleep: it moves the clock to the earlier of its timeout and the
 next agent exit, so ``Supervisor.run`` advances simulated time as fast as the loop can tick.
 Everything is recorded for assertions: ``spawned``, each agent's ``signals``, the waiter's
@@ -24,7 +27,7 @@ from typing import Any
 
 from supervisor.datadir import AttemptFiles
 from supervisor.errors import SpawnError
-from supervisor.processes import ExitStatus, Limits, TaggedProcess, TreeStats
+from supervisor.processes import Agent, Escapee, ExitStatus, Limits, TaggedProcess, TreeStats
 from supervisor.testing.memory import ManualClock
 
 __all__ = ["Behaviour", "FakeAgent", "FakeProcesses", "FakeWaiter"]
@@ -50,6 +53,9 @@ class Behaviour:
     """A kernel-enforced limit it hits (``Agent.limit_breach``)."""
     spawn_errno: int | None = None
     """The spawn fails with ``SpawnError`` of this errno (ENOENT: no such command)."""
+    escapes: bool = False
+    """It leaves a descendant that escaped its group; the real layer reports it in
+    ``ExitStatus.escaped`` (stopped with SIGTERM), and so does the fake."""
 
 
 class FakeAgent:
@@ -83,6 +89,8 @@ class FakeAgent:
         """(signal name, clock time) of every signal sent to it, in order."""
         self.status: ExitStatus | None = None
         self.closed = False
+        self.adopted = False
+        """Attached by a later supervisor (not its child): a killed wrapper's status is unknown."""
 
     @property
     def identity(self) -> str:
@@ -110,24 +118,41 @@ class FakeAgent:
             self.exit(self.behaviour.exit_code)
         return self.status
 
-    def exit(self, code: int | None = None, sig: int | None = None) -> None:
-        """End it now, as the wrapper would record it (exit file, result file)."""
+    def exit(self, code: int | None = None, sig: int | None = None, *, wrapper_killed: bool = False) -> None:
+        """End it now, as the wrapper would record it (exit file, result file); with
+        ``wrapper_killed`` (SIGKILL to the whole group) the wrapper records nothing, and an
+        adopted agent's status is then unknown, as the real one's is."""
         if self.status is not None:
             return
-        self.status = ExitStatus(code, sig, None)
+        escaped: tuple[Escapee, ...] = ()
+        if self.behaviour.escapes:
+            pid = self.pid + 500_000
+            escaped = (Escapee(pid, f"fake:{pid}", self.job_id, self.attempt, "session", "sleep", "SIGTERM"),)
+        known = not (wrapper_killed and self.adopted)
+        self.status = ExitStatus(code if known else None, sig if known else None, None, escaped)
         if self._fake.on_exit is not None:
             self._fake.on_exit(self)
         files = AttemptFiles(self.run_dir)
         if code == 0 and self.behaviour.result is not _NO_RESULT:
             files.result.write_text(json.dumps(self.behaviour.result))
-        rc = code if code is not None else 128 + (sig or 0)
-        files.exit.write_text(str(rc))
+        if not wrapper_killed:
+            rc = code if code is not None else 128 + (sig or 0)
+            files.exit.write_text(str(rc))
+
+    def recorded_exit(self) -> ExitStatus | None:
+        try:
+            rc = int(AttemptFiles(self.run_dir).exit.read_text())
+        except (OSError, ValueError):
+            return None
+        return ExitStatus(rc, None, None) if rc < 128 else ExitStatus(None, rc - 128, None)
 
     def signal_group(self, sig: int) -> bool:
         self.signals.append((signal.Signals(sig).name, self._fake.clock.monotonic()))
         if self.poll() is not None:
             return False
-        if sig == signal.SIGKILL or (sig == signal.SIGTERM and not self.behaviour.ignores_term):
+        if sig == signal.SIGKILL:
+            self.exit(sig=sig, wrapper_killed=True)
+        elif sig == signal.SIGTERM and not self.behaviour.ignores_term:
             self.exit(sig=sig)
         return True
 
@@ -135,7 +160,7 @@ class FakeAgent:
         self.signals.append(("SIGKILL", self._fake.clock.monotonic()))
         if self.poll() is not None:
             return []
-        self.exit(sig=signal.SIGKILL)
+        self.exit(sig=signal.SIGKILL, wrapper_killed=True)
         return [self.pid]
 
     def tree_stats(self) -> TreeStats | None:
@@ -228,6 +253,9 @@ class FakeProcesses:
         """Called as each agent ends (e.g. to stop the supervisor at that moment)."""
         self._plans: dict[int, list[Behaviour]] = {}
         self._pids = itertools.count(1000)
+        self._strays: list[Escapee] = []
+        self.orphan_calls: list[tuple[str, list[int], float]] = []
+        """(worker, wrapper pids, grace) of every ``orphans`` call."""
 
     def at(self, seconds: float, action: Callable[[], None]) -> None:
         """Run ``action`` when the clock reaches ``seconds`` after this fake was made (the
@@ -243,6 +271,14 @@ class FakeProcesses:
         while self._events and self._events[0][0] <= self.clock.monotonic():
             _, action = self._events.pop(0)
             action()
+
+    def stray(self, job_id: int | None = None, attempt: int | None = None, found_by: str = "") -> Escapee:
+        """An escaped orphan that the next ``orphans`` call reports, stopped with SIGTERM (of
+        ``job_id``'s ended attempt, or of no job we can name)."""
+        pid = next(self._pids) + 900_000
+        escapee = Escapee(pid, f"fake:{pid}", job_id, attempt, found_by, "sleep", "SIGTERM")
+        self._strays.append(escapee)
+        return escapee
 
     def behave(self, job_id: int, *behaviours: Behaviour) -> None:
         """The behaviour of ``job_id``'s attempts 1, 2, … (the last one repeats)."""
@@ -320,17 +356,16 @@ class FakeProcesses:
         for agent in self.spawned:
             if agent.pid == pid and agent.identity == identity:
                 agent.closed = False
+                agent.adopted = True
                 return agent
         ghost = FakeAgent(
             self, pid=pid, job_id=job_id, attempt=attempt, worker=worker, argv=["?"], env={},
             log_path=log_path, run_dir=run_dir, cwd=None, limits=limits, behaviour=Behaviour(),
             started_mono=started_mono,
         )  # fmt: skip
-        try:  # gone before we came back: what the exit file says, as the real attach reads it
-            rc = int(AttemptFiles(run_dir).exit.read_text())
-            ghost.status = ExitStatus(rc, None, None) if rc < 128 else ExitStatus(None, rc - 128, None)
-        except (OSError, ValueError):
-            ghost.status = ExitStatus(None, None, None)
+        # gone before we came back: what the exit file says, as the real attach reads it
+        ghost.adopted = True
+        ghost.status = ghost.recorded_exit() or ExitStatus(None, None, None)
         return ghost
 
     def waiter(self) -> FakeWaiter:
@@ -369,5 +404,10 @@ class FakeProcesses:
     def set_child_subreaper(self, enabled: bool) -> bool:
         return False
 
-    def reap_orphans(self, keep: Collection[int]) -> list[int]:
-        return []
+    def escalation_due(self, grace_s: float) -> float | None:
+        return None  # fake escapees are reported stopped; nothing escalates
+
+    def orphans(self, worker: str, agents: Collection[Agent], *, grace_s: float) -> list[Escapee]:
+        self.orphan_calls.append((worker, [a.pid for a in agents], grace_s))
+        found, self._strays = self._strays, []
+        return found

@@ -64,37 +64,36 @@ def _postgres(clock: ManualClock, tmp_path: Path) -> JobStore:
 
 
 def _supabase(clock: ManualClock, tmp_path: Path) -> JobStore:
-    """The real supabase-py client; only its HTTP transport is replaced, by a respx router
-    that runs each RPC on a fresh database of the session's PostgreSQL server the way
-    PostgREST would (tests/postgrest_lite.py), with the server clock driven by ``clock``."""
+    """The real supabase-py client with its production HTTP client, over a loopback socket to
+    the Supabase stand-in (tests/standin/postgrest.py: PostgREST's rules, a connection pool,
+    max_rows 1,000) on a fresh database of the session's PostgreSQL server, with the server
+    clock driven by ``clock``."""
     from pydantic import SecretStr
 
     from bridge.stores.policy import RetryPolicy
     from bridge.stores.supabase import SupabaseStore
     from tests import pg
-    from tests.postgrest_lite import SERVICE_KEY, URL, PostgrestLite, routed_client
+    from tests.standin.postgrest import PostgrestStandin
 
     server = pg.server(pytest.skip, pytest.fail)
     name = server.create_database()
-    lite = PostgrestLite(server.dsn(name), clock=clock)
-    http, _ = routed_client(lite.handle)
+    standin = PostgrestStandin(server.dsn(name), clock=clock, realtime=True)
 
     class TestSupabaseStore(SupabaseStore):
         def close(self) -> None:
             if not self._closed:
                 super().close()
-                http.close()
-                lite.close()
+                standin.close()
                 server.drop_database(name)
 
-    return TestSupabaseStore(URL, SecretStr(SERVICE_KEY), http_client=http, retry=RetryPolicy(attempts=2))
+    return TestSupabaseStore(standin.url, SecretStr(standin.service_key), retry=RetryPolicy(attempts=2))
 
 
 STORES: dict[str, StoreFactory] = {
     "memory": StoreFactory(_memory),
     "sqlite": StoreFactory(_sqlite, other_writer=_sqlite_other),
-    "postgres": StoreFactory(_postgres, lifecycle_in_python=False, protocol_v2=False),
-    "supabase": StoreFactory(_supabase, lifecycle_in_python=False, protocol_v2=False),
+    "postgres": StoreFactory(_postgres, lifecycle_in_python=False),
+    "supabase": StoreFactory(_supabase, lifecycle_in_python=False),
 }
 
 

@@ -9,14 +9,19 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 
-from supervisor import cgroups, limits, procs, proctable
+from bridge.stores.sqlite import SQLiteStore
+from supervisor import agentcgroup, cgroups, limits, procs, proctable
+from supervisor.job import ErrorKind, JobSpec, Status
 from supervisor.limits import Limits
 from supervisor.procs import AgentProcess
+from supervisor.runner import Supervisor
+from supervisor.settings import KindConfig, Settings
 from tests.support import kill_tagged, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux limits and cgroups are tested here")
@@ -66,7 +71,7 @@ class Agents:
         self.tmp = tmp_path
         self.worker = f"limits-{uuid.uuid4().hex[:10]}"
         self.spawned: list[AgentProcess] = []
-        self.cgroups = cgroups.Cgroups(ENF)
+        self.cgroups = limits.Cgroups(ENF)
 
     def spawn(self, argv: list[str], lim: Limits | None, job_id: int = 1) -> AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SUPERVISOR_")}
@@ -319,17 +324,17 @@ def test_failed_cgroup_join_still_runs_the_agent_and_reports_the_fallback(
     """If cgroup.procs refuses the wrapper, the agent runs anyway, outside, with the NPROC fallback."""
     if ENF is None or not ENF.bases():
         pytest.skip(f"no cgroup here ({HOST})")
-    real_write = cgroups._write
+    real_write = agentcgroup.write_file
 
     def refuse_procs(path: str, text: str) -> None:
         if path.endswith("cgroup.procs"):
             raise PermissionError(13, "Permission denied", path)
         real_write(path, text)
 
-    monkeypatch.setattr(cgroups, "_write", refuse_procs)
+    monkeypatch.setattr(agentcgroup, "write_file", refuse_procs)
     # as if we were not root: the wrapper then receives an RLIMIT_NPROC through the handshake
     not_root = cgroups.Enforcement(**{**vars(ENF), "nproc_exempt": False})
-    agents.cgroups = cgroups.Cgroups(not_root)
+    agents.cgroups = limits.Cgroups(not_root)
     script = f"cat /proc/self/cgroup; ulimit -{limits.nproc_flag()}"
     agent = agents.spawn(["sh", "-c", script], Limits(pids_max=25))
     assert finished(agent, 5).exit_code == 0
@@ -352,7 +357,7 @@ def test_without_cgroups_the_wrapper_alone_applies_rlimits_and_memory_is_sampled
     agents: Agents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rlimit backend (macOS, cgroup-less Linux): no handshake, RLIMIT_NPROC set, memory sampled."""
-    agents.cgroups = cgroups.Cgroups(cgroups.Enforcement("rlimit", nproc_exempt=False))
+    agents.cgroups = limits.Cgroups(cgroups.Enforcement("rlimit", nproc_exempt=False))
     script = f"readlink /proc/self/fd/0; ulimit -{limits.nproc_flag()}; cat /proc/self/cgroup"
     agent = agents.spawn(["sh", "-c", script], Limits(pids_max=25, memory_max_bytes=64 << 20))
     assert (
@@ -364,3 +369,96 @@ def test_without_cgroups_the_wrapper_alone_applies_rlimits_and_memory_is_sampled
     assert 25 < int(out[1]) < 25 + 100_000
     assert "agent-supervisor" not in " ".join(out[2:])
     assert agent.limit_breach() is None
+
+
+# ---------------------------------------------------------------- CPU rate and address space
+
+needs_cpu_controller = pytest.mark.skipif(
+    ENF is None or ENF.cpu_max_base is None,
+    reason=f"no writable CPU controller here ({HOST}); cpu_max is reported as not enforced",
+)
+# A busy loop that measures its own share of a CPU over 2 s of wall time (interpreter start-up,
+# also throttled, is left out): CPU seconds used during the loop over its wall seconds.
+BUSY = """
+import time
+t0, c0 = time.monotonic(), time.process_time()
+while time.monotonic() - t0 < 2.0:
+    pass
+print(round((time.process_time() - c0) / (time.monotonic() - t0), 3))
+"""
+
+
+@needs_cpu_controller
+def test_cpu_max_caps_a_busy_loop_at_its_rate(agents: Agents) -> None:
+    """cpu_max = 0.2: the cgroup holds a 20 ms per 100 ms quota, the busy loop is throttled,
+    and it gets at most ~25 % of a CPU over 2 s (the kernel may run one period's quota late)."""
+    agent = agents.spawn([PY, "-c", BUSY], Limits(cpu_max=0.2))
+    version = agent._cgroup.version if agent._cgroup else 0
+    assert agent.enforcement == f"CPU rate 0.2 CPUs: cgroup-v{version} " + (
+        "cpu.max" if version == 2 else "cpu.cfs_quota_us"
+    )
+    assert agent._cgroup is not None
+    [cpu_dir] = [d for d, cs in agent._cgroup.dirs.items() if "cpu" in cs]
+    assert agentcgroup.read_cpu_max(cpu_dir, version) == 0.2
+    assert finished(agent, 15).exit_code == 0
+    share = float(agent.log_path.read_text())
+    assert share <= 0.25, f"{share:.0%} of a CPU under a 20 % cap"
+    stat = Path(cpu_dir, "cpu.stat").read_text().split()
+    assert int(stat[stat.index("nr_throttled") + 1]) > 0  # the quota, not a busy machine, held it
+    agent.close()
+
+
+def test_cpu_max_without_a_cpu_controller_runs_the_agent_and_says_so(agents: Agents) -> None:
+    """Where the CPU controller cannot be written the agent still starts, unthrottled, and its
+    enforcement line says the rate is not enforced and why."""
+    if ENF is None:
+        pytest.skip("not Linux")
+    agents.cgroups = limits.Cgroups(replace(ENF, cpu_max_base=None, cpu_reason="no cgroup v1 cpu hierarchy"))
+    agent = agents.spawn(["true"], Limits(cpu_max=0.2))
+    assert finished(agent, 5).exit_code == 0
+    assert agent.enforcement.endswith("CPU rate 0.2 CPUs: not enforced (no cgroup v1 cpu hierarchy)")
+
+
+def test_a_job_with_cpu_max_carries_its_enforcement_in_its_facts(tmp_path: Path) -> None:
+    """The job's settling event says how its kind's limits were enforced (or why not)."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        heartbeat_s=0.5,
+        lease_s=5.0,
+        kinds={"capped": KindConfig(argv=["true"], cpu_max=0.5)},
+    )
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    try:
+        sup = Supervisor(settings, store, install_signal_handlers=False)
+        job_id = sup.submit(JobSpec(kind="capped"))
+        sup.run(until_idle=True)
+        [done] = [e for e in store.events(job_id) if e.to_status is Status.COMPLETED]
+        assert done.facts["limits_enforcement"].startswith("CPU rate 0.5 CPUs: ")
+        host = sup.processes.enforcement()  # health's limits_enforcement
+        assert ", cpu)" in host or "CPU rate: not enforced (" in host
+    finally:
+        store.close()
+
+
+def test_an_address_space_breach_is_recorded_as_resource_limit(tmp_path: Path) -> None:
+    """A Python agent allocating 400 MiB under a 300 MiB RLIMIT_AS dies of MemoryError; the
+    job ends as resource_limit and names the address-space limit, not as a plain exit code."""
+    code = "x = b'1' * (400 << 20)"
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        heartbeat_s=0.5,
+        lease_s=5.0,
+        kinds={"greedy": KindConfig(argv=[PY, "-c", code], address_space_bytes=300 << 20)},
+    )
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    try:
+        sup = Supervisor(settings, store, install_signal_handlers=False)
+        job_id = sup.submit(JobSpec(kind="greedy", max_attempts=1))
+        sup.run(until_idle=True)
+        job = store.get(job_id)
+        assert (job.status, job.error_kind, job.exit_code) == (Status.FAILED, ErrorKind.RESOURCE_LIMIT, 1)
+        assert job.error == (
+            "address space limit 300 MiB per process exceeded (output: 'MemoryError'); exit code 1"
+        )
+    finally:
+        store.close()

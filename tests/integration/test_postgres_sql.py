@@ -23,9 +23,8 @@ from bridge.stores.policy import RetryPolicy
 from bridge.stores.postgres import PostgresStore
 from supervisor.errors import ConfigError, InvalidJobError, StoreError, StoreUnavailableError
 from supervisor.lifecycle import ErrorKind, Job, JobSpec, Outcome, Status
-from supervisor.store import Beat
 from tests import pg
-from tests.support import ROOT, wait_until
+from tests.support import ROOT
 
 pytestmark = pytest.mark.postgres
 
@@ -120,7 +119,7 @@ def test_schema_mirrors_the_model(conn: psycopg.Connection[Any]) -> None:
         ).fetchall()
     }
     assert {f.name for f in fields(Job)} <= columns
-    [(job_id, _)] = call(conn, "jobs_enqueue", p_specs=json.dumps([{"kind": "k"}]))
+    [([job_id], _)] = call(conn, "jobs_enqueue", p_specs=json.dumps([{"kind": "k"}]))
     for column, values in (("status", list(Status)), ("error_kind", list(ErrorKind))):
         for value in [*values, "bogus"]:
             changes = {"status": value} if column == "status" else {"error_kind": value}
@@ -191,14 +190,15 @@ def test_replays_of_lost_answers_return_the_first_answer(
     jobs, without inserting or claiming anything more; mark_running repeats harmlessly."""
     request = str(uuid.uuid4())
     specs = json.dumps([{"kind": "a"}, {"kind": "b", "dedup_key": "d"}, {"kind": "c", "dedup_key": "d"}])
-    first = call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request)
-    assert call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request) == [(i, False) for i, _ in first]
-    assert [c for _, c in first] == [True, True, False]
+    [(first, created)] = call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request)
+    assert call(conn, "jobs_enqueue", p_specs=specs, p_request_id=request) == [(first, [False] * 3)]
+    assert created == [True, True, False]
+    assert first[1] == first[2]
     assert conn.execute("select count(*) from jobs").fetchone()[0] == 2
     claim_id = str(uuid.uuid4())
     args = {"p_worker": "w", "p_claim_id": claim_id, "p_limit": 5, "p_lease_s": 30.0}
     taken = [r[0] for r in call(conn, "jobs_claim", **args)]
-    assert [r[0] for r in call(conn, "jobs_claim", **args)] == taken == [first[0][0], first[1][0]]
+    assert [r[0] for r in call(conn, "jobs_claim", **args)] == taken == first[:2]
     job = store.get(taken[0])
     assert job.attempt == 1
     running = store.mark_running(job.id, "w", 1, 4242)
@@ -251,28 +251,6 @@ def test_concurrent_claimers_never_share_a_job_and_keep_the_key_rule(pg_dsn: str
     setup.close()
 
 
-def test_changed_hears_other_writers_but_not_heartbeats(pg_dsn: str) -> None:
-    """changed() reports another store's insert, cancel and settle (LISTEN/NOTIFY) without a
-    round trip, once each; a heartbeat wakes nobody."""
-    a, b = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
-    try:
-        a.counts()  # connect
-        assert a.changed() is True  # starts listening; what came before is unknown
-        assert a.changed() is False
-        [job_id] = b.enqueue([JobSpec(kind="k")])
-        assert wait_until(a.changed, 5)
-        assert a.changed() is False
-        job = b.claim("w", 1, lease_s=30)[0]
-        b.mark_running(job.id, "w", 1, 1)
-        a.changed()
-        b.heartbeat("w", [Beat(job_id, 1)], lease_s=30)
-        b.request_cancel(job_id)
-        assert wait_until(a.changed, 5)
-    finally:
-        a.close()
-        b.close()
-
-
 def test_a_killed_connection_is_replaced(
     pg_dsn: str, store: PostgresStore, conn: psycopg.Connection[Any]
 ) -> None:
@@ -297,7 +275,6 @@ def test_an_unreachable_server_is_store_unavailable_without_the_password() -> No
         cause = cause.__cause__
     assert "hunter2" not in repr(store)
     assert len(sleeps) == 2  # claim: the quick policy, 3 attempts
-    assert store.changed() is False  # never connects, never raises
     store.close()
 
 

@@ -152,6 +152,20 @@ def test_exit_code_is_recorded_by_wait_and_in_the_exit_file(agents: Agents, code
     assert agent.poll() is status  # reaped once, cached
 
 
+def test_exit_file_is_private_and_the_agent_keeps_its_umask(agents: Agents) -> None:
+    """The wrapper writes the exit file 0600 (README: the run dir's files are private) and the
+    agent still runs with the umask it inherited (022 here), not the wrapper's 077."""
+    old = os.umask(0o022)
+    try:
+        agent = agents.spawn(["sh", "-c", "umask"])
+    finally:
+        os.umask(old)
+    assert finished(agent).exit_code == 0
+    assert agent.log_path.read_text().strip() == "0022"
+    assert stat.S_IMODE(agent.exit_file.stat().st_mode) == 0o600
+    assert agent.recorded_exit() == procs.ExitStatus(0, None, None)
+
+
 def test_status_survives_a_child_reaped_behind_our_back(agents: Agents) -> None:
     """If someone else reaps the wrapper (ECHILD), poll() reads the outcome from the exit file."""
     agent = agents.spawn(["sh", "-c", "exit 4"])

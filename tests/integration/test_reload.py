@@ -18,6 +18,7 @@ import pytest
 from bridge.stores.sqlite import SQLiteStore
 from supervisor import procs
 from supervisor.lifecycle import ErrorKind, JobSpec, Status
+from supervisor.procs import OsProcesses
 from supervisor.runner import Supervisor
 from supervisor.settings import Settings
 from supervisor.statefile import AgentEntry, State, StateFile
@@ -30,6 +31,20 @@ AGENT = (
     " open(os.environ['AGENT_SUPERVISOR_RESULT_FILE'], 'w'))\n"
     "sys.exit(int(sys.argv[2]))\n"
 )
+HELD = (
+    "import json, os, subprocess, sys, time\n"
+    "deadline = time.monotonic() + 60\n"
+    "while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:\n"
+    "    time.sleep(0.01)\n"
+    "if sys.argv[3] == 'leftover':\n"
+    "    subprocess.Popen(['sleep', '300'])  # keeps the tag; outlives the agent\n"
+    "json.dump({'job': os.environ['AGENT_SUPERVISOR_JOB_ID']},"
+    " open(os.environ['AGENT_SUPERVISOR_RESULT_FILE'], 'w'))\n"
+    "sys.exit(int(sys.argv[2]))\n"
+)
+"""An agent that runs until the file ``argv[1]`` exists, then (``argv[3] == 'leftover'``:
+leaving a tagged background child) writes its result and exits with ``argv[2]``: a test
+decides when it ends instead of racing a sleep."""
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +57,14 @@ def show(data: Path, job_id: int) -> dict[str, object]:
     out = cli(data, "show", str(job_id), "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def recorded_entry(data: Path, job_id: int) -> AgentEntry:
+    """The state file's record of ``job_id``'s agent."""
+    loaded = StateFile(data / "running-agents.json", data / "quarantine").load()
+    assert loaded.state is not None
+    [found] = [a for a in loaded.state.agents if a.job_id == job_id]
+    return found
 
 
 def recorded_jobs(data: Path) -> set[int]:
@@ -89,24 +112,48 @@ def settle_events(data: Path, job_id: int) -> list[dict[str, object]]:
 def test_sigkilled_supervisor_adopts_its_agents_and_records_them_once(tmp_path: Path) -> None:
     """After a SIGKILL of the supervisor, the next start adopts both live agents; their exit
     codes and results are recorded exactly once, and no tagged process is left."""
-    data = tmp_path / "d"
+    data, release = tmp_path / "d", tmp_path / "release"
     env = cli_env(data, AGENT_SUPERVISOR_HEARTBEAT_S="0.5", AGENT_SUPERVISOR_LEASE_S="5")
     ids = [
-        # 5 s: long enough that the agents outlive the restart even on a busy machine
-        int(cli(data, "submit", "--max-attempts", "1", "--", sys.executable, "-c", AGENT, "5", code).stdout)
+        int(
+            cli(
+                data,
+                "submit",
+                "--max-attempts",
+                "1",
+                "--",
+                sys.executable,
+                "-c",
+                HELD,
+                str(release),
+                code,
+                "-",
+            ).stdout
+        )
         for code in ("0", "3")
     ]
     wrappers = start_and_sigkill(data, env, ids)
     assert all(psutil.pid_exists(p) for p in wrappers)
-    second = cli(data, "run", "--until-idle", env=env)
-    assert second.returncode == 0, second.stderr
+    # the agents run on until the second supervisor has adopted them (no race with a sleep)
+    log = tmp_path / "second.log"
+    with log.open("w") as err:
+        second = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "--until-idle"], env=env, cwd=ROOT, stderr=err
+        )
+        try:
+            wait_until(lambda: log.read_text().count("adopted (pid") == 2, 20, message="both adopted")
+            release.touch()
+            assert second.wait(timeout=30) == 0, log.read_text()
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait()
     done, crashed = show(data, ids[0]), show(data, ids[1])
     assert (done["status"], done["exit_code"], done["result"]) == ("completed", 0, {"job": str(ids[0])})
     assert (crashed["status"], crashed["exit_code"], crashed["error_kind"]) == ("failed", 3, "exit_code")
     for job_id in ids:
         assert len(settle_events(data, job_id)) == 1, "an outcome was recorded twice"
         assert show(data, job_id)["attempt"] == 1
-    assert "adopt" in second.stderr
     assert not tagged_processes(tmp_path)
 
 
@@ -141,6 +188,90 @@ def test_sigkilled_supervisor_with_kill_policy_kills_orphans_and_retries(tmp_pat
         job = show(data, job_id)
         assert (job["status"], job["error_kind"]) == ("waiting_retry", "lost")
     assert not tagged_processes(tmp_path)
+
+
+def _leave_running(settings: Settings, store: SQLiteStore, argv: list[str]) -> int:
+    """Start a supervisor, run one job until its agent runs, and stop leaving it running (a
+    host reload): the state file records it and the lease stays ours. The job's id."""
+    first = Supervisor(settings, store, install_signal_handlers=False)
+    job_id = first.submit(JobSpec(command=tuple(argv), max_attempts=3, backoff_s=0))
+    first.start()
+    try:
+        wait_until(lambda: store.get(job_id).status is Status.RUNNING, 10, message="running")
+        wait_until(lambda: job_id in recorded_jobs(settings.data_dir), 10, message="recorded")
+    finally:
+        first.stop(leave_agents=True, timeout=10)
+    return job_id
+
+
+def test_kill_policy_records_an_agent_that_already_exited_with_its_real_status(tmp_path: Path) -> None:
+    """orphan_policy kill: an agent that exited 0 while no supervisor watched, leaving a tagged
+    child behind, is recorded completed with its result (not lost, not re-run), and the
+    leftover is stopped and listed in the job's facts."""
+    release = tmp_path / "release"
+    settings = Settings(data_dir=tmp_path / "data", heartbeat_s=0.5, lease_s=30.0, orphan_policy="kill")
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    try:
+        argv = [sys.executable, "-c", HELD, str(release), "0", "leftover"]
+        job_id = _leave_running(settings, store, argv)
+        run_dir = Path(recorded_entry(settings.data_dir, job_id).run_dir)
+        release.touch()
+        wait_until(lambda: (run_dir / "exit").is_file() and (run_dir / "exit").read_text() == "0", 10,
+                   message="the agent's exit recorded by its wrapper")  # fmt: skip
+        [leftover] = wait_until(lambda: tagged_processes(tmp_path), 5, message="the tagged leftover")
+        decisions = Supervisor(settings, store, install_signal_handlers=False).reconcile()
+        assert [d.action.value for d in decisions] == ["record_exit"]
+        job = store.get(job_id)
+        assert (job.status, job.exit_code, job.result, job.attempt) == (
+            Status.COMPLETED, 0, {"job": str(job_id)}, 1,
+        )  # fmt: skip
+        [settled] = [e for e in store.events(job_id) if e.to_status is Status.COMPLETED]
+        assert [e["pid"] for e in settled.facts["escaped"]] == [leftover.pid]
+        wait_until(lambda: not tagged_processes(tmp_path), 5, message="the leftover stopped")
+    finally:
+        store.close()
+
+
+class ExitsAfterTheLook(OsProcesses):
+    """The real process layer, except that the agent ends right after reconciliation has
+    seen it alive (``same_process``) and before it acts: the race of issue 11, made certain."""
+
+    def __init__(self, release: Path, exit_file: Path) -> None:
+        super().__init__()
+        self.release, self.exit_file, self.fired = release, exit_file, False
+
+    def same_process(self, pid: int, identity: str) -> bool:
+        alive = super().same_process(pid, identity)
+        if alive and not self.fired:
+            self.fired = True
+            self.release.touch()
+            wait_until(lambda: self.exit_file.is_file() and self.exit_file.read_text() == "7", 10,
+                       message="the agent's exit recorded by its wrapper")  # fmt: skip
+        return alive
+
+
+def test_an_agent_ending_between_the_look_and_the_kill_is_recorded_not_lost(tmp_path: Path) -> None:
+    """orphan_policy kill: the agent is alive when reconcile looks and has exited (code 7) by
+    the time it kills; the exit file read after the kill records exit code 7, not lost."""
+    release = tmp_path / "release"
+    settings = Settings(data_dir=tmp_path / "data", heartbeat_s=0.5, lease_s=30.0, orphan_policy="kill")
+    store = SQLiteStore(tmp_path / "jobs.sqlite3")
+    try:
+        argv = [sys.executable, "-c", HELD, str(release), "7", "-"]
+        job_id = _leave_running(settings, store, argv)
+        exit_file = Path(recorded_entry(settings.data_dir, job_id).run_dir) / "exit"
+        racing = ExitsAfterTheLook(release, exit_file)
+        decisions = Supervisor(settings, store, install_signal_handlers=False, processes=racing).reconcile()
+        assert racing.fired
+        assert [(d.action.value, d.why) for d in decisions] == [
+            ("record_exit", "ended between our look and the kill (its exit file says how)")
+        ]
+        job = store.get(job_id)
+        assert (job.status, job.error_kind, job.exit_code, job.attempt) == (
+            Status.WAITING_RETRY, ErrorKind.EXIT_CODE, 7, 1,
+        )  # fmt: skip
+    finally:
+        store.close()
 
 
 def test_agent_started_just_before_a_crash_is_killed_and_retried_not_orphaned(tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
-"""A supervisor on the Supabase store when the network misbehaves. The real supabase-py client
-talks to postgrest-lite (tests/postgrest_lite.py) on a real PostgreSQL through a respx router
-that injects faults: connection resets, timeouts before the server saw the request, 503 pages,
-answers lost after the commit, and a whole outage. Agents' side effects count their runs."""
+"""A supervisor on the Supabase store when the network misbehaves. The production store and
+client talk over a loopback socket to the Supabase stand-in (tests/standin/postgrest.py) on a
+real PostgreSQL, which injects faults at the socket: connection resets, timeouts before the
+call ran, 503 pages, answers lost after the commit, and a whole outage. Agents' side effects
+count their runs."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import respx
 from pydantic import SecretStr
 
 from bridge.stores.policy import RetryPolicy
@@ -23,20 +22,23 @@ from bridge.stores.supabase import SupabaseStore
 from supervisor.lifecycle import LIVE, JobSpec, Status
 from supervisor.runner import Supervisor
 from supervisor.settings import load_settings
-from tests.postgrest_lite import SERVICE_KEY, URL, Faults, PostgrestLite, routed_client
+from tests.standin.faults import Fault
+from tests.standin.postgrest import PostgrestStandin
 from tests.support import kill_tagged, wait_until
 
 pytestmark = pytest.mark.postgres
 
 # Appends one line per run to a file named after the job, after sleeping $1 seconds.
 AGENT = 'sleep "$1"; echo "$AGENT_SUPERVISOR_ATTEMPT" >> "$0/$AGENT_SUPERVISOR_JOB_ID"'
-FAST_RETRIES = RetryPolicy(attempts=6, total_s=5.0, multiplier=0.01, max_wait_s=0.05)
+FAST_RETRIES = RetryPolicy(attempts=6, total_s=8.0, multiplier=0.01, max_wait_s=0.05)
+# The production client, but giving up on an answer after 1 s instead of 15 s, so that the
+# stand-in's TIMEOUT faults (held 1.5 s) cost a second each, not fifteen.
+READ_TIMEOUT_S = 1.0
 
 
 @dataclass
 class World:
-    faults: Faults
-    route: respx.Route
+    standin: PostgrestStandin
     store: SupabaseStore
     check: PostgresStore  # a direct, fault-free view of the same database
     runs: Path
@@ -44,17 +46,18 @@ class World:
 
 @pytest.fixture
 def world(pg_dsn: str, tmp_path: Path) -> Iterator[World]:
-    lite = PostgrestLite(pg_dsn)
-    faults = Faults(lite)
-    http, route = routed_client(faults.handle)
-    store = SupabaseStore(URL, SecretStr(SERVICE_KEY), http_client=http, retry=FAST_RETRIES)
+    standin = PostgrestStandin(pg_dsn)
+    standin.faults.timeout_hold_s = 1.5
+    store = SupabaseStore(
+        standin.url, SecretStr(standin.service_key), retry=FAST_RETRIES, read_timeout_s=READ_TIMEOUT_S
+    )
     check = PostgresStore(pg_dsn)
     runs = tmp_path / "runs"
     runs.mkdir()
     try:
-        yield World(faults, route, store, check, runs)
+        yield World(standin, store, check, runs)
     finally:
-        for thing in (store, http, lite, check):
+        for thing in (store, standin, check):
             thing.close()
         kill_tagged(tmp_path)
 
@@ -90,32 +93,40 @@ def assert_each_ran_once_and_settled_once(world: World, ids: list[int]) -> None:
 
 
 def test_thirty_percent_faults_lose_and_duplicate_nothing(world: World, tmp_path: Path) -> None:
-    """With 30 % of requests failing (resets, timeouts, 503s, answers lost after commit), a
-    run of 200 jobs ends with every job completed, each agent run once, and each attempt's
-    outcome recorded exactly once: retries and replays never write twice."""
+    """With 30 % of requests failing (resets, timeouts, 503s, answers lost after commit, and
+    gateway timeouts whose retry overlaps the still-running call), a run of 200 jobs ends with
+    every job completed, each agent run once, and each attempt's outcome recorded exactly
+    once: retries and replays never write twice."""
     ids = world.store.enqueue([JobSpec(kind="work") for _ in range(200)])
-    world.faults.rate = 0.3
+    faults = world.standin.faults
+    # Timeouts cost a second each; they are fewer than the others.
+    faults.kinds = (
+        [Fault.RESET] * 3 + [Fault.GATEWAY_503] * 3 + [Fault.LOST] * 3 + [Fault.OVERLAP] * 2 + [Fault.TIMEOUT]
+    )
+    faults.rate = 0.3
     sup = supervisor(world, tmp_path, 0)
     thread = sup.start(until_idle=True)
     try:
-        thread.join(timeout=100)
+        thread.join(timeout=150)
         assert not thread.is_alive(), "the run did not finish"
     finally:
         sup.stop(drain=False, timeout=10)
-    world.faults.rate = 0.0
+    faults.rate = 0.0
     assert sup.outbox_depth == 0
     assert_each_ran_once_and_settled_once(world, ids)
-    injected = world.faults.injected
-    assert all(injected.get(kind, 0) >= 10 for kind in ("reset", "timeout", "503", "lost_answer")), injected
-    requests = world.route.call_count
-    print(f"\n200 jobs, 30 % faults: {requests} requests, {sum(injected.values())} faults {injected}")
+    injected = faults.injected
+    assert all(injected.get(kind, 0) >= 5 for kind in ("reset", "timeout", "503", "lost", "overlap")), (
+        injected
+    )
+    requests = len(world.standin.calls)
+    print(f"\n200 jobs, 30 % faults: {requests} requests, {sum(injected.values())} faults {dict(injected)}")
 
 
 def heartbeat_body(call: Any) -> dict[str, Any] | None:
     """The JSON body of a recorded heartbeat request; None for any other request."""
-    if not call.request.url.path.endswith("/rpc/jobs_heartbeat"):
+    if call.fn != "jobs_heartbeat":
         return None
-    body: dict[str, Any] = json.loads(call.request.content)
+    body: dict[str, Any] = call.body
     return body
 
 
@@ -138,9 +149,11 @@ def test_heartbeats_of_five_agents_cost_one_request_per_interval(world: World, t
         wait_until(lambda: all(world.check.get(i).status is Status.RUNNING for i in ids), 15)
         # The first beat carrying all five follows the last of our own writes (a write makes
         # the next beat come early); from then on only the interval paces them.
-        before = wait_until(lambda: after_first_full_beat(world.route.calls, ids), 10, message="a full beat")
+        before = wait_until(
+            lambda: after_first_full_beat(world.standin.calls, ids), 10, message="a full beat"
+        )
         time.sleep(2.0)  # the window in which requests are counted
-        window = list(world.route.calls)[before:]
+        window = world.standin.calls[before:]
     finally:
         sup.stop(drain=False, timeout=10)
         thread.join(timeout=10)
@@ -172,7 +185,7 @@ def test_a_one_minute_outage_loses_nothing_and_the_outbox_drains(
         # Go down while agents run: their batches start and end together, and an outage
         # that began between two batches would leave nothing to end while it lasts.
         wait_until(lambda: running_after(world, 8), 30, message="a batch running after 8 completed")
-        world.faults.outage = True
+        world.standin.faults.outage = True
         down_at = time.monotonic()
         # An agent's run (1 s) plus the store's retry budget here (FAST_RETRIES, 5 s) for a
         # call already in flight; the rest is margin for a loaded machine.
@@ -182,14 +195,14 @@ def test_a_one_minute_outage_loses_nothing_and_the_outbox_drains(
         assert thread.is_alive(), "the supervisor died during the outage"
         assert world.check.counts().by_status == claimed_before.by_status, "the store changed while down"
         depth = sup.outbox_depth
-        world.faults.outage = False
+        world.standin.faults.outage = False
         up_at = time.monotonic()
         wait_until(lambda: sup.outbox_depth == 0, 35, interval=0.1, message="the outbox to drain")
         drained = time.monotonic() - up_at
         thread.join(timeout=60)
         assert not thread.is_alive(), "the run did not finish after the outage"
     finally:
-        world.faults.outage = False
+        world.standin.faults.outage = False
         sup.stop(drain=False, timeout=10)
     assert_each_ran_once_and_settled_once(world, ids)
     print(f"\n60 s outage: {depth} outcomes in the outbox, drained {drained:.1f} s after the store came back")

@@ -1,4 +1,4 @@
-"""Unit tests of supervisor.limits and supervisor.cgroups: parsing, detection, wrapper text, causes."""
+"""Unit tests of supervisor.limits, cgroups and agentcgroup: parsing, detection, wrapper text, causes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import cgroups, limits
+from supervisor import agentcgroup, cgroups, limits
 from supervisor.cgroups import Enforcement, Mount, cgroup_dir, detect, parse_mountinfo, parse_proc_cgroup
 from supervisor.limits import Limits, breach_of, wrapper_script
 
@@ -96,18 +96,46 @@ def _fake_v2(tmp_path: Path, controllers: str, subtree: str = "") -> str:
     return f"41 31 0:38 / {tmp_path}/cg rw - cgroup2 cgroup2 rw\n"
 
 
-def test_v2_with_delegated_controllers_enables_them_and_makes_our_base(tmp_path: Path) -> None:
-    """A writable v2 cgroup with memory and pids is chosen; both are enabled for our subtree."""
+def _record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(file, value) of every cgroup write; a plain file cannot show cgroup.subtree_control's
+    "+x adds x" semantics, so the writes themselves are checked."""
+    writes: list[tuple[str, str]] = []
+    monkeypatch.setattr(cgroups, "write_file", lambda path, text: writes.append((path, text)))
+    return writes
+
+
+def test_v2_with_delegated_controllers_enables_them_and_makes_our_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writable v2 cgroup with memory, pids and cpu is chosen; all three are enabled below us."""
+    writes = _record_writes(monkeypatch)
     mountinfo = _fake_v2(tmp_path, "cpu io memory pids")
     enf = detect("0::/app.slice\n", mountinfo, exempt=False)
-    base = str(tmp_path / "cg" / "app.slice" / "agent-supervisor")
+    own = str(tmp_path / "cg" / "app.slice")
+    base = f"{own}/agent-supervisor"
     assert (enf.backend, enf.memory_base, enf.pids_base, enf.cpu_base) == ("cgroup-v2", base, base, base)
-    assert (tmp_path / "cg" / "app.slice" / "cgroup.subtree_control").read_text() == "+memory +pids"
-    assert (tmp_path / "cg" / "app.slice" / "agent-supervisor" / "cgroup.subtree_control").read_text() == (
-        "+memory +pids"
+    assert enf.cpu_max_base == base
+    assert writes == [
+        (f"{own}/cgroup.subtree_control", "+memory +pids"),
+        (f"{base}/cgroup.subtree_control", "+memory +pids"),
+        (f"{own}/cgroup.subtree_control", "+cpu"),
+        (f"{base}/cgroup.subtree_control", "+cpu"),
+    ]
+    assert enf.describe() == "cgroup-v2 (memory, pids, cpu)"
+    assert enf.bases() == {base: {"memory", "pids", "cpuacct", "cpu"}}
+
+
+def test_v2_without_the_cpu_controller_keeps_memory_and_pids_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An undelegated cpu controller costs only the rate cap, and the host line says why."""
+    _record_writes(monkeypatch)
+    enf = detect("0::/app.slice\n", _fake_v2(tmp_path, "io memory pids"), exempt=False)
+    assert (enf.backend, enf.cpu_max_base) == ("cgroup-v2", None)
+    assert enf.describe() == (
+        f"cgroup-v2 (memory, pids); CPU rate: not enforced (cgroup v2 {tmp_path}/cg/app.slice "
+        "lacks the cpu controller (not delegated))"
     )
-    assert enf.describe() == "cgroup-v2 (memory, pids)"
-    assert enf.bases() == {base: {"memory", "pids", "cpu"}}
 
 
 def test_v2_without_the_pids_controller_falls_back_and_says_why(tmp_path: Path) -> None:
@@ -117,12 +145,13 @@ def test_v2_without_the_pids_controller_falls_back_and_says_why(tmp_path: Path) 
     assert "lacks controllers: pids" in enf.reason
     assert enf.describe() == (
         "rlimit; memory: sampled by the supervisor; "
-        "processes: not enforced for root, sampled by the supervisor"
+        "processes: not enforced for root, sampled by the supervisor; "
+        "CPU rate: not enforced (no memory or pids cgroup)"
     )
 
 
 def test_v1_hierarchies_under_our_own_cgroup_are_used_per_controller(tmp_path: Path) -> None:
-    """v1: memory, pids and cpuacct each get a base below our cgroup in their own hierarchy."""
+    """v1: memory, pids, cpuacct and cpu each get a base below our cgroup in their hierarchy."""
     for name in ("memory/process_api/2b8b", "pids", "cpu,cpuacct"):
         (tmp_path / name).mkdir(parents=True)
     mountinfo = "".join(
@@ -135,10 +164,11 @@ def test_v1_hierarchies_under_our_own_cgroup_are_used_per_controller(tmp_path: P
     assert enf.backend == "cgroup-v1"
     assert enf.memory_base == f"{tmp_path}/memory/process_api/2b8b/agent-supervisor"
     assert enf.pids_base == f"{tmp_path}/pids/agent-supervisor"
-    assert enf.cpu_base == f"{tmp_path}/cpu,cpuacct/agent-supervisor"
+    assert enf.cpu_base == enf.cpu_max_base == f"{tmp_path}/cpu,cpuacct/agent-supervisor"
     assert os.path.isdir(enf.pids_base)
     assert not list(Path(enf.pids_base).iterdir())  # the write probe was removed again
-    assert enf.describe() == "cgroup-v1 (memory, pids)"
+    assert enf.describe() == "cgroup-v1 (memory, pids, cpu)"
+    assert enf.bases()[enf.cpu_base] == {"cpuacct", "cpu"}
 
 
 def test_v1_with_only_memory_uses_rlimit_nproc_for_processes(tmp_path: Path) -> None:
@@ -148,7 +178,10 @@ def test_v1_with_only_memory_uses_rlimit_nproc_for_processes(tmp_path: Path) -> 
         "4:memory:/\n", f"35 31 0:32 / {tmp_path}/memory rw - cgroup cgroup rw,memory\n", exempt=False
     )
     assert (enf.backend, enf.pids_base) == ("cgroup-v1", None)
-    assert enf.describe() == "cgroup-v1 (memory); processes: RLIMIT_NPROC (per user, approximate)"
+    assert enf.describe() == (
+        "cgroup-v1 (memory); processes: RLIMIT_NPROC (per user, approximate); "
+        "CPU rate: not enforced (no cgroup v1 cpu hierarchy)"
+    )
     assert "no cgroup v1 pids hierarchy" in enf.reason
 
 
@@ -185,7 +218,9 @@ def test_wrapper_with_handshake_reads_its_line_then_gives_the_agent_dev_null() -
     assert script.startswith(
         "trap : TERM INT HUP; read -r n; exec </dev/null; case $n in [1-9]*) ulimit -p $n"
     )
-    assert script.endswith('"$@"; rc=$?; printf %s "$rc" > "$AGENT_SUPERVISOR_EXIT_FILE"; exit "$rc"')
+    assert script.endswith(
+        '"$@"; rc=$?; umask 077; printf %s "$rc" > "$AGENT_SUPERVISOR_EXIT_FILE"; exit "$rc"'
+    )
 
 
 def test_wrapper_without_limits_is_just_the_exit_status_wrapper() -> None:
@@ -255,14 +290,50 @@ def test_breach_of_names_the_limit_that_was_hit(
     assert breach_of(lim, events, sig) == expected
 
 
+AS = Limits(address_space_bytes=64 << 20)
+HIT = "address space limit 64 MiB per process exceeded (output: {!r})"
+
+
+@pytest.mark.parametrize(
+    ("lim", "code", "sig", "tail", "expected"),
+    [
+        (AS, 1, None, "Traceback ...\nMemoryError\n", HIT.format("MemoryError")),
+        (AS, 1, None, "cp: fork: Cannot allocate memory\n", HIT.format("Cannot allocate memory")),
+        (AS, None, signal.SIGABRT, "throwing an instance of 'std::bad_alloc'", HIT.format("std::bad_alloc")),
+        (AS, 2, None, "fatal error: runtime: out of memory", HIT.format("out of memory")),
+        (AS, 0, None, "caught a MemoryError and carried on", None),  # it succeeded: no breach
+        (AS, 1, None, "KeyError: 'x'", None),  # failed, but not for memory
+        (AS, None, signal.SIGSEGV, "", None),  # an unchecked NULL: nothing to tell it by
+        (Limits(), 1, None, "MemoryError", None),  # no address-space limit, so not its breach
+    ],
+)  # fmt: skip
+def test_address_space_breach_is_inferred_from_a_failed_agents_last_output(
+    lim: Limits, code: int | None, sig: int | None, tail: str, expected: str | None
+) -> None:
+    """RLIMIT_AS has no counter: a failed agent whose output ends in an allocation failure broke it."""
+    assert breach_of(lim, {}, sig, code, tail) == expected
+
+
 def test_describe_says_what_enforces_each_limit() -> None:
     """Per-agent facts name the cgroup file or rlimit behind each limit, and sampled ones plainly."""
-    lim = Limits(memory_max_bytes=200 << 20, pids_max=30, cpu_time_s=1, address_space_bytes=1 << 30)
-    enf = Enforcement("cgroup-v1", "/m", "/p", None, nproc_exempt=True)
-    joined = cgroups.AgentCgroup(1, {"/m/x": {"memory"}, "/p/x": {"pids"}}, {"memory", "pids"})
+    lim = Limits(
+        memory_max_bytes=200 << 20, pids_max=30, cpu_time_s=1, address_space_bytes=1 << 30, cpu_max=0.5
+    )
+    enf = Enforcement("cgroup-v1", "/m", "/p", None, nproc_exempt=True, cpu_max_base="/c")
+    dirs = {"/m/x": {"memory"}, "/p/x": {"pids"}, "/c/x": {"cpu"}}
+    joined = agentcgroup.AgentCgroup(1, dirs, {"memory", "pids", "cpu"}, cpu_max=0.5)
     assert limits.describe(lim, joined, enf) == (
         "memory 200 MiB: cgroup-v1 memory.limit_in_bytes; processes 30: cgroup-v1 pids.max; "
-        "CPU time 1 s per process: RLIMIT_CPU; address space 1024 MiB per process: RLIMIT_AS"
+        "CPU time 1 s per process: RLIMIT_CPU; address space 1024 MiB per process: RLIMIT_AS; "
+        "CPU rate 0.5 CPUs: cgroup-v1 cpu.cfs_quota_us"
+    )
+    refused = agentcgroup.AgentCgroup(1, {"/m/x": {"memory"}}, {"memory"})
+    assert limits.describe(Limits(cpu_max=0.5), refused, enf) == (
+        "CPU rate 0.5 CPUs: not enforced (the kernel refused the agent's cpu cgroup or the rate)"
+    )
+    no_cpu = Enforcement("cgroup-v1", "/m", "/p", None, cpu_reason="no cgroup v1 cpu hierarchy")
+    assert limits.describe(Limits(cpu_max=2), refused, no_cpu) == (
+        "CPU rate 2 CPUs: not enforced (no cgroup v1 cpu hierarchy)"
     )
     assert limits.describe(Limits(memory_max_bytes=1 << 20, pids_max=3), None, enf) == (
         "memory 1 MiB: sampled by the supervisor; processes 3: not enforced for root, sampled"
@@ -274,3 +345,51 @@ def test_limits_any_is_false_only_when_nothing_is_set() -> None:
     """``Limits.any`` tells an empty limit set from one with any field."""
     assert not Limits().any()
     assert Limits(cpu_time_s=0.5).any()
+    assert Limits(cpu_max=0.5).any()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_cpu_max_is_written_as_quota_per_100ms_period_and_read_back(tmp_path: Path, version: int) -> None:
+    """0.2 CPUs is 20 ms per 100 ms (v2 ``cpu.max``, v1 cfs files); a tiny rate gets the 1 ms floor."""
+    for name in ("cpu.max", "cpu.cfs_quota_us", "cpu.cfs_period_us"):
+        (tmp_path / name).write_text("")
+    agentcgroup._write_cpu_max(str(tmp_path), 0.2, version)
+    if version == 2:
+        assert (tmp_path / "cpu.max").read_text() == "20000 100000"
+    else:
+        assert (
+            (tmp_path / "cpu.cfs_quota_us").read_text(),
+            (tmp_path / "cpu.cfs_period_us").read_text(),
+        ) == (
+            "20000",
+            "100000",
+        )
+    assert agentcgroup.read_cpu_max(str(tmp_path), version) == 0.2
+    for name in ("cpu.max", "cpu.cfs_quota_us"):  # a cgroup file takes each write whole
+        (tmp_path / name).write_text("")
+    agentcgroup._write_cpu_max(str(tmp_path), 0.001, version)
+    assert agentcgroup.read_cpu_max(str(tmp_path), version) == 0.01
+
+
+def test_a_refused_cpu_rate_keeps_the_agents_other_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v2: when cpu.max refuses the rate, the one cgroup stays with memory and pids, cpu left out."""
+    base = tmp_path / "agent-supervisor"
+    base.mkdir()
+    enf = Enforcement("cgroup-v2", str(base), str(base), str(base), cpu_max_base=str(base))
+    real = agentcgroup.write_file
+
+    def refuse_cpu(path: str, text: str) -> None:
+        if path.endswith("cpu.max"):
+            raise OSError(22, "Invalid argument", path)
+        real(path, text)
+
+    monkeypatch.setattr(agentcgroup, "write_file", refuse_cpu)
+    monkeypatch.setattr(agentcgroup, "_write_limits", lambda *a: None)
+    cgroup, why = agentcgroup.AgentCgroup.create(enf, "1-1-w", 100 << 20, 10, 0.5)
+    assert cgroup is not None
+    assert cgroup.dirs == {str(base / "1-1-w"): {"memory", "pids", "cpuacct"}}
+    assert cgroup.cpu_max is None
+    assert "cpu: Invalid argument" in why
+    assert "not enforced" in limits.describe(Limits(cpu_max=0.5), cgroup, enf)

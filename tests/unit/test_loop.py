@@ -18,6 +18,7 @@ import pytest
 from supervisor.errors import StoreUnavailableError
 from supervisor.events import JobChange
 from supervisor.job import CancelMode, ErrorKind, JobSpec, Status
+from supervisor.loop import IDLE_STORE_DOWN_S
 from supervisor.runner import Supervisor
 from supervisor.settings import Settings
 from supervisor.store import Beat, BeatReply
@@ -238,6 +239,32 @@ def test_no_claim_while_the_store_is_down(world: World) -> None:
     failed = [t for t in store.calls["claim"] if t < 25.0]
     assert len(failed) <= 3  # one failed claim marks the store down for heartbeat_s
     assert world.fake.spawned[0].started_mono - T0 >= 25.0
+
+
+def test_until_idle_gives_up_on_a_store_that_stays_down(world: World) -> None:
+    """``run(until_idle=True)`` cannot tell an empty queue from an unreachable store: with
+    nothing running here it raises once the store has been silent for IDLE_STORE_DOWN_S, and
+    says the outcome it could not deliver waits in the outbox (kept for the next run)."""
+    store = CountingStore(world.clock, down=lambda t: t >= 2.0)
+    store.seed(JobSpec(command=("agent",)))
+    world.fake.default = Behaviour(runtime_s=5.0)
+    sup = world.supervisor(store, heartbeat_s=10.0, lease_s=30.0, poll_s=1.0)
+    with pytest.raises(
+        StoreUnavailableError, match=r"has not answered for 3\d\d s.*1 outcome\(s\) wait in the outbox"
+    ):
+        sup.run(until_idle=True)
+    assert IDLE_STORE_DOWN_S <= world.at() - 2.0 <= IDLE_STORE_DOWN_S + 15.0
+    assert sup.outbox_depth == 1 and (world.data_dir / "outbox.jsonl").exists()
+
+
+def test_until_idle_waits_out_a_short_outage(world: World) -> None:
+    """An outage shorter than IDLE_STORE_DOWN_S: the run ends idle, the outcome synced."""
+    store = CountingStore(world.clock, down=lambda t: 2.0 <= t < IDLE_STORE_DOWN_S - 5.0)
+    [job_id] = store.seed(JobSpec(command=("agent",)))
+    world.fake.default = Behaviour(runtime_s=5.0)
+    sup = world.supervisor(store, heartbeat_s=10.0, lease_s=30.0, poll_s=1.0)
+    sup.run(until_idle=True)
+    assert store._jobs[job_id].status is Status.COMPLETED and sup.outbox_depth == 0
 
 
 def test_stop_drains_then_terminates_and_gives_the_attempt_back(world: World) -> None:

@@ -13,7 +13,14 @@ import psycopg
 import pytest
 from postgrest import APIError
 
-from bridge.stores.policy import RetryPolicy, ServerError, describe, is_retryable, translate
+from bridge.stores.policy import (
+    RetryPolicy,
+    ServerError,
+    StatementTimeoutError,
+    describe,
+    is_retryable,
+    translate,
+)
 from bridge.stores.rows import clean, epoch
 from supervisor.errors import (
     IllegalTransitionError,
@@ -36,7 +43,7 @@ RETRYABLE: list[BaseException] = [
     httpx.ReadError("connection reset by peer", request=REQ),
     ConnectionResetError(104, "reset"),
     *(ServerError(code, "pgrst") for code in ("PGRST000", "PGRST001", "PGRST002", "PGRST003")),
-    *(ServerError(code, "pg") for code in ("40001", "40P01", "57014", "08006", "08001", "53300", "57P01")),
+    *(ServerError(code, "pg") for code in ("40001", "40P01", "08006", "08001", "53300", "57P01")),
     *(ServerError(None, "gateway", status=status) for status in (500, 502, 503, 504, 429, 408)),
     ServerError("502", "Bad Gateway"),  # postgrest-py's code for a non-JSON error body
     APIError({"code": "PGRST001", "message": "no connection to the database"}),
@@ -45,7 +52,6 @@ RETRYABLE: list[BaseException] = [
     psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"),
     psycopg.errors.SerializationFailure("could not serialize access"),
     psycopg.errors.DeadlockDetected("deadlock detected"),
-    psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
     psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
     psycopg.InterfaceError("the connection is closed"),
 ]
@@ -58,6 +64,10 @@ FINAL: list[BaseException] = [
     ServerError("PGRST202", "Could not find the function", status=404),
     ServerError("PGRST301", "JWT expired", status=401),
     ServerError("XX000", "internal error", status=500),  # a definite SQLSTATE beats the 500
+    # The statement timeout cancelled the call: it would be cancelled again (issue 10).
+    ServerError("57014", "canceling statement due to statement timeout", status=500),
+    APIError({"code": "57014", "message": "canceling statement due to statement timeout"}),
+    psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
     *(ServerError(None, "client error", status=status) for status in (400, 401, 403, 404, 409)),
     APIError({"code": "P0001", "message": "raised"}),
     psycopg.OperationalError('connection failed: FATAL: password authentication failed for user "x"'),
@@ -72,7 +82,7 @@ FINAL: list[BaseException] = [
 @pytest.mark.parametrize("exc", RETRYABLE, ids=lambda e: f"{type(e).__name__}:{getattr(e, 'code', '')}")
 def test_transient_failures_are_retryable(exc: BaseException) -> None:
     """Network errors, timeouts, 5xx/408/429, PostgREST's PGRST000-003 and the transient
-    SQLSTATEs (serialization, deadlock, statement timeout, class 08, shutdown) are retried."""
+    SQLSTATEs (serialization, deadlock, class 08, shutdown) are retried."""
     assert is_retryable(exc)
 
 
@@ -202,3 +212,20 @@ def test_server_times_round_trip_exactly() -> None:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(t))) + f".{round(t % 1 * 1e6):06d}+00:00"
         assert epoch(text) == t
     assert epoch("2023-11-14T22:13:20+00:00") == 1_700_000_000.0
+
+
+def test_a_statement_timeout_is_said_and_tried_once() -> None:
+    """57014 (the server's statement timeout cancelled the call) is not retried: one attempt,
+    then StatementTimeoutError, a StoreUnavailableError for the engine that says what it is."""
+    calls: list[int] = []
+
+    def call() -> None:
+        calls.append(1)
+        raise ServerError("57014", "canceling statement due to statement timeout", status=500)
+
+    with pytest.raises(ServerError) as raised:
+        RetryPolicy(sleep=lambda s: None).run(call, lambda state: None)
+    assert len(calls) == 1
+    got = translate(raised.value, store="S", fn="jobs_enqueue", tries=1)
+    assert isinstance(got, StatementTimeoutError) and isinstance(got, StoreUnavailableError)
+    assert "statement timeout" in str(got) and "jobs_enqueue" in str(got)

@@ -107,7 +107,7 @@ def test_illegal_transition_on_the_first_try_is_raised() -> None:
 def test_claim_and_enqueue_retries_reuse_their_ids() -> None:
     """A retried claim sends the same claim id (the server returns the jobs it already took),
     and a retried enqueue the same request id; a new call gets a new id."""
-    store = Scripted(jobs_claim=[LOST, [], []], jobs_enqueue=[LOST, [{"job_id": 5, "created": False}]])
+    store = Scripted(jobs_claim=[LOST, [], []], jobs_enqueue=[LOST, [{"job_ids": [5], "created": [False]}]])
     store.claim("w", 2, lease_s=30)
     store.claim("w", 2, lease_s=30)
     ids = [p["p_claim_id"] for fn, p in store.calls if fn == "jobs_claim"]
@@ -139,22 +139,6 @@ def test_exhausted_retries_are_store_unavailable_without_secrets() -> None:
     assert "hunter2" not in str(info.value)
     assert info.value.__cause__ is None
     assert len(store.calls) == 6
-
-
-def test_changed_counts_own_writes_but_not_reads_or_heartbeats() -> None:
-    """changed() is True after a write through this store, not after reads or heartbeats."""
-    store = Scripted(
-        jobs_get=[[row()]],
-        jobs_heartbeat=[[{"job_id": 1, "cancel_requested": None, "lease_lost": True}]],
-        jobs_request_cancel=[[row(status="cancelled")]],
-    )
-    store.changed()
-    store.get(1)
-    store.heartbeat("w", [Beat(1, 1)], lease_s=30)
-    assert store.changed() is False
-    store.request_cancel(1)
-    assert store.changed() is True
-    assert store.changed() is False
     assert "hunter2" not in repr(store)
 
 

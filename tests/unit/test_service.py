@@ -420,6 +420,24 @@ def test_health_snapshot_is_dropped_on_every_change(
     assert service.health().pending == 1
 
 
+def test_finished_since_reads_only_the_window(
+    service: JobService, store: MemoryStore, clock: ManualClock
+) -> None:
+    """finished_since: jobs that ended (completed, failed, cancelled) at or after the time,
+    newest first, at most ``limit``; older finishes and unfinished jobs are left out."""
+    early, late, retried, waiting = store.enqueue([cmd() for _ in range(4)])
+    service.cancel([early])
+    clock.advance(100)
+    since = store.now()
+    service.cancel([late])
+    service.cancel([retried])
+    service.retry([retried])  # pending again: not finished
+    assert [j.id for j in service.finished_since(since, limit=10)] == [late]
+    assert [j.id for j in service.finished_since(since - 100, limit=10)] == [late, early]
+    assert [j.id for j in service.finished_since(since - 100, limit=1)] == [late]
+    assert waiting not in [j.id for j in service.finished_since(0, limit=10)]
+
+
 def test_reconcile_runs_once_on_the_data_dir(service: JobService, settings: Settings) -> None:
     """Without a supervisor here, reconcile takes the data dir for a moment and reports."""
     result = service.reconcile()

@@ -32,6 +32,7 @@ def sleeps() -> list[float]:
 def store(sleeps: list[float]) -> Iterator[SupabaseStore]:
     """A store with its production HTTP client; respx intercepts that client's transport."""
     made = SupabaseStore(URL, SecretStr(KEY), retry=RetryPolicy(sleep=sleeps.append))
+    made._schema_checked = True  # test_the_schema_version_is_checked_once covers the check
     try:
         yield made
     finally:
@@ -178,3 +179,37 @@ def test_bad_urls_and_empty_keys_are_refused(url: str) -> None:
     with pytest.raises(ConfigError):
         SupabaseStore(URL, SecretStr(" "))
     SupabaseStore("http://localhost:54321", SecretStr(KEY)).close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        ([{"version": 1, "product": "agent-supervisor"}], "version 1, older than this agent-supervisor"),
+        ([{"version": 99, "product": "agent-supervisor"}], "newer than this agent-supervisor"),
+    ],
+)
+def test_the_schema_version_is_checked_once(
+    api: respx.MockRouter, sleeps: list[float], answer: list[dict[str, object]], says: str
+) -> None:
+    """Before its first call the store asks the database's schema version once: the right one
+    lets every call through with no second check; an older or newer one is one clear line."""
+    from bridge.sqlcli import SCHEMA_VERSION
+
+    version = api.post("/rpc/jobs_schema_version").mock(
+        side_effect=[httpx.Response(200, json=[{"version": SCHEMA_VERSION, "product": "agent-supervisor"}])]
+    )
+    counts = api.post("/rpc/jobs_now").mock(
+        return_value=httpx.Response(200, json=[{"now": "2026-01-01T00:00:00+00:00", "schema_version": 2}])
+    )
+    good = SupabaseStore(URL, SecretStr(KEY), retry=RetryPolicy(sleep=sleeps.append))
+    good.now()
+    good.now()
+    assert (version.call_count, counts.call_count) == (1, 2)
+    good.close()
+    version.side_effect = [httpx.Response(200, json=answer)]
+    bad = SupabaseStore(URL, SecretStr(KEY), retry=RetryPolicy(sleep=sleeps.append))
+    with pytest.raises(StoreError, match=says) as info:
+        bad.now()
+    assert "\n" not in str(info.value)
+    assert counts.call_count == 2
+    bad.close()
