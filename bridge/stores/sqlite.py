@@ -281,15 +281,15 @@ class SQLiteStore:
         taken: list[Job] = []
         keys: set[str] = set()
         try:
-            while len(taken) < limit and (rows := cursor.fetchmany(max(limit * 2, 16))):
-                for job in self._decode(db, rows, write=True):
+            # Fetched and decoded a row at a time: a claim of one job decodes one row (the
+            # decode is most of a claim's cost), however many wait behind it.
+            while len(taken) < limit and (row := cursor.fetchone()) is not None:
+                for job in self._decode(db, [row], write=True):  # none when the row is damaged
                     if job.concurrency_key is not None:
                         if job.concurrency_key in keys:
                             continue
                         keys.add(job.concurrency_key)
                     taken.append(job)
-                    if len(taken) == limit:
-                        break
         finally:
             cursor.close()
         return taken
