@@ -186,7 +186,7 @@ def idle_breakdown(tmp: Path, seconds: float) -> dict[str, Any]:
     probes.wrap(loop.Loop, "_save_state", "state file saves")
     probes.wrap(retention.Retention, "sweep", "retention sweeps (their own thread)")
     probes.wrap(procs.OsProcesses, "scan_tagged", "/proc scans (scan_tagged)")
-    probes.wrap(procs.OsProcesses, "reap_orphans", "reap_orphans (waitid)")
+    probes.wrap(procs.OsProcesses, "orphans", "orphans (escapees, waitid)")
     probes.wrap(procs.OsProcesses, "memory", "memory() (admission)")
     data = tmp / "inproc"
     threads: dict[str, tuple[int, int]] = {}
