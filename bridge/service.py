@@ -11,10 +11,10 @@ and the small dataclasses of bridge/answers.py, re-exported here); the stable JS
 bridge/views.py's. It prints nothing and knows no JSON-RPC.
 
 Errors: only the project's tree (supervisor/errors.py), plus ``UsageError`` and
-``LogNotFoundError`` (bridge/answers.py). A ``UsageError`` names parameters as ``{ids}``, ``{statuses}``, ``{older_than_s}`` in its
-template, and each front end fills in its own spelling (``render``): the CLI says
-``--status``, JSON-RPC ``status``, so the rule is written once and each text stays the one its
-users know.
+``LogNotFoundError`` (bridge/answers.py). A ``UsageError`` names parameters as ``{ids}``,
+``{statuses}``, ``{older_than_s}`` in its template, and each front end fills in its own
+spelling (``render``): the CLI says ``--status``, JSON-RPC ``status``, so the rule is written
+once and each text stays the one its users know.
 
 When a supervisor runs in the same process (the stdio bridge), the service wakes it after
 every change it makes, so a new job is claimed and a cancel reaches its agent on this tick
