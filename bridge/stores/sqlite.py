@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bridge.stores.rows import event_from_sqlite, event_to_sqlite, job_from_sqlite, job_to_sqlite
-from bridge.stores.sqlite_db import SCHEMA_VERSION, Database, schema_sql, sql
+from bridge.stores.sqlite_db import SCHEMA_VERSION, Database, list_statement, schema_sql, sql
 from bridge.stores.wakeup import FifoWatch, notify
 from supervisor import lifecycle as lc
 from supervisor.errors import JobNotFoundError, LeaseLostError, StoreError, UpdateConflictError
@@ -528,57 +528,3 @@ class SQLiteStore:
 def _raw(value: Any) -> Any:
     """A column's value as JSON can keep it: bytes (text that was not UTF-8) as hex."""
     return value.hex() if isinstance(value, bytes) else value
-
-
-def list_statement(
-    *,
-    statuses: Sequence[str] | None,
-    kinds: Sequence[str] | None,
-    lease_owner: str | None,
-    concurrency_key: str | None,
-    created_after: float | None,
-    created_before: float | None,
-    finished_after: float | None,
-    limit: int | None,
-    offset: int,
-) -> tuple[str, list[Any]]:
-    """The ``select`` of ``SQLiteStore.list`` and its parameters (see its docstring for the
-    shapes and why). Every clause is a fixed string of this function; values are bound."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if kinds is not None:
-        clauses.append("kind = ?" if len(kinds) == 1 else "kind in (select value from json_each(?))")
-        params.append(kinds[0] if len(kinds) == 1 else json.dumps(list(kinds)))
-    for clause, bound in (
-        ("lease_owner = ?", lease_owner),
-        ("concurrency_key = ?", concurrency_key),
-        ("created_at >= ?", created_after),
-        ("created_at < ?", created_before),
-        ("finished_at >= ?", finished_after),
-    ):
-        if bound is not None:
-            clauses.append(clause)
-            params.append(bound)
-    source = "jobs indexed by jobs_finished" if finished_after is not None else "jobs"
-    page = [-1 if limit is None else max(limit, 0), max(offset, 0)]  # LIMIT -1: no limit
-
-    def select(status_clause: str | None) -> str:
-        where = [status_clause, *clauses] if status_clause else clauses
-        return f"select * from {source}" + (f" where {' and '.join(where)}" if where else "")  # noqa: S608
-
-    if statuses is None:
-        return f"{select(None)} order by id desc limit ? offset ?", params + page
-    if len(statuses) == 1 or limit is None or finished_after is not None:
-        if len(statuses) == 1:
-            return f"{select('status = ?')} order by id desc limit ? offset ?", [statuses[0], *params, *page]
-        statement = select("status in (select value from json_each(?))")
-        return f"{statement} order by id desc limit ? offset ?", [json.dumps(list(statuses)), *params, *page]
-    each = max(limit, 0) + max(offset, 0)
-    parts = " union all ".join(
-        f"select * from ({select('status = ?')} order by id desc limit ?)"  # noqa: S608 - fixed clauses
-        for _ in statuses
-    )
-    merged: list[Any] = []
-    for status in statuses:
-        merged += [status, *params, each]
-    return f"select * from ({parts}) order by id desc limit ? offset ?", merged + page  # noqa: S608
