@@ -136,7 +136,13 @@ def code_version() -> dict[str, Any]:
             return ""
 
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "supervisor", "bridge").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted": dirty}
+    engine = sys.modules.get("supervisor")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "uncommitted": dirty,
+        # The engine measured in this process (an editable install elsewhere must not win).
+        "engine": str(Path(engine.__file__).parent) if engine and engine.__file__ else None,
+    }
 
 
 def emit_json(figures: Mapping[str, Any]) -> None:
@@ -175,6 +181,42 @@ def isolated_settings_env(data_dir: Path) -> Iterator[None]:
         for k in [k for k in os.environ if k.startswith("AGENT_SUPERVISOR_")]:
             del os.environ[k]
         os.environ.update(saved)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def task_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """(voluntary, involuntary) context switches of every thread of ``pid``, by thread id.
+    ``/proc/<pid>/status`` (what psutil reads) counts the main thread alone."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        vol = invol = None
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol = int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol = int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+        if vol is not None and invol is not None:
+            out[int(tid)] = (vol, invol)
+    return out
+
+
+def switch_delta(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> dict[int, tuple[int, int]]:
+    """Per thread: switches in the window (a thread born meanwhile counts from zero)."""
+    return {
+        tid: (v - before.get(tid, (0, 0))[0], i - before.get(tid, (0, 0))[1]) for tid, (v, i) in after.items()
+    }
 
 
 def stop_process(proc: subprocess.Popen[Any], *, grace_s: float = 15.0) -> int | None:

@@ -1,5 +1,7 @@
 """Throughput: 1,000 jobs of ``/bin/true`` at concurrency 2 on a fresh SQLite store, through the
-real ``supervisor.runner.Supervisor``, as a ratio to a bare claim → spawn → finish loop over the
+real ``supervisor.runner.Supervisor`` (``run(until_idle=True)``: ``loop.Loop`` driving
+``pool.AgentPool``, ``sync.OutcomeSync`` and the store, the OS through ``procs.OsProcesses``),
+as a ratio to a bare claim → spawn → finish loop over the
 same ``SQLiteStore`` API measured in the same run (issue 2, "Speed": goal ratio >= 0.5).
 
     python scripts/bench_throughput.py [--jobs 1000] [--runs 5] [--no-profile]
@@ -15,8 +17,10 @@ References (all on a fresh store, same job specs, enqueued before the clock star
   → ``finish(Outcome(exit_code=...))``; one job at a time, no wrapper, no log file.
 - bare loop x2 (context only): the same with up to 2 agents in flight, ``os.wait()`` for any.
 
-Then one instrumented run (wall time per engine operation, low overhead) and one cProfile run
-(top 15 by cumulative time; profiling slows it down, so read it as shares, not speed).
+Then one instrumented run (wall time per engine operation, low overhead: each tick's parts —
+exits collected, outcomes recorded, claims and spawns, state-file saves, status.json — and the
+retention thread beside the loop) and one cProfile run (top 15 by cumulative time; profiling
+slows it down, so read it as shares, not speed).
 
 ``--background-procs N`` first starts N idle ``sleep`` processes of this user (a desktop's
 process table): costs that grow with the number of processes show up.
@@ -45,7 +49,6 @@ import bench_common as bc  # puts the repo root on sys.path
 
 from bridge.stores.sqlite import SQLiteStore
 from supervisor import procs
-from supervisor import runner as _runner_mod
 from supervisor.lifecycle import JobSpec, Outcome, Status
 from supervisor.runner import Supervisor, resolve_spec
 from supervisor.settings import Settings, load_settings
@@ -214,60 +217,81 @@ def _optional(module: str, attr: str | None = None) -> Any:
 
 
 def _probes() -> list[tuple[Any, str, str]]:
-    """(owner, attribute, label); indentation shows nesting. Probes whose target the engine no
-    longer has are skipped, so this keeps working while the engine changes."""
+    """(owner, attribute, label); indentation shows nesting. The loop is ``loop.Loop`` driving
+    ``pool.AgentPool`` (agents), ``sync.OutcomeSync`` (outcomes to the store) and the store; the
+    OS is reached through ``procs.OsProcesses``. A probe whose target the engine no longer has
+    is listed as missing, never silently dropped."""
+    from bridge.stores import sqlite as sqlite_mod
+    from supervisor import attempt, loop, pool, retention, status, sync, waiting
+
     setup = _optional("supervisor.limits", "Setup")
-    cgroup = _optional("supervisor.cgroups", "AgentCgroup")
-    cgroups = _optional("supervisor.cgroups")
-    limits = _optional("supervisor.limits")
     held_lock = _optional("supervisor.statefile", "_HeldFileLock")
     return [
-        (Supervisor, "_loop", "loop (total)"),
-        (procs.Waiter, "wait", "  Waiter.wait (blocked until an exit/timeout)"),
-        (SQLiteStore, "changed", "  store.changed (data_version)"),
-        (Supervisor, "_collect_exits", "  collect exits"),
-        (SQLiteStore, "finish", "    store.finish"),
-        (procs.AgentProcess, "close", "    AgentProcess.close (cgroup stats + removal)"),
-        (cgroup, "remove", "      AgentCgroup.remove (rmdir)"),
-        (cgroups, "sweep", "      cgroups.sweep"),
-        (Supervisor, "_watch_output", "  log cap checks"),
-        (Supervisor, "_heartbeat_if_due", "  heartbeat"),
-        (Supervisor, "_replay_outbox", "  outbox replay"),
-        (Supervisor, "_reap_strays", "  stray scan (_reap_strays)"),
-        (procs, "scan_tagged", "    procs.scan_tagged (/proc scan)"),
-        (Supervisor, "_claim_if_due", "  claim + launch"),
-        (SQLiteStore, "reap_stale", "    store.reap_stale"),
-        (SQLiteStore, "claim", "    store.claim"),
-        (Supervisor, "_launch", "    _launch"),
-        (_runner_mod, "prepare", "      attempt.prepare (run dir, payload, env)"),
-        (procs, "spawn", "      procs.spawn (posix_spawn of the sh wrapper)"),
-        (setup, "prepare", "        limits Setup.prepare (cgroup create)"),
-        (limits, "sweep", "          cgroups.sweep (scandir of every cgroup base)"),
-        (cgroup, "create", "          AgentCgroup.create (mkdir per hierarchy)"),
-        (setup, "start", "        limits Setup.start (join cgroup, handshake)"),
-        (SQLiteStore, "mark_running", "      store.mark_running"),
-        (Supervisor, "_save_state", "  state file save (batched: state_save_delay_s)"),
-        (StateFile, "save", "    StateFile.save"),
-        (held_lock, "acquire", "      lock acquire (flock on a held fd)"),
-        (procs, "identity_of", "      identity_of (/proc/<pid>/stat of new agents)"),
-        (StateFile, "_save", "      encode, temp file, rename (fsync only on the first)"),
-        (os, "fsync", "        os.fsync (file + dir)"),
-        (SQLiteStore, "counts", "  store.counts (until-idle check)"),
+        (loop.Loop, "run", "Loop.run (total)"),
+        (waiting.Waiter, "wait", "  Waiter.wait (blocked until an exit, a hint or a timeout)"),
+        (loop.Loop, "tick", "  Loop.tick"),
+        (pool.AgentPool, "collect_exits", "    pool.collect_exits"),
+        (procs.AgentProcess, "poll", "      AgentProcess.poll (reap)"),
+        (pool, "exit_outcome", "      attempt.exit_outcome (exit file, result, tail)"),
+        (procs.AgentProcess, "close", "      AgentProcess.close"),
+        (sync.OutcomeSync, "record", "    sync.record (outcome to the store)"),
+        (SQLiteStore, "finish", "      store.finish"),
+        (sqlite_mod, "notify", "        wakeup.notify (FIFO hints to other watchers)"),
+        (pool.AgentPool, "watch_output", "    pool.watch_output (log caps)"),
+        (pool.AgentPool, "act_on_stops", "    pool.act_on_stops (plan_stops)"),
+        (loop.Loop, "_heartbeat", "    heartbeat"),
+        (SQLiteStore, "heartbeat", "      store.heartbeat"),
+        (sync.OutcomeSync, "replay", "    outbox replay"),
+        (pool.AgentPool, "reap_strays", "    pool.reap_strays"),
+        (procs.OsProcesses, "scan_tagged", "      /proc scan (scan_tagged)"),
+        (pool.AgentPool, "sample", "    pool.sample (tree stats)"),
+        (loop.Loop, "_reap", "    reap"),
+        (SQLiteStore, "reap_stale", "      store.reap_stale"),
+        (loop.Loop, "_claim", "    claim + launch"),
+        (loop.Loop, "_admit", "      admission"),
+        (procs.OsProcesses, "memory", "        memory() (/proc/meminfo)"),
+        (SQLiteStore, "claim", "      store.claim"),
+        (SQLiteStore, "next_due", "      store.next_due"),
+        (pool.AgentPool, "launch", "      pool.launch"),
+        (pool, "prepare", "        attempt.prepare (run dir, payload, env)"),
+        (procs.OsProcesses, "spawn", "        OsProcesses.spawn (posix_spawn of the sh wrapper)"),
+        (setup, "prepare", "          limits Setup.prepare (cgroup create)"),
+        (setup, "start", "          limits Setup.start (join cgroup, handshake)"),
+        (loop.Loop, "_mark_running", "      mark running"),
+        (SQLiteStore, "mark_running", "        store.mark_running"),
+        (loop.Loop, "_idle", "    until-idle check"),
+        (SQLiteStore, "counts", "      store.counts"),
+        (loop.Loop, "_save_state", "    state file save (batched: state_save_delay_s)"),
+        (StateFile, "save", "      StateFile.save"),
+        (held_lock, "acquire", "        lock acquire (flock on a held fd)"),
+        (procs, "identity_of", "        identity_of (/proc/<pid>/stat of new agents)"),
+        (StateFile, "_save", "        encode, temp file, rename (fsync only on the first)"),
+        (os, "fsync", "          os.fsync (file + dir)"),
+        (loop.Loop, "_write_status", "    status.json (when due)"),
+        (loop, "disk_use", "      disk_use (statvfs)"),
+        (status, "write_private", "      write status.json"),
+        (retention.Retention, "sweep", "retention sweeps (their own thread, not in the loop)"),
+        (attempt, "read_result", "(attempt.read_result, inside exit_outcome)"),
     ]
 
 
-def instrumented_run(tmp: Path, n: int) -> tuple[float, list[tuple[str, int, float, float]]]:
+def instrumented_run(tmp: Path, n: int) -> tuple[float, list[tuple[str, int, float, float]], list[str]]:
     timers = _Timers()
-    probes = [p for p in _probes() if p[0] is not None and timers.wrap(*p)]
+    probes, missing = [], []
+    for owner, attr, label in _probes():
+        if owner is not None and timers.wrap(owner, attr, label):
+            probes.append(label)
+        else:
+            missing.append(f"{getattr(owner, '__name__', owner)}.{attr} ({label.strip()})")
     try:
         elapsed = supervised(tmp, n)
     finally:
         timers.restore()
     rows = [
         (label, timers.calls[label], timers.total[label] / n * 1e3, 100 * timers.total[label] / elapsed)
-        for _, _, label in probes
+        for label in probes
     ]
-    return elapsed, rows
+    return elapsed, rows, missing
 
 
 def profiled_run(tmp: Path, n: int, top: int) -> tuple[float, str]:
@@ -376,10 +400,12 @@ def main() -> int:
         if not args.no_profile:
             tmp = root / "instrumented"
             tmp.mkdir()
-            elapsed, rows = instrumented_run(tmp, n)
+            elapsed, rows, missing = instrumented_run(tmp, n)
             print()
             print(f"where the supervisor's wall time goes (one instrumented run, {n / elapsed:.1f} jobs/s):")
             print(bc.table(["operation", "calls", "ms/job", "% of wall"], rows))
+            if missing:
+                print(f"(probes whose target the engine no longer has: {', '.join(missing)})")
             breakdown = [
                 {"op": label.strip(), "calls": calls, "ms_per_job": round(ms, 4), "pct_wall": round(pct, 1)}
                 for label, calls, ms, pct in rows

@@ -30,6 +30,7 @@ __all__ = [
     "UNREAD_IDENTITY",
     "Attempt",
     "Launch",
+    "agent_environment",
     "base_env",
     "exit_outcome",
     "kind_config",
@@ -151,8 +152,6 @@ def prepare(
         argv = kind.render(job.id, job.attempt, str(payload_file), str(result_file))
     else:
         argv = list(job.command or ())
-    from supervisor.workspaces import agent_environment  # git machinery: only when spawning
-
     agent_env = agent_environment(
         base_env() if env is None else env,
         workspace,
@@ -340,3 +339,16 @@ def read_result(run_dir: Path) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise InvalidJobError(f"result file is not JSON: {exc}") from exc
+
+
+def agent_environment(
+    env: Mapping[str, str], workspace: Workspace | None, *, token_env: str, pass_token: bool
+) -> dict[str, str]:
+    """An agent's environment: ``env`` without the git token variable (unless its kind has
+    ``pass_token``), plus the workspace's variables."""
+    result = dict(env)
+    if not pass_token:
+        result.pop(token_env, None)
+    if workspace is not None:
+        result.update(workspace.env())
+    return result

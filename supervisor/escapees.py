@@ -44,6 +44,7 @@ from supervisor.proctable import (
     ProcessTable,
     _parse_row,
     identity_of,
+    own_pids,
     same_process,
     signal_process,
 )
@@ -197,24 +198,20 @@ def holders(path: str) -> list[tuple[int, str]]:
     rare events, such as an adopted agent's end)."""
     if sys.platform != "linux":
         return []
-    found, uid, me = [], os.getuid(), os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
+    found = []
+    for pid in own_pids():
         try:
-            if entry.stat().st_uid != uid:
-                continue
-            fds = os.listdir(f"/proc/{entry.name}/fd")
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:  # ENOENT/ESRCH: gone; EACCES: not ours
             continue
         for fd in fds:
             try:
-                if os.readlink(f"/proc/{entry.name}/fd/{fd}") != path:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != path:
                     continue
             except OSError:
                 continue
-            if (identity := identity_of(int(entry.name))) is not None:
-                found.append((int(entry.name), identity))
+            if (identity := identity_of(pid)) is not None:
+                found.append((pid, identity))
             break
     return found
 

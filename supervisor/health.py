@@ -29,7 +29,6 @@ from supervisor.retention import disk_use
 from supervisor.settings import Settings
 from supervisor.status import FRESH_S
 from supervisor.store import JobStore
-from supervisor.workspaces import workspaces_summary
 
 __all__ = ["ALERT_KINDS", "Alert", "HealthReport", "check_health", "read_status"]
 
@@ -213,8 +212,18 @@ def check_health(
         store=store_view,
         disk=disk,
         escapees_unattributed=int(status.get("escapees_unattributed") or 0),
-        workspaces=workspaces_summary(Path(settings.data_dir)),
+        workspaces=_workspaces(Path(settings.data_dir)),
     )
+
+
+def _workspaces(data_dir: Path) -> dict[str, Any]:
+    """``workspaces_summary``, without loading the git machinery where no job ever had a
+    repository (most data dirs)."""
+    if not DataDir.at(data_dir).workspaces.exists():
+        return {"repositories": 0, "worktrees": 0, "bytes": 0, "held": []}
+    from supervisor.workspaces import workspaces_summary
+
+    return workspaces_summary(data_dir)
 
 
 def _unreachable(status: Mapping[str, Any], exc: StoreError, wall: float) -> Alert:

@@ -16,15 +16,13 @@ what a previous run left behind; the OS is reached only through ``processes.Proc
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from supervisor.admission import Gate, GateState, Machine, admit
 from supervisor.attempt import Attempt, base_env, resolve_spec
@@ -41,16 +39,15 @@ from supervisor.pool import AgentPool
 from supervisor.processes import Processes
 from supervisor.reconcile import Decision
 from supervisor.recovery import reconcile_on_start
-from supervisor.retention import Retention, RetentionReport, disk_use
+from supervisor.retention import Retention, RetentionReport
+from supervisor.schedules import ScheduleFeed
 from supervisor.session import Session
 from supervisor.settings import Settings
 from supervisor.statefile import State
+from supervisor.status import build_status, previous_write_time
 from supervisor.store import JobStore, Watch
 from supervisor.sync import OutcomeSync
 from supervisor.timers import Timers, next_wake, plan
-
-if TYPE_CHECKING:
-    from supervisor.schedules import Schedules
 
 __all__ = ["Control", "Emit", "Loop"]
 
@@ -137,12 +134,10 @@ class Loop:
         """Why the last state-file save failed (a full disk), while that lasts."""
         self.retention_report: RetentionReport | None = None
         first = settings()
-        self._schedules: Schedules | None = None
-        self._sched_since = _previous_status_time(session) or clock.time()
-        """Slots after this (wall clock) are still to enqueue: the last time the previous run
-        reported in, so that slots missed while no supervisor ran follow the missed policy."""
-        self._sched_at = math.inf
-        self._load_schedules(first)
+        self.schedules = ScheduleFeed(previous_write_time(session.datadir) or clock.time())
+        """Since the last time the previous run reported in: slots missed while no supervisor
+        ran follow their schedule's missed policy."""
+        self.schedules.load(first.schedules)
         self.retention = Retention(
             session.datadir,
             store,
@@ -230,28 +225,13 @@ class Loop:
         self.retention.every_s = settings.retention_every_s
         self.retention.retain_jobs_s = settings.retain_jobs_s
         self.retention.wake()
-        self._load_schedules(settings)
+        self.schedules.load(settings.schedules)
         self.timers.beat_at = 0.0
         self.wake()
 
-    def _load_schedules(self, settings: Settings) -> None:
-        """Recurring jobs (``supervisor.schedules``: cronsim is imported only when some are
-        configured)."""
-        if not settings.schedules:
-            self._schedules, self._sched_at = None, math.inf
-            return
-        from supervisor.schedules import Schedules
-
-        self._schedules = Schedules(settings.schedules)
-        self._sched_at = self._schedules.next_at(self._sched_since)
-
     def _enqueue_schedules(self, wall: float) -> None:
-        """Enqueue the slots that came due. Each carries a unique key per slot, so another
-        supervisor on the store enqueuing the same slot changes nothing."""
-        assert self._schedules is not None
-        specs = [
-            resolve_spec(spec, self._settings()) for spec in self._schedules.due(self._sched_since, wall)
-        ]
+        """Enqueue the schedules' slots that came due (``ScheduleFeed``)."""
+        specs = [resolve_spec(spec, self._settings()) for spec in self.schedules.due(wall)]
         if specs:
             try:
                 self._store.enqueue(specs)
@@ -263,8 +243,7 @@ class Loop:
             else:
                 log.info("schedules: %s enqueued", ", ".join(s.unique_key or "?" for s in specs))
                 self.timers.claim_at = min(self.timers.claim_at, self._clock.monotonic())
-        self._sched_since = wall
-        self._sched_at = self._schedules.next_at(wall)
+        self.schedules.done(wall)
 
     def _live(self) -> set[tuple[int, int]]:
         """The attempts that run or prepare now (the retention thread asks; any thread)."""
@@ -329,7 +308,9 @@ class Loop:
                     stopping=self._control.stopping,
                     drain_at=None if self._shutdown_sent else self._control.drain_at,
                     poll_s=None if self.pushed else self._settings().poll_s,
-                    status_at=min(self.session.status.next_due(), now + self._sched_at - self._clock.time()),
+                    status_at=min(
+                        self.session.status.next_due(), now + self.schedules.at - self._clock.time()
+                    ),
                 )
             )
 
@@ -369,7 +350,7 @@ class Loop:
         else:
             if due.reap:
                 self._reap(now)
-            if self._clock.time() >= self._sched_at and now >= self.timers.store_down_until:
+            if self._clock.time() >= self.schedules.at and now >= self.timers.store_down_until:
                 self._enqueue_schedules(self._clock.time())
             if due.claim:
                 self._claim(now)
@@ -573,87 +554,6 @@ class Loop:
 
     def _write_status(self, now: float) -> None:
         """``status.json`` for ``health`` in other processes, when due (``supervisor.status``)."""
-        self.session.status.write_if_due(now, self._status)
-
-    def _status(self) -> tuple[object, dict[str, Any]]:
-        settings = self._settings()
-        agents = [_agent_row(a, self._clock) for a in self.pool]
-        report = self.retention_report
-        disk = disk_use(self.session.datadir.root)
-        write_error = self.write_error or self.sync.write_error
-        status: dict[str, Any] = {
-            "pid": os.getpid(),
-            "worker_id": self.worker_id,
-            "updated_at": self._clock.time(),
-            "admission": {
-                "state": self.gate.state.value,
-                "reason": self.gate.reason,
-                "reason_key": self.gate.reason_key,
-                "since": self.gate_since,
-                "never_fit": sorted(self.gate.never_fit),
-            },
-            "memory": {
-                "available_bytes": self.machine.available_bytes,
-                "total_bytes": self.machine.total_bytes,
-                "reserve_bytes": settings.memory_reserve_bytes,
-            },
-            "enforcement": self._processes.enforcement(),
-            "agents": agents,
-            "observed_peak_rss_bytes": [p for p, _ in self.pool.observed],
-            "observed_cpu_percent": [c for _, c in self.pool.observed],
-            "max_concurrent": settings.concurrency,
-            "outbox_depth": self.sync.depth,
-            "escapees_unattributed": self.pool.unattributed_escapees,
-            "store": {
-                "push": self.pushed,
-                "unreachable_since": self.sync.down_since,
-                "last_error": self.sync.last_error,
-            },
-            "disk": {
-                "files_bytes": report.bytes if report else None,
-                "files": report.files if report else None,
-                "swept_at": report.at if report else None,
-                "free_bytes": disk.free_bytes if disk else None,
-                "total_bytes": disk.total_bytes if disk else None,
-                "write_error": write_error,
-            },
-        }
-        key = (
-            self.gate.state,
-            self.gate.reason_key,
-            json.dumps(agents, sort_keys=True, default=str),
-            self.sync.depth,
-            self.pool.unattributed_escapees,
-            self.sync.last_error,
-            self.pushed,
-            write_error,
-            report,
+        self.session.status.write_if_due(
+            now, lambda: build_status(self, self._settings(), self._clock, self._processes.enforcement())
         )
-        return key, status
-
-
-def _previous_status_time(session: Session) -> float | None:
-    """When the previous run last reported in (its ``status.json``), if it left one."""
-    try:
-        value = json.loads(session.datadir.status_file.read_bytes()).get("updated_at")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _agent_row(attempt: Attempt, clock: Clock) -> dict[str, Any]:
-    """One running agent as ``status.json`` and ``health`` show it."""
-    job, entry = attempt.job, attempt.entry
-    started = entry.started_at
-    idle_for = clock.monotonic() - attempt.last_output
-    return {
-        "job_id": job.id,
-        "kind": job.kind,
-        **(attempt.stats or {}),
-        "memory_max_bytes": attempt.limits.memory_max_bytes,
-        "pids_max": attempt.limits.pids_max,
-        "progress": attempt.progress,
-        "started_at": started,
-        "timeout_at": started + entry.timeout_s if entry.timeout_s else None,
-        "last_activity_at": clock.time() - idle_for,
-    }

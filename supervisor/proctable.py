@@ -139,27 +139,38 @@ def same_process(pid: int, identity: str) -> bool:
 # ---------------------------------------------------------------- scanning
 
 
+def own_pids() -> Iterator[int]:
+    """The pids of this user's processes but this one, from /proc (Linux only): an entry whose
+    owner cannot be read (gone, another user's) is skipped."""
+    uid, me = os.getuid(), os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:  # ENOENT: gone
+            continue
+        yield int(entry.name)
+
+
 def _iter_tagged_env() -> Iterator[tuple[int, dict[str, str]]]:
     """(pid, environment) of this user's processes whose environment holds TAG_JOB, but us."""
     me = os.getpid()
     if sys.platform == "linux":
         # /proc read directly: ~4x faster than psutil (measured 4.8 vs 18.5 ms for 470
         # processes), and environments without the tag are never parsed.
-        uid, key = os.getuid(), TAG_JOB.encode() + b"="
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) == me:
-                continue
+        key = TAG_JOB.encode() + b"="
+        for pid in own_pids():
             try:
-                if entry.stat().st_uid != uid:
-                    continue
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                with open(f"/proc/{pid}/environ", "rb") as f:
                     raw = f.read()  # empty for a zombie
             except OSError:  # ENOENT/ESRCH: gone; EACCES: not ours to read
                 continue
             if key in raw:
                 env = dict(os.fsdecode(kv).partition("=")[::2] for kv in raw.split(b"\0") if kv)
                 if TAG_JOB in env:
-                    yield int(entry.name), env
+                    yield pid, env
         return
     for proc in psutil.process_iter(["uids"]):
         uids = proc.info.get("uids")

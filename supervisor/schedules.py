@@ -45,7 +45,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from supervisor.job import JobSpec, check_payload
 
-__all__ = ["ALIASES", "ON_TIME_S", "ScheduleConfig", "Schedules", "Slot", "local_zone", "slot_key"]
+__all__ = [
+    "ALIASES",
+    "ON_TIME_S",
+    "ScheduleConfig",
+    "ScheduleFeed",
+    "Schedules",
+    "Slot",
+    "local_zone",
+    "slot_key",
+]
 
 ON_TIME_S: Final = 60.0
 """How late a slot may be and still count as on time for ``missed = "skip"`` (a busy tick,
@@ -232,3 +241,28 @@ class Schedules:
             return next(CronSim(_expression(self._configs[name].cron), start, reverse=True)).timestamp()
         except StopIteration:  # pragma: no cover - cronsim iterates without end
             return None
+
+
+class ScheduleFeed:
+    """The schedules of one supervisor run and where it stands in them: ``since`` (wall
+    clock; slots after it are still to enqueue) and ``at`` (the next slot, ``inf`` without
+    schedules). ``due(wall)`` gives the jobs to enqueue; ``done(wall)`` once they are in the
+    store (each with its slot's unique key, so another supervisor enqueuing the same slot
+    changes nothing)."""
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.at = math.inf
+        self._schedules: Schedules | None = None
+
+    def load(self, configs: Mapping[str, ScheduleConfig]) -> None:
+        """Take the settings' schedules (anew on reload); the cron parser loads only for some."""
+        self._schedules = Schedules(configs) if configs else None
+        self.at = self._schedules.next_at(self.since) if self._schedules else math.inf
+
+    def due(self, wall: float) -> list[JobSpec]:
+        return self._schedules.due(self.since, wall) if self._schedules else []
+
+    def done(self, wall: float) -> None:
+        self.since = wall
+        self.at = self._schedules.next_at(wall) if self._schedules else math.inf

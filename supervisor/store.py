@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from supervisor.lifecycle import CancelMode, Event, Job, JobSpec, Outcome, Status
 
-__all__ = ["Beat", "BeatReply", "JobStore", "PurgeResult", "QueueCounts", "Wake", "Watch"]
+__all__ = ["Beat", "BeatReply", "JobStore", "LocalWatch", "PurgeResult", "QueueCounts", "Wake", "Watch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,26 @@ class Watch(Protocol):
     def close(self) -> None:
         """Stop watching; idempotent; joins any thread the store started for it."""
         ...
+
+
+class LocalWatch:
+    """The ``Watch`` of a store only this process writes (``MemoryStore``, an in-memory SQLite
+    database): the store calls ``wake`` after each of its writes; live until closed, when
+    ``remove`` takes it off the store's list."""
+
+    def __init__(self, wake: Wake, remove: Callable[[LocalWatch], None]) -> None:
+        self.wake = wake
+        self._remove = remove
+        self._closed = False
+
+    @property
+    def live(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._remove(self)
 
 
 @runtime_checkable

@@ -56,7 +56,6 @@ __all__ = [
     "Workspace",
     "WorkspaceSettings",
     "Workspaces",
-    "agent_environment",
     "live_attempts",
     "workspaces_summary",
 ]
@@ -482,19 +481,6 @@ class Workspaces:
             return False
         age = self._clock.time() - fetched_at
         return 0 <= age < self.settings.fresh_s  # a clock stepped back counts as stale
-
-
-def agent_environment(
-    env: Mapping[str, str], workspace: Workspace | None, *, token_env: str, pass_token: bool
-) -> dict[str, str]:
-    """An agent's environment: ``env`` without the git token variable (unless its kind has
-    ``pass_token``), plus the workspace's variables."""
-    result = dict(env)
-    if not pass_token:
-        result.pop(token_env, None)
-    if workspace is not None:
-        result.update(workspace.env())
-    return result
 
 
 def live_attempts(store: JobStore) -> set[tuple[int, int]]:

@@ -122,6 +122,9 @@ class Talker:
         self._down_since: float | None = None
         self._probe_at = 0.0
         self._stop = threading.Event()
+        self._needed = threading.Event()
+        """Set when the thread has work: the store went down (or ``close``). Without a summary
+        line the thread sleeps on it, so an idle ``run`` with stderr in a file never wakes."""
         self._thread: threading.Thread | None = None
 
     # -- what happens ------------------------------------------------------------------------
@@ -164,6 +167,7 @@ class Talker:
                 return
             self._down_since = self._clock()
             self._probe_at = self._down_since + _PROBE_S
+            self._needed.set()
             text = f"store unreachable ({message}); no new work until it answers, outcomes wait in the outbox"
             self._event("down", text)
 
@@ -184,13 +188,14 @@ class Talker:
     # -- the summary thread -----------------------------------------------------------------
     def start(self) -> None:
         """Redraw the summary every second (on a terminal) and probe a down store; stops with
-        ``close``."""
+        ``close``. With neither to do it sleeps until there is."""
         self._thread = threading.Thread(target=self._tick_forever, name="agent-supervisor-talk", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         """Stop the thread, clear the summary line and print the session's tally."""
         self._stop.set()
+        self._needed.set()
         if self._thread is not None:
             self._thread.join(10)
         with self._lock:
@@ -227,7 +232,13 @@ class Talker:
             self._redraw()
 
     def _tick_forever(self) -> None:
-        while not self._stop.wait(_SUMMARY_S):
+        while not self._stop.is_set():
+            if not self._summary and self._down_since is None:
+                self._needed.wait()  # nothing to draw, nothing to probe: until the store goes down
+                self._needed.clear()
+                continue
+            if self._stop.wait(_SUMMARY_S):
+                break
             try:
                 self.tick()
             except Exception:

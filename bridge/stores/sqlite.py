@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from bridge.stores.rows import event_from_sqlite, event_to_sqlite, job_from_sqlite, job_to_sqlite
-from bridge.stores.sqlite_db import SCHEMA_VERSION, Database, schema_sql, sql
+from bridge.stores.sqlite_db import SCHEMA_VERSION, Database, list_statement, schema_sql, sql
 from bridge.stores.wakeup import FifoWatch, notify
 from supervisor import lifecycle as lc
 from supervisor.errors import JobNotFoundError, LeaseLostError, StoreError, UpdateConflictError
 from supervisor.lifecycle import LIVE, CancelMode, Event, Job, JobSpec, Outcome, Status
-from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts, Wake
+from supervisor.store import Beat, BeatReply, LocalWatch, PurgeResult, QueueCounts, Wake
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "schema_sql"]
 
@@ -86,7 +86,7 @@ class SQLiteStore:
         """The hint this transaction owes watchers (``_LOOK_NOW``, a due time, or None)."""
         self._damaged: dict[int, str] = {}
         """Rows found unreadable in a read-only transaction (id → why): quarantined at the next write."""
-        self._watches: list[FifoWatch | _LocalWatch] = []
+        self._watches: list[FifoWatch | LocalWatch] = []
         self._watch_lock = threading.Lock()
 
     @property
@@ -117,7 +117,7 @@ class SQLiteStore:
         if self._wake_dir is not None:
             notify(self._wake_dir, due, skip=own[0].name if own else None)
         for watch in list(self._watches):
-            if isinstance(watch, _LocalWatch):
+            if isinstance(watch, LocalWatch):
                 watch.wake(due)
 
     def _decode(self, db: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, write: bool) -> list[Job]:
@@ -281,15 +281,15 @@ class SQLiteStore:
         taken: list[Job] = []
         keys: set[str] = set()
         try:
-            while len(taken) < limit and (rows := cursor.fetchmany(max(limit * 2, 16))):
-                for job in self._decode(db, rows, write=True):
+            # Fetched and decoded a row at a time: a claim of one job decodes one row (the
+            # decode is most of a claim's cost), however many wait behind it.
+            while len(taken) < limit and (row := cursor.fetchone()) is not None:
+                for job in self._decode(db, [row], write=True):  # none when the row is damaged
                     if job.concurrency_key is not None:
                         if job.concurrency_key in keys:
                             continue
                         keys.add(job.concurrency_key)
                     taken.append(job)
-                    if len(taken) == limit:
-                        break
         finally:
             cursor.close()
         return taken
@@ -506,12 +506,12 @@ class SQLiteStore:
         except (ValueError, TypeError) as exc:
             raise StoreError(f"SQLite store {self.path} holds a corrupt event row: {exc}") from exc
 
-    def watch(self, wake: Wake) -> FifoWatch | _LocalWatch:
+    def watch(self, wake: Wake) -> FifoWatch | LocalWatch:
         """Change hints from every writer of this file: other processes through a FIFO next
         to it (``bridge/stores/wakeup.py``), this object's own writes directly."""
         with self._watch_lock:
             if self._wake_dir is None:
-                watch: FifoWatch | _LocalWatch = _LocalWatch(wake, self._watches.remove)
+                watch: FifoWatch | LocalWatch = LocalWatch(wake, self._watches.remove)
             else:
                 watch = FifoWatch(self._wake_dir, wake)
             self._watches.append(watch)
@@ -525,78 +525,6 @@ class SQLiteStore:
         self._db.close()
 
 
-class _LocalWatch:
-    """The watch of an in-memory database: only this object's own writes can change it."""
-
-    def __init__(self, wake: Wake, remove: Callable[[_LocalWatch], None]) -> None:
-        self.wake = wake
-        self._remove = remove
-        self._closed = False
-
-    @property
-    def live(self) -> bool:
-        return not self._closed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._remove(self)
-
-
 def _raw(value: Any) -> Any:
     """A column's value as JSON can keep it: bytes (text that was not UTF-8) as hex."""
     return value.hex() if isinstance(value, bytes) else value
-
-
-def list_statement(
-    *,
-    statuses: Sequence[str] | None,
-    kinds: Sequence[str] | None,
-    lease_owner: str | None,
-    concurrency_key: str | None,
-    created_after: float | None,
-    created_before: float | None,
-    finished_after: float | None,
-    limit: int | None,
-    offset: int,
-) -> tuple[str, list[Any]]:
-    """The ``select`` of ``SQLiteStore.list`` and its parameters (see its docstring for the
-    shapes and why). Every clause is a fixed string of this function; values are bound."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if kinds is not None:
-        clauses.append("kind = ?" if len(kinds) == 1 else "kind in (select value from json_each(?))")
-        params.append(kinds[0] if len(kinds) == 1 else json.dumps(list(kinds)))
-    for clause, bound in (
-        ("lease_owner = ?", lease_owner),
-        ("concurrency_key = ?", concurrency_key),
-        ("created_at >= ?", created_after),
-        ("created_at < ?", created_before),
-        ("finished_at >= ?", finished_after),
-    ):
-        if bound is not None:
-            clauses.append(clause)
-            params.append(bound)
-    source = "jobs indexed by jobs_finished" if finished_after is not None else "jobs"
-    page = [-1 if limit is None else max(limit, 0), max(offset, 0)]  # LIMIT -1: no limit
-
-    def select(status_clause: str | None) -> str:
-        where = [status_clause, *clauses] if status_clause else clauses
-        return f"select * from {source}" + (f" where {' and '.join(where)}" if where else "")  # noqa: S608
-
-    if statuses is None:
-        return f"{select(None)} order by id desc limit ? offset ?", params + page
-    if len(statuses) == 1 or limit is None or finished_after is not None:
-        if len(statuses) == 1:
-            return f"{select('status = ?')} order by id desc limit ? offset ?", [statuses[0], *params, *page]
-        statement = select("status in (select value from json_each(?))")
-        return f"{statement} order by id desc limit ? offset ?", [json.dumps(list(statuses)), *params, *page]
-    each = max(limit, 0) + max(offset, 0)
-    parts = " union all ".join(
-        f"select * from ({select('status = ?')} order by id desc limit ?)"  # noqa: S608 - fixed clauses
-        for _ in statuses
-    )
-    merged: list[Any] = []
-    for status in statuses:
-        merged += [status, *params, each]
-    return f"select * from ({parts}) order by id desc limit ? offset ?", merged + page  # noqa: S608

@@ -1,5 +1,6 @@
 """The SQLite file under the job store: creating it privately, opening, migrating, transactions,
-error translation, and the named statements of ``bridge/sql/sqlite_queries.sql``.
+error translation, the named statements of ``bridge/sql/sqlite_queries.sql``, and the one
+statement built from its filters (``list_statement``).
 
 ``bridge/stores/sqlite.py`` says *what* each store verb does; this module owns *how* the file is
 reached. Nothing from ``sqlite3`` leaks out: errors are translated at the boundary
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -22,7 +24,7 @@ from typing import Any, Final
 
 from supervisor.errors import StoreError, StoreUnavailableError
 
-__all__ = ["SCHEMA_VERSION", "Database", "schema_sql", "sql"]
+__all__ = ["SCHEMA_VERSION", "Database", "list_statement", "schema_sql", "sql"]
 
 SCHEMA_VERSION: Final = 2
 """Kept in ``PRAGMA user_version``; a file with a newer version is refused, not guessed at."""
@@ -248,3 +250,57 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         yield buffer.strip()
+
+
+def list_statement(
+    *,
+    statuses: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    lease_owner: str | None,
+    concurrency_key: str | None,
+    created_after: float | None,
+    created_before: float | None,
+    finished_after: float | None,
+    limit: int | None,
+    offset: int,
+) -> tuple[str, list[Any]]:
+    """The ``select`` of ``SQLiteStore.list`` and its parameters (see its docstring for the
+    shapes and why). Every clause is a fixed string of this function; values are bound."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if kinds is not None:
+        clauses.append("kind = ?" if len(kinds) == 1 else "kind in (select value from json_each(?))")
+        params.append(kinds[0] if len(kinds) == 1 else json.dumps(list(kinds)))
+    for clause, bound in (
+        ("lease_owner = ?", lease_owner),
+        ("concurrency_key = ?", concurrency_key),
+        ("created_at >= ?", created_after),
+        ("created_at < ?", created_before),
+        ("finished_at >= ?", finished_after),
+    ):
+        if bound is not None:
+            clauses.append(clause)
+            params.append(bound)
+    source = "jobs indexed by jobs_finished" if finished_after is not None else "jobs"
+    page = [-1 if limit is None else max(limit, 0), max(offset, 0)]  # LIMIT -1: no limit
+
+    def select(status_clause: str | None) -> str:
+        where = [status_clause, *clauses] if status_clause else clauses
+        return f"select * from {source}" + (f" where {' and '.join(where)}" if where else "")  # noqa: S608
+
+    if statuses is None:
+        return f"{select(None)} order by id desc limit ? offset ?", params + page
+    if len(statuses) == 1 or limit is None or finished_after is not None:
+        if len(statuses) == 1:
+            return f"{select('status = ?')} order by id desc limit ? offset ?", [statuses[0], *params, *page]
+        statement = select("status in (select value from json_each(?))")
+        return f"{statement} order by id desc limit ? offset ?", [json.dumps(list(statuses)), *params, *page]
+    each = max(limit, 0) + max(offset, 0)
+    parts = " union all ".join(
+        f"select * from ({select('status = ?')} order by id desc limit ?)"  # noqa: S608 - fixed clauses
+        for _ in statuses
+    )
+    merged: list[Any] = []
+    for status in statuses:
+        merged += [status, *params, each]
+    return f"select * from ({parts}) order by id desc limit ? offset ?", merged + page  # noqa: S608

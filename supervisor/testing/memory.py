@@ -18,7 +18,7 @@ from supervisor.errors import (
     UpdateConflictError,
 )
 from supervisor.lifecycle import TERMINAL, CancelMode, Event, Job, JobSpec, Outcome, Status
-from supervisor.store import Beat, BeatReply, PurgeResult, QueueCounts, Wake
+from supervisor.store import Beat, BeatReply, LocalWatch, PurgeResult, QueueCounts, Wake
 
 __all__ = ["ManualClock", "MemoryStore"]
 
@@ -61,7 +61,7 @@ class MemoryStore:
         self._events: dict[int, list[Event]] = {}
         self._ids = itertools.count(1)
         self._identity = uuid.uuid4().hex
-        self._watchers: list[_MemoryWatch] = []
+        self._watchers: list[LocalWatch] = []
 
     # -- helpers -------------------------------------------------------------------------
     def _put(self, job: Job, event: Event | None) -> Job:
@@ -309,8 +309,8 @@ class MemoryStore:
     def identity(self) -> str:
         return self._identity
 
-    def watch(self, wake: Wake) -> _MemoryWatch:
-        watch = _MemoryWatch(wake, self._watchers.remove)
+    def watch(self, wake: Wake) -> LocalWatch:
+        watch = LocalWatch(wake, self._watchers.remove)
         with self._lock:
             self._watchers.append(watch)
         return watch
@@ -373,21 +373,3 @@ class MemoryStore:
         """Change a row behind the state machine's back (simulate an expired lease, say)."""
         with self._lock:
             return self._put(replace(self._get(job_id), **changes), None)
-
-
-class _MemoryWatch:
-    """``MemoryStore.watch``: every write calls ``wake`` at once, in the writer's thread."""
-
-    def __init__(self, wake: Wake, remove: Callable[[_MemoryWatch], None]) -> None:
-        self.wake = wake
-        self._remove = remove
-        self._closed = False
-
-    @property
-    def live(self) -> bool:
-        return not self._closed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._remove(self)

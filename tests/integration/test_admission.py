@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from bridge.stores.sqlite import SQLiteStore
 from supervisor.lifecycle import JobSpec, Status
@@ -23,9 +24,10 @@ def load_test_module():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_hundred_jobs_two_slots(tmp_path: Path) -> None:
+def test_hundred_jobs_two_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """100 jobs on 2 slots: never more than 2 running, all complete once, drained by priority
     (the same check as scripts/load_test.py, which raises on any breach)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as when it runs: bench_common beside it
     figures = load_test_module().run(100, 2, tmp_path)
     assert figures["peak_concurrency"] == 2
 

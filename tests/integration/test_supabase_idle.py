@@ -92,13 +92,36 @@ def idle_supervisor(store: Any, tmp_path: Path, poll_s: float) -> Supervisor:
     return Supervisor(settings, store, install_signal_handlers=False)
 
 
+def settled(sup: Supervisor, store: Any, *, push: bool) -> None:
+    """Await the end of start-up: the first claim sent and, with ``push``, the channel live and
+    then a full second with no request (going live asks once more, for what the join may have
+    missed). The measured window starts idle, whatever the order of those calls."""
+
+    def started() -> bool:
+        loop = sup._loop
+        return loop is not None and store.snapshot()["jobs_claim"] >= 1 and (loop.pushed or not push)
+
+    wait_until(started, 15, message="start-up done (first claim sent, push live)")
+    if not push:
+        return  # it polls: never quiet for long, and the test bounds the polls themselves
+    seen = [store.snapshot(), time.monotonic()]
+
+    def quiet_for_a_second() -> bool:
+        now = store.snapshot()
+        if now != seen[0]:
+            seen[:] = [now, time.monotonic()]
+        return time.monotonic() - seen[1] >= 1.0
+
+    wait_until(quiet_for_a_second, 15, interval=0.05, message="a second without requests")
+
+
 def test_an_idle_supervisor_with_push_sends_nothing(make_store: Make, tmp_path: Path) -> None:
     """With the push channel live, an idle supervisor (poll_s 0.5) sends no request in 5 s."""
     store = make_store(True)
     sup = idle_supervisor(store, tmp_path, 0.5)
     thread = sup.start()
     try:
-        time.sleep(2.0)  # start-up: identity, reconcile, the first claim
+        settled(sup, store, push=True)
         before = store.snapshot()
         time.sleep(5.0)  # the window in which requests are counted
         sent = store.snapshot() - before
@@ -116,9 +139,9 @@ def test_without_push_at_most_one_claim_per_poll(make_store: Make, tmp_path: Pat
     sup = idle_supervisor(store, tmp_path, 0.5)
     thread = sup.start()
     try:
-        time.sleep(2.0)
+        settled(sup, store, push=False)
         before = store.snapshot()
-        time.sleep(5.0)
+        time.sleep(5.0)  # the window in which requests are counted
         sent = store.snapshot() - before
     finally:
         sup.stop(drain=False, timeout=10)
@@ -136,7 +159,7 @@ def test_a_plain_sql_insert_starts_within_300_ms(make_store: Make, pg_dsn: str, 
     thread = sup.start()
     delays = []
     try:
-        time.sleep(1.0)
+        settled(sup, store, push=True)
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             for _ in range(10):
                 row = conn.execute("insert into public.jobs (kind) values ('true') returning id").fetchone()

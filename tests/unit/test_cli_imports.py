@@ -79,3 +79,27 @@ def test_version_does_not_even_load_the_settings(tmp_path: Path) -> None:
     """--version answers before any settings, store or pydantic are loaded."""
     loaded = loaded_by(tmp_path / "d", "--version")
     assert not {"supervisor.settings", "pydantic", "pydantic_settings", "sqlite3"} & loaded
+
+
+GIT_MACHINERY = {
+    "supervisor.workspaces",
+    "supervisor.gitcmd",
+    "supervisor.mirror",
+    "supervisor.workspace_layout",
+}
+
+
+def test_run_and_health_without_repositories_leave_git_unloaded(tmp_path: Path) -> None:
+    """A data dir whose jobs never named a repository: ``run --until-idle`` of a job and
+    ``health`` load none of the workspace machinery (the idle supervisor's memory, health's
+    start-up)."""
+    data = tmp_path / "d"
+    submitted = subprocess.run(
+        [sys.executable, "-m", "bridge", "submit", "--", "true"],
+        env=cli_env(data),
+        cwd=ROOT,
+        capture_output=True,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert not GIT_MACHINERY & loaded_by(data, "run", "--until-idle")
+    assert not GIT_MACHINERY & loaded_by(data, "health", "--json")

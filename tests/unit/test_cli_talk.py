@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from supervisor.job import JobSpec, Status
 from supervisor.runner import Supervisor
 from supervisor.settings import Settings
 from supervisor.testing import Behaviour, FakeProcesses, ManualClock, MemoryStore
+from tests.support import wait_until
 
 T0 = 1_700_000_000.0
 
@@ -231,3 +233,31 @@ def test_a_store_outage_is_one_line_down_and_one_line_up(tmp_path: Path, root_lo
     assert "store unreachable (connection refused); no new work" in text
     assert "job 1: completed (synced from the outbox)" in text
     assert "retry" not in text.split("store unreachable")[1].split("store reachable again")[0]
+
+
+def test_without_a_terminal_the_thread_sleeps_until_the_store_goes_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``run`` with stderr in a file: no summary to draw, so the talk thread does not wake at
+    all while the store answers (an idle ``run`` costs no wake-up of its own); once the store
+    goes down it ticks to probe it, and ``close`` ends it either way."""
+    import bridge.cli.talk as talk
+
+    monkeypatch.setattr(talk, "_SUMMARY_S", 0.01)
+    ticks: list[float] = []
+
+    class Counting(Talker):
+        def tick(self) -> None:
+            ticks.append(0.0)
+
+    talker = Counting(io.StringIO(), store=MemoryStore())
+    talker.start()
+    try:
+        quiet_until = time.monotonic() + 0.3  # 30 summary periods: a ticking thread shows
+        wait_until(lambda: time.monotonic() >= quiet_until, 1)
+        assert ticks == []
+        talker.store_down("connection refused")
+        wait_until(lambda: len(ticks) >= 2, 5, message="the thread probing the down store")
+    finally:
+        talker.close()
+    assert talker._thread is not None and not talker._thread.is_alive()

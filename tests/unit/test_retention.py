@@ -31,6 +31,12 @@ def attempt(
     return run, log
 
 
+def allocated(run: Path, log: Path) -> int:
+    """What an attempt takes on disk: its dir, the files in it and its log, in whole blocks."""
+    paths = [run, *run.iterdir(), log]
+    return sum(p.lstat().st_blocks * 512 for p in paths)
+
+
 def retention(
     datadir: DataDir, *, live: set[tuple[int, int]] | None = None, **kw: float | int | None
 ) -> Retention:
@@ -55,7 +61,8 @@ def test_files_older_than_the_retention_go_and_younger_ones_stay(tmp_path: Path)
     assert not old[0].exists() and not old[1].exists()
     assert young[0].exists() and young[1].exists()
     assert (report.deleted_attempts, report.attempts) == (1, 1)
-    assert report.bytes == 100 + 2 and report.files == 3
+    assert report.bytes == allocated(*young) and report.files == 3
+    assert report.bytes >= 2 * 4096 > 100 + 2  # blocks, not lengths: a tiny file takes one
 
 
 def test_a_live_attempt_is_never_deleted_however_old(tmp_path: Path) -> None:
@@ -67,12 +74,15 @@ def test_a_live_attempt_is_never_deleted_however_old(tmp_path: Path) -> None:
 
 
 def test_over_the_cap_the_oldest_go_first(tmp_path: Path) -> None:
-    """Four 1 KiB logs under a 2.5 KiB cap: the two oldest go, the two newest stay."""
+    """Four attempts of a few bytes each under a cap of two and a half of them, counted as
+    they take the disk (blocks): the two oldest go, the two newest stay."""
     datadir = prepare_data_dir(tmp_path / "d").for_store("s")
-    made = [attempt(datadir, n, 1, age_s=(10 - n) * 3600, size=1024) for n in range(1, 5)]
-    report = retention(datadir, files_max_bytes=2560).sweep()
+    made = [attempt(datadir, n, 1, age_s=(10 - n) * 3600, size=10) for n in range(1, 5)]
+    each = allocated(*made[0])
+    assert all(allocated(*m) == each for m in made)
+    report = retention(datadir, files_max_bytes=each * 5 // 2).sweep()
     assert [log.exists() for _, log in made] == [False, False, True, True]
-    assert report.bytes <= 2560
+    assert report.bytes == 2 * each and report.deleted_bytes == 2 * each
 
 
 def test_young_files_are_safe_even_over_the_cap(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.stores.sqlite import SQLiteStore, list_statement
+from bridge.stores.sqlite import SQLiteStore
+from bridge.stores.sqlite_db import list_statement
 from supervisor.job import TERMINAL, ErrorKind, Job, JobSpec, Outcome, Status
 from supervisor.testing import ManualClock
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.attempt import agent_environment
 from supervisor.errors import ConfigError, InvalidJobError
 from supervisor.gitcmd import Credential, Git, error_line
 from supervisor.keys import parse_repo
 from supervisor.repolock import RepoLock
 from supervisor.settings import load_settings
 from supervisor.testing import ManualClock
-from supervisor.workspaces import Workspace, WorkspaceSettings, agent_environment
+from supervisor.workspaces import Workspace, WorkspaceSettings
 
 TOKEN = "ghp_0123456789abcdefSECRET"
 
