@@ -234,9 +234,11 @@ class JobStore(Protocol):
 
     def watch(self, wake: Wake) -> Watch | None:
         """Start pushing change hints: call ``wake`` (from any thread) soon after anyone
-        commits a change a claimer cares about (an insert, a cancel or kill request, a retry,
-        a settled attempt, a promotion, a purge). Spurious hints are fine. None when this
-        store cannot push: its user then polls."""
+        commits a change a claimer cares about: an insert, a cancel or kill request, a retry,
+        a settle that frees a concurrency key or schedules a retry, a promotion, a purge. A
+        settle that changes nothing claimable may stay silent (the remote stores do: one
+        wake-up per finished job would cost every supervisor a claim). Spurious hints are
+        fine. None when this store cannot push: its user then polls."""
         ...
 
     def purge(
