@@ -135,7 +135,7 @@ class JobService:
         then all go in one ``enqueue``: one bad spec queues none. A spec whose ``dedup_key``
         matches a waiting job returns that job's id (the store's rule).
         """
-        from supervisor.attempt import resolve_spec  # not the loop: submit must start fast
+        from supervisor.submission import resolve_spec  # no loop, no pydantic: submit starts fast
 
         resolved = [resolve_spec(spec, self.settings) for spec in specs]
         if not resolved:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.datadir import AttemptFiles, DataDir, write_private
 from supervisor.errors import InvalidJobError
-from supervisor.job import CancelMode, DecidedBy, Job, JobSpec, Outcome
+from supervisor.job import CancelMode, DecidedBy, Job, Outcome
 from supervisor.logcap import LogCap
 from supervisor.processes import TAG_ATTEMPT, TAG_JOB, TAG_WORKER, Agent, ExitStatus, Limits
 from supervisor.scheduler import AgentView, StopState, outcome_for
@@ -33,11 +33,9 @@ __all__ = [
     "agent_environment",
     "base_env",
     "exit_outcome",
-    "kind_config",
     "limits_of",
     "prepare",
     "read_result",
-    "resolve_spec",
 ]
 
 UNREAD_IDENTITY: Final = "unread"
@@ -47,45 +45,6 @@ MAX_RESULT_BYTES: Final = 1 << 20
 MAX_PROGRESS_BYTES: Final = 64 << 10
 # Our own settings and secrets must never reach an agent's environment.
 _PRIVATE_ENV_PREFIXES: Final = ("AGENT_SUPERVISOR_", "SUPABASE_")
-
-
-def kind_config(settings: Settings, kind: str | None) -> KindConfig | None:
-    """The registered kind (None for a raw command); ``InvalidJobError`` if unregistered."""
-    if kind is None:
-        return None
-    try:
-        return settings.kinds[kind]
-    except KeyError:
-        known = ", ".join(sorted(settings.kinds)) or "none"
-        raise InvalidJobError(f"unknown kind {kind!r} (registered kinds: {known})") from None
-
-
-def resolve_spec(spec: JobSpec, settings: Settings) -> JobSpec:
-    """Check a local submission against the kinds registry and fill in its defaults, so a
-    mistake is reported at submit time and ``show`` displays the limits that will apply.
-    The repository, if any, becomes the canonical source git will fetch (a bare name is
-    completed by ``default_owner``), and its key the concurrency key unless one was given."""
-    kind = kind_config(settings, spec.kind)
-    timeout = spec.timeout_s or (kind.timeout_s if kind else None) or settings.default_timeout_s
-    idle = spec.idle_timeout_s or (kind.idle_timeout_s if kind else None)
-    stuck = spec.stuck_after_s or (kind.stuck_after_s if kind else None)
-    spec = replace(spec, timeout_s=timeout, idle_timeout_s=idle, stuck_after_s=stuck)
-    if spec.repo is None:
-        return spec
-    from supervisor.keys import parse_ref, parse_repo, repo_key
-
-    source = parse_repo(spec.repo, default_owner=settings.default_owner)
-    derived = _try_key(spec.repo, repo_key)
-    key = source.key if spec.concurrency_key in (None, derived) else spec.concurrency_key
-    ref = parse_ref(spec.ref) if spec.ref is not None else None
-    return replace(spec, repo=source.url, ref=ref, concurrency_key=key)
-
-
-def _try_key(repo: str, repo_key: Callable[[str], str]) -> str | None:
-    try:
-        return repo_key(repo)
-    except InvalidJobError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)

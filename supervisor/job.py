@@ -144,7 +144,7 @@ class JobSpec:
             except InvalidJobError:
                 if not bare:
                     raise
-                # A bare name: the default_owner setting completes it (attempt.resolve_spec).
+                # A bare name: the default_owner setting completes it (submission.resolve_spec).
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:

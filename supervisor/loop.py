@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from supervisor.admission import Gate, GateState, Machine, admit
-from supervisor.attempt import Attempt, base_env, resolve_spec
+from supervisor.attempt import Attempt, base_env
 from supervisor.clock import Clock
 from supervisor.errors import (
     InvalidJobError,
@@ -46,6 +46,7 @@ from supervisor.settings import Settings
 from supervisor.statefile import State
 from supervisor.status import build_status, previous_write_time
 from supervisor.store import JobStore, Watch
+from supervisor.submission import resolve_spec
 from supervisor.sync import OutcomeSync
 from supervisor.timers import Timers, next_wake, plan
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.admission import RunningAgent, estimate_for
-from supervisor.attempt import UNREAD_IDENTITY, Attempt, exit_outcome, kind_config, prepare
+from supervisor.attempt import UNREAD_IDENTITY, Attempt, exit_outcome, prepare
 from supervisor.clock import Clock
 from supervisor.datadir import DataDir
 from supervisor.errors import InvalidJobError, SpawnError
@@ -39,6 +39,7 @@ from supervisor.scheduler import Kill, StopReason, StopState, Terminate, next_du
 from supervisor.settings import Settings
 from supervisor.statefile import AgentEntry
 from supervisor.store import Beat, BeatReply
+from supervisor.submission import kind_config
 
 if TYPE_CHECKING:
     from supervisor.keys import RepoSource

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from supervisor.admission import Gate, GateState
-from supervisor.attempt import resolve_spec
 from supervisor.clock import SYSTEM_CLOCK, Clock
 from supervisor.errors import ConfigError, StoreUnavailableError
 from supervisor.events import JobChange, Subscription
@@ -29,6 +28,7 @@ from supervisor.recovery import read_worker_id
 from supervisor.settings import Settings
 from supervisor.signals import on_stop_signals
 from supervisor.store import JobStore
+from supervisor.submission import resolve_spec
 
 if TYPE_CHECKING:
     import asyncio

@@ -68,7 +68,7 @@ def supervisor(tmp_path: Path, **settings: Any) -> Supervisor:
 
 
 def run(sup: Supervisor, *specs: JobSpec) -> list[Any]:
-    from supervisor.attempt import resolve_spec
+    from supervisor.submission import resolve_spec
 
     ids = sup.store.enqueue([resolve_spec(spec, sup.settings) for spec in specs])
     try:
@@ -130,7 +130,7 @@ def test_a_missing_repository_is_prepare_failed_then_runs_once_it_exists(tmp_pat
     path = tmp_path / "src" / "later"
     sup = supervisor(tmp_path, poll_s=0.2)
     store = sup.store
-    from supervisor.attempt import resolve_spec
+    from supervisor.submission import resolve_spec
 
     [job_id] = store.enqueue(
         [resolve_spec(JobSpec(kind="code", repo=str(path), backoff_s=0.5), sup.settings)]
