@@ -15,7 +15,6 @@ import json
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -164,6 +163,8 @@ class Database:
                     conn.execute(statement)
                 conn.execute(sql("recount_clear"))
                 conn.execute(sql("recount"))
+                import uuid  # once per new file; not worth its import on every open
+
                 conn.execute(sql("make_identity"), (uuid.uuid4().hex,))
                 conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
             conn.execute("commit")
