@@ -27,7 +27,7 @@ import stat
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
@@ -52,15 +52,20 @@ from pydantic_settings import (
 from supervisor.errors import ConfigError
 from supervisor.schedules import MAX_NAME_CHARS as MAX_SCHEDULE_NAME_CHARS
 from supervisor.schedules import ScheduleConfig
+from supervisor.settings_cache import APP_NAME, CONFIG_ENV, config_path, store_url_of
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["CONFIG_ENV", "PLACEHOLDERS", "KindConfig", "Settings", "config_path", "load_settings"]
-
-APP_NAME: Final = "agent-supervisor"
-CONFIG_ENV: Final = "AGENT_SUPERVISOR_CONFIG"
-"""Environment variable naming the TOML config file (overrides the platformdirs location)."""
+__all__ = [
+    "CONFIG_ENV",
+    "PLACEHOLDERS",
+    "KindConfig",
+    "Settings",
+    "cacheable_values",
+    "config_path",
+    "load_settings",
+]
 
 PLACEHOLDERS: Final = frozenset({"payload_file", "result_file", "job_id", "attempt"})
 """The only ``{name}`` placeholders an argv template may use; ``{{`` and ``}}`` are literal braces."""
@@ -81,17 +86,6 @@ _CONFIG_FILE: Final[ContextVar[Path | None]] = ContextVar("agent_supervisor_conf
 """The explicit config file of the ``load_settings`` call under way in this thread (or task).
 pydantic-settings builds its sources in a classmethod, so the path cannot be an argument;
 a ContextVar set for one construction keeps concurrent loads apart and os.environ untouched."""
-
-
-def config_path(explicit: Path | None = None) -> Path:
-    """The TOML config file to read: ``explicit`` if given, else ``$AGENT_SUPERVISOR_CONFIG``,
-    else the platformdirs default."""
-    if explicit is not None:
-        return explicit.expanduser()
-    from_env = os.environ.get(CONFIG_ENV, "").strip()
-    if from_env:
-        return Path(from_env).expanduser()
-    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
 def _check_name(what: str, name: str) -> str:
@@ -242,8 +236,9 @@ def _find_secret(data: Any, prefix: str = "") -> str | None:
     for key, value in data.items():
         name = f"{prefix}{key}"
         lowered = str(key).lower()
-        # A flag (a kind's ``pass_token = true``) names a secret but cannot be one.
-        if (lowered == "key" or lowered.endswith(_SECRET_SUFFIXES)) and not isinstance(value, bool):
+        # A flag (a kind's ``pass_token = true``) names a secret but cannot be one; nor can
+        # an unset value (``cacheable_values`` looks at every field, set or not).
+        if (lowered == "key" or lowered.endswith(_SECRET_SUFFIXES)) and not isinstance(value, bool | None):
             return name
         if key == "store" and isinstance(value, str) and _url_password(value):
             return name
@@ -453,14 +448,9 @@ class Settings(BaseSettings):
 
     @property
     def store_url(self) -> str:
-        """The store URL: ``store`` if set, else ``sqlite:///<data_dir>/jobs.sqlite3``.
-
-        The path is absolute and percent-quoted (``sqlite://`` + ``/home/…``, three slashes in
-        all), so a data dir containing ``?``, ``#`` or ``%`` survives ``urlsplit`` + ``unquote``.
-        """
-        if self.store is not None:
-            return self.store
-        return "sqlite://" + quote(str(self.data_dir / "jobs.sqlite3"), safe="/")
+        """The store URL: ``store`` if set, else ``sqlite:///<data_dir>/jobs.sqlite3``
+        (``supervisor.settings_cache.store_url_of``)."""
+        return store_url_of(self.store, self.data_dir)
 
     @field_validator("data_dir")
     @classmethod
@@ -550,3 +540,15 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError("invalid setting: " + " ".join(str(exc).split())) from exc
     finally:
         _CONFIG_FILE.reset(token)
+
+
+def cacheable_values(settings: Settings) -> dict[str, Any] | None:
+    """The settings' values as ``supervisor.settings_cache`` stores them (JSON), or None when
+    they hold a secret: a Supabase key, a store URL with a password, or a secret-looking key
+    anywhere (a kind's ``env``, say). A secret is never copied into the cache."""
+    if settings.supabase_key is not None or (settings.store is not None and _url_password(settings.store)):
+        return None
+    values = settings.model_dump(mode="json")
+    if _find_secret(values) is not None:
+        return None
+    return values

@@ -15,6 +15,11 @@ def _no_user_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
             monkeypatch.delenv(name)
     missing = tmp_path_factory.mktemp("no-config") / "config.toml"
     monkeypatch.setenv("AGENT_SUPERVISOR_CONFIG", str(missing))
+    # Nor its settings cache (supervisor/settings_cache.py): one for the session, so that
+    # commands of a test and of later tests meet snapshots as a user's commands do.
+    cache = tmp_path_factory.getbasetemp() / "xdg-cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
 
 
 # -- PostgreSQL (issue 4): one real server per session, started on first use (tests/pg.py) --

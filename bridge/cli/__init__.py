@@ -44,6 +44,10 @@ CLI_NAMES: Final = {
 }
 """The service's parameters as the command line spells them, for its usage errors."""
 
+QUICK_COMMANDS: Final = frozenset({"submit", "list", "show", "logs", "cancel", "kill", "retry", "purge"})
+"""The one-off verbs on jobs: they read settings from the cache when they can (a shell prompt
+or a plugin may call them every second). The others load and validate the config in full."""
+
 STORE_LOGGER: Final = "agent_supervisor.store"
 """The remote stores' logger: one WARNING per retried call. A one-off command shows only the
 error its retries end in (unless -v); ``run`` folds them into one line per outage (talk.py)."""
@@ -114,11 +118,13 @@ def _one_line(exc: BaseException) -> str:
     return " (caused by: ".join(parts) + ")" * (len(parts) - 1)
 
 
-def settings_of(args: argparse.Namespace, **extra: Any) -> Settings:
+def settings_of(args: argparse.Namespace, *, cached: bool = False, **extra: Any) -> Settings:
     """The settings the global options name: ``--config`` must exist (a typo must not fall
-    back silently to no config); a relative ``--data-dir`` is taken from the current directory."""
-    from supervisor.settings import load_settings
+    back silently to no config); a relative ``--data-dir`` is taken from the current directory.
 
+    ``cached`` (the ``QUICK_COMMANDS``): settings validated before under the same inputs are
+    read back without loading pydantic (supervisor/settings_cache.py), and settings validated
+    now are kept for the next command."""
     config: Path | None = args.config
     if config is not None:
         config = config.expanduser()
@@ -133,7 +139,23 @@ def settings_of(args: argparse.Namespace, **extra: Any) -> Settings:
     if args.new_store:
         overrides["new_store"] = True
     overrides.update({k: v for k, v in extra.items() if v is not None})
-    return load_settings(config, **overrides)
+    if not cached:
+        from supervisor.settings import load_settings
+
+        return load_settings(config, **overrides)
+    from supervisor.settings_cache import SettingsCache
+
+    cache = SettingsCache.default()
+    key = cache.fingerprint(config, overrides)
+    settings = cache.get(key)
+    if settings is None:
+        from supervisor.settings import cacheable_values, load_settings
+
+        settings = load_settings(config, **overrides)
+        values = cacheable_values(settings)
+        if values is not None:
+            cache.put(key, values)
+    return settings
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -159,7 +181,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bridge.cli.doctor import run_doctor
 
         return run_doctor(args, lambda: settings_of(args), sys.stdout)
-    settings = settings_of(args, concurrency=getattr(args, "concurrency", None))
+    quick = command in QUICK_COMMANDS
+    settings = settings_of(args, cached=quick, concurrency=getattr(args, "concurrency", None))
     if command == "run":
         from bridge.cli.talk import run
 

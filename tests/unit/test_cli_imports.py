@@ -103,3 +103,78 @@ def test_run_and_health_without_repositories_leave_git_unloaded(tmp_path: Path) 
     assert submitted.returncode == 0, submitted.stderr
     assert not GIT_MACHINERY & loaded_by(data, "run", "--until-idle")
     assert not GIT_MACHINERY & loaded_by(data, "health", "--json")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["list"], ["show", "1"], ["submit", "--", "true"], ["cancel", "1"], ["kill", "1"]],
+    ids=" ".join,
+)
+def test_a_second_call_does_not_load_pydantic(tmp_path: Path, args: list[str]) -> None:
+    """The first one-off command validates the settings and keeps them; the next one, with
+    the same inputs, reads them back without pydantic (supervisor/settings_cache.py)."""
+    data = tmp_path / "d"
+    subprocess.run(
+        [sys.executable, "-m", "bridge", "submit", "--", "true"],
+        env=cli_env(data),
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    loaded = loaded_by(data, *args)
+    assert not {"pydantic", "pydantic_settings", "supervisor.settings"} & loaded
+    assert "supervisor.settings_cache" in loaded
+
+
+def test_an_edited_config_is_validated_again(tmp_path: Path) -> None:
+    """A cached command does not hide a config made invalid since: the error is reported,
+    and a valid edit takes effect at once."""
+    data = tmp_path / "d"
+    config = tmp_path / "config.toml"
+    config.write_text("concurrency = 2\n")
+    env = cli_env(data, AGENT_SUPERVISOR_CONFIG=str(config))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert run("submit", "--", "true").returncode == 0
+    assert run("list").returncode == 0
+    config.write_text("concurrency = 0\n")
+    broken = run("list")
+    assert broken.returncode == 1 and "invalid setting concurrency" in broken.stderr, broken.stderr
+    config.write_text(f'store = "sqlite://{tmp_path / "other.sqlite3"}"\n')
+    assert run("list", "--json").stdout.strip() == "[]"  # another store: no jobs there
+    config.write_text("concurrency = 2\n")
+    assert json.loads(run("list", "--json").stdout)[0]["id"] == 1
+
+
+def test_a_secret_in_the_environment_never_reaches_the_cache(tmp_path: Path) -> None:
+    """Settings that hold a secret are validated every time and never written down."""
+    cache = tmp_path / "cache"
+    secret = "sb_secret_never_on_disk"
+    env = cli_env(tmp_path / "d", XDG_CACHE_HOME=str(cache), SUPABASE_SERVICE_ROLE_KEY=secret)
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-m", "bridge", "list"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+    written = [p for p in cache.rglob("*") if p.is_file()]
+    assert not any(secret.encode() in p.read_bytes() for p in written)
+    assert written == []
+    del env["SUPABASE_SERVICE_ROLE_KEY"]
+    subprocess.run(
+        [sys.executable, "-m", "bridge", "list"], env=env, cwd=ROOT, check=True, capture_output=True
+    )
+    assert len([p for p in cache.rglob("*.json")]) == 1  # without the secret, it is cached
