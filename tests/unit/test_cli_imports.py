@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, cli_env
+from tests.support import ROOT, cli, cli_env
 
 HEAVY = {
     "supervisor.loop",
@@ -58,21 +58,21 @@ def loaded_by(data: Path, *args: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "args", [["list"], ["show", "1"], ["submit", "--", "true"], ["--version"]], ids=" ".join
+    "args",
+    [["list"], ["show", "1"], ["submit", "--", "true"], ["cancel", "1"], ["kill", "1"], ["--version"]],
+    ids=" ".join,
 )
 def test_light_commands_do_not_import_the_loop(tmp_path: Path, args: list[str]) -> None:
-    """list, show, submit and --version leave the loop, the OS layer and remote clients unloaded."""
+    """list, show, submit, cancel, kill and --version leave the loop, the OS layer and remote
+    clients unloaded; after a first command has validated the settings and kept them, the
+    next one with the same inputs reads them back without pydantic (supervisor/settings_cache.py)."""
     data = tmp_path / "d"
-    subprocess.run(
-        [sys.executable, "-m", "bridge", "submit", "--", "true"],
-        env=cli_env(data),
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    assert cli(data, "submit", "--", "true").returncode == 0
     loaded = loaded_by(data, *args)
     heavy = {m for m in loaded if m in HEAVY or m.split(".")[0] in HEAVY}
     assert heavy == set()
+    assert not {"pydantic", "pydantic_settings", "supervisor.settings"} & loaded
+    assert ("supervisor.settings_cache" in loaded) == (args != ["--version"])
 
 
 def test_version_does_not_even_load_the_settings(tmp_path: Path) -> None:
@@ -105,27 +105,6 @@ def test_run_and_health_without_repositories_leave_git_unloaded(tmp_path: Path) 
     assert not GIT_MACHINERY & loaded_by(data, "health", "--json")
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["list"], ["show", "1"], ["submit", "--", "true"], ["cancel", "1"], ["kill", "1"]],
-    ids=" ".join,
-)
-def test_a_second_call_does_not_load_pydantic(tmp_path: Path, args: list[str]) -> None:
-    """The first one-off command validates the settings and keeps them; the next one, with
-    the same inputs, reads them back without pydantic (supervisor/settings_cache.py)."""
-    data = tmp_path / "d"
-    subprocess.run(
-        [sys.executable, "-m", "bridge", "submit", "--", "true"],
-        env=cli_env(data),
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    loaded = loaded_by(data, *args)
-    assert not {"pydantic", "pydantic_settings", "supervisor.settings"} & loaded
-    assert "supervisor.settings_cache" in loaded
-
-
 def test_an_edited_config_is_validated_again(tmp_path: Path) -> None:
     """A cached command does not hide a config made invalid since: the error is reported,
     and a valid edit takes effect at once."""
@@ -135,14 +114,7 @@ def test_an_edited_config_is_validated_again(tmp_path: Path) -> None:
     env = cli_env(data, AGENT_SUPERVISOR_CONFIG=str(config))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bridge", *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return cli(data, *args, env=env)
 
     assert run("submit", "--", "true").returncode == 0
     assert run("list").returncode == 0
@@ -161,20 +133,11 @@ def test_a_secret_in_the_environment_never_reaches_the_cache(tmp_path: Path) -> 
     secret = "sb_secret_never_on_disk"
     env = cli_env(tmp_path / "d", XDG_CACHE_HOME=str(cache), SUPABASE_SERVICE_ROLE_KEY=secret)
     for _ in range(2):
-        out = subprocess.run(
-            [sys.executable, "-m", "bridge", "list"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = cli(tmp_path / "d", "list", env=env)
         assert out.returncode == 0, out.stderr
     written = [p for p in cache.rglob("*") if p.is_file()]
     assert not any(secret.encode() in p.read_bytes() for p in written)
     assert written == []
     del env["SUPABASE_SERVICE_ROLE_KEY"]
-    subprocess.run(
-        [sys.executable, "-m", "bridge", "list"], env=env, cwd=ROOT, check=True, capture_output=True
-    )
+    assert cli(tmp_path / "d", "list", env=env).returncode == 0
     assert len([p for p in cache.rglob("*.json")]) == 1  # without the secret, it is cached
