@@ -67,7 +67,7 @@ KEEP_FILES: Final = 16
 """Snapshots kept (one per set of inputs: a data dir, a config); the oldest go first."""
 _CODE: Final = ("settings.py", "schedules.py", "keys.py", "settings_cache.py")
 """Our source files whose change may change what a validation yields."""
-_LIBRARIES: Final = ("pydantic", "pydantic_core", "pydantic_settings", "platformdirs")
+_LIBRARIES: Final = ("pydantic", "pydantic_core", "pydantic_settings", "platformdirs", "cronsim")
 
 
 def config_path(explicit: Path | None = None) -> Path:
