@@ -20,10 +20,8 @@ Prints a table per store and one line of JSON.
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,28 +36,8 @@ from supervisor.lifecycle import JobSpec, Status
 from supervisor.runner import Supervisor
 from supervisor.settings import load_settings
 from tests import pg
+from tests.standin.counting import counting
 from tests.standin.postgrest import PostgrestStandin
-
-
-def counting(base: type[Any]) -> type[Any]:
-    """``base`` whose every transport call is counted by function."""
-
-    class Counting(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.sent: collections.Counter[str] = collections.Counter()
-            self.sent_lock = threading.Lock()
-            super().__init__(*args, **kwargs)
-
-        def _send(self, fn: str, params: dict[str, Any]) -> Any:
-            with self.sent_lock:
-                self.sent[fn] += 1
-            return super()._send(fn, params)
-
-        def snapshot(self) -> collections.Counter[str]:
-            with self.sent_lock:
-                return collections.Counter(self.sent)
-
-    return Counting
 
 
 def xacts(dsn: str) -> int:

@@ -5,9 +5,7 @@ Supabase stand-in (Realtime) and on Postgres (LISTEN)."""
 
 from __future__ import annotations
 
-import collections
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from bridge.stores.supabase import SupabaseStore
 from supervisor.lifecycle import Status
 from supervisor.runner import Supervisor
 from supervisor.settings import load_settings
+from tests.standin.counting import counting
 from tests.standin.postgrest import PostgrestStandin
 from tests.support import kill_tagged, wait_until
 
@@ -30,27 +29,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:ConnectionClosed.code is deprecated:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:ConnectionClosed.reason is deprecated:DeprecationWarning"),
 ]
-
-
-def counting(base: type[Any]) -> type[Any]:
-    """``base`` that counts every call it sends, by function."""
-
-    class Counting(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.sent: collections.Counter[str] = collections.Counter()
-            self.sent_lock = threading.Lock()
-            super().__init__(*args, **kwargs)
-
-        def _send(self, fn: str, params: dict[str, Any]) -> Any:
-            with self.sent_lock:
-                self.sent[fn] += 1
-            return super()._send(fn, params)
-
-        def snapshot(self) -> collections.Counter[str]:
-            with self.sent_lock:
-                return collections.Counter(self.sent)
-
-    return Counting
 
 
 Make = Callable[[bool], Any]
